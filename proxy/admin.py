@@ -1,0 +1,72 @@
+"""What the proxy answers itself: health, readiness, metrics, and legacy token calls.
+
+Legacy apps (and the official plugins and SDKs) still ask ``POST /accesstoken/get`` or
+``POST /api/access-token/jwt-token`` for a token before their calls. The proxy answers
+with all seven fields as strings and a *placeholder* ``access_token``: the real token
+never leaves the proxy, and the placeholder is worthless anywhere else (the proxy
+strips every client ``Authorization`` header and injects the real token).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Final
+
+import orjson
+from aiohttp import web
+
+from proxy.state import ProxyState
+
+HEALTH: Final = "/-/health"
+READY: Final = "/-/ready"
+METRICS: Final = "/-/metrics"
+ADMIN_PREFIX: Final = "/-/"
+LEGACY_TOKEN_PATHS: Final = frozenset({"/accesstoken/get", "/api/access-token/jwt-token"})
+PLACEHOLDER_LIFETIME: Final = 3600
+AAD_RESOURCE: Final = "00000002-0000-0000-c000-000000000000"
+
+
+def is_legacy_token_call(method: str, path: str) -> bool:
+    return method == "POST" and path.lower() in LEGACY_TOKEN_PATHS
+
+
+def admin_response(state: ProxyState, path: str) -> web.Response:
+    """The answer for a reserved ``/-/`` path."""
+    if path == HEALTH:
+        return web.json_response({"status": "ok"})
+    if path == READY:
+        return _ready(state)
+    if path == METRICS:
+        return web.Response(body=state.metrics.render(), content_type="text/plain", charset="utf-8")
+    return web.json_response({"status": 404, "title": "Not found"}, status=404)
+
+
+def _ready(state: ProxyState) -> web.Response:
+    used = {name for route in state.config.routes for name in route.credentials}
+    failing = sorted(name for name in used if not state.tokens[name].can_serve())
+    if failing:
+        body = {"status": "not ready", "credentials_without_token": failing}
+        return web.Response(
+            status=503,
+            body=orjson.dumps(body),
+            content_type="application/json",
+            headers={"Retry-After": "5"},
+        )
+    return web.json_response({"status": "ready"})
+
+
+def legacy_token_response(state: ProxyState) -> web.Response:
+    """A seven-field token response whose access_token is the proxy's placeholder."""
+    now = math.floor(time.time())
+    life = str(PLACEHOLDER_LIFETIME)
+    body = {
+        "token_type": "Bearer",
+        "expires_in": life,
+        "ext_expires_in": life,
+        "expires_on": str(now + PLACEHOLDER_LIFETIME),
+        "not_before": str(now),
+        "resource": AAD_RESOURCE,
+        "access_token": state.placeholder,
+    }
+    return web.Response(body=orjson.dumps(body), content_type="application/json")

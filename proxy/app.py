@@ -1,0 +1,225 @@
+"""``create_app(config)``: the aiohttp application, and the one handler every call meets.
+
+Order of checks for a call: client address (403), method (405 for CONNECT), reserved
+``/-/`` paths, client key (407), legacy token calls, route (400/404), credentials
+(403), then forwarding. Every call ends in exactly one log line and one metrics update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import secrets
+import time
+from collections.abc import AsyncIterator
+from functools import lru_cache
+from typing import Final
+
+import aiohttp
+import structlog
+from aiohttp import hdrs, web
+
+from proxy import events
+from proxy.admin import (
+    ADMIN_PREFIX,
+    admin_response,
+    is_legacy_token_call,
+    legacy_token_response,
+)
+from proxy.config import Config, Network
+from proxy.errors import (
+    Forbidden,
+    MethodNotAllowed,
+    ProxyAuthRequired,
+    ProxyError,
+    problem_response,
+)
+from proxy.forwarding import CallRecord, Forwarder
+from proxy.headers import MERCHANT_SERIAL_NUMBER, REQUEST_ID
+from proxy.metrics import Metrics
+from proxy.redact import Redactor
+from proxy.routing import Router, pick_credentials
+from proxy.state import STATE, ProxyState
+from proxy.tls import outbound_context
+from proxy.tokens import TokenProvider
+
+FORWARDER: Final = web.AppKey("vipps_proxy_forwarder", Forwarder)
+MAX_REQUEST_ID: Final = 128
+POOL_SIZE: Final = 256
+
+_log = structlog.get_logger("proxy.app")
+
+
+def create_app(config: Config, redactor: Redactor | None = None) -> web.Application:
+    """The proxy as an aiohttp application; its upstream session lives in cleanup_ctx.
+
+    ``redactor`` should be the one the process's logging uses, so that tokens this app
+    fetches are scrubbed from every log line.
+    """
+    state = ProxyState(
+        config=config,
+        router=Router(config.routes),
+        metrics=Metrics(),
+        redactor=redactor or Redactor(config.secrets),
+        placeholder="vipps-proxy-placeholder-" + secrets.token_urlsafe(16),
+        upstream_ssl=outbound_context(config.tls),
+    )
+    app = web.Application(handler_args={"max_field_size": 16 * 1024})
+    app[STATE] = state
+    app.cleanup_ctx.append(_upstream)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+async def _upstream(app: web.Application) -> AsyncIterator[None]:
+    """One pooled ClientSession for every upstream call, and one token cache per set."""
+    state = app[STATE]
+    connector = aiohttp.TCPConnector(limit=POOL_SIZE, ssl=state.upstream_ssl)
+    state.session = aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
+    )
+    insecure = not state.config.tls.verify
+    bearer_sets = {n for r in state.config.routes if r.auth == "bearer" for n in r.credentials}
+    for name in sorted(bearer_sets):
+        provider = TokenProvider(
+            state.config.credentials[name],
+            state.session,
+            state.metrics,
+            state.redactor,
+            ssl=state.upstream_ssl,
+            insecure=insecure,
+        )
+        state.tokens[name] = provider
+        provider.start()
+    app[FORWARDER] = Forwarder(state)
+    yield
+    await asyncio.gather(*(p.close() for p in state.tokens.values()))
+    await state.session.close()
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """Every call: checks, then the proxy's own answer or a forwarded one; one log line."""
+    state = request.app[STATE]
+    started = time.perf_counter()
+    call = CallRecord(
+        request_id=_request_id(request),
+        method=request.method,
+        path=request.raw_path.partition("?")[0],
+        client=_peer(request),
+    )
+    structlog.contextvars.bind_contextvars(request_id=call.request_id)
+    state.metrics.in_flight.inc()
+    response: web.StreamResponse
+    try:
+        response = await _dispatch(request, state, call)
+    except ProxyError as err:
+        call.status = err.status
+        call.error = call.error or err.reason
+        response = problem_response(err, call.request_id)
+    except asyncio.CancelledError:
+        call.error = call.error or "client_disconnected"
+        raise
+    finally:
+        state.metrics.in_flight.dec()
+        _finish(state, call, started)
+    if not response.prepared:  # a streamed answer got its id before its headers went
+        response.headers[REQUEST_ID] = call.request_id
+    return response
+
+
+async def _dispatch(
+    request: web.Request, state: ProxyState, call: CallRecord
+) -> web.StreamResponse:
+    _check_client(state.config.server.allow_clients, call.client)
+    if request.method == hdrs.METH_CONNECT:
+        raise MethodNotAllowed("CONNECT is not served: this is not a forward proxy")
+    if call.path.startswith(ADMIN_PREFIX):
+        call.route = "admin"
+        response = admin_response(state, call.path)
+        call.status = response.status
+        return response
+    _check_client_key(state, request)
+    route = state.router.resolve(request.raw_path)
+    call.route, call.upstream = route.name, str(route.upstream)
+    if route.local_token_endpoints and is_legacy_token_call(request.method, call.path):
+        call.token = "none"
+        call.status = 200
+        return legacy_token_response(state)
+    creds = pick_credentials(
+        route, state.config.credentials, request.headers.get(MERCHANT_SERIAL_NUMBER)
+    )
+    call.credentials = creds.name if creds else ""
+    return await request.app[FORWARDER].forward(request, route, creds, call)
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get(REQUEST_ID, "")
+    if 0 < len(given) <= MAX_REQUEST_ID and given.isprintable() and given.isascii():
+        return given
+    return secrets.token_hex(16)
+
+
+def _peer(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if peer else ""
+
+
+@lru_cache(maxsize=4096)
+def _allowed(networks: tuple[Network, ...], client: str) -> bool:
+    try:
+        address = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in net for net in networks)
+
+
+def _check_client(networks: tuple[Network, ...], client: str) -> None:
+    """Only the socket's peer address counts; forwarded headers are never trusted."""
+    if not _allowed(networks, client):
+        raise Forbidden(f"client address {client} is not allowed", reason="client_not_allowed")
+
+
+def _check_client_key(state: ProxyState, request: web.Request) -> None:
+    keys = state.config.server.client_keys
+    if not keys:
+        return
+    scheme, _, given = request.headers.get(hdrs.PROXY_AUTHORIZATION, "").partition(" ")
+    # Compare against every key, always, so timing says nothing about which one matched.
+    matched = [key.matches(given.strip()) for key in keys]
+    if scheme.lower() != "bearer" or not any(matched):
+        raise ProxyAuthRequired("a valid Proxy-Authorization: Bearer <client key> is required")
+
+
+def _finish(state: ProxyState, call: CallRecord, started: float) -> None:
+    seconds = time.perf_counter() - started
+    if call.route == "admin":
+        _log.debug(events.REQUEST_COMPLETED, path=call.path, status=call.status)
+        return
+    status = call.status or 499  # 499: the client went away before an answer
+    state.metrics.observe_call(
+        call.route or "none", call.method, status, seconds, call.bytes_in, call.bytes_out
+    )
+    log = _log.warning if call.error or status >= 500 else _log.info
+    extra = {"error": call.error} if call.error else {}
+    if call.replayed:
+        extra["replayed"] = "true"
+    log(
+        events.REQUEST_COMPLETED,
+        method=call.method,
+        path=call.path,
+        status=status,
+        duration_ms=round(seconds * 1000, 3),
+        route=call.route or None,
+        upstream=call.upstream or None,
+        credentials=call.credentials or None,
+        bytes_in=call.bytes_in,
+        bytes_out=call.bytes_out,
+        client=call.client,
+        token=call.token,
+        **extra,
+    )

@@ -1,0 +1,559 @@
+"""The configuration: TOML in, frozen dataclasses out, every error naming its key.
+
+``load_config(path)`` is the only entry point. Strings may hold ``${NAME}`` (an
+environment variable; missing is an error), ``${NAME:-default}``, or ``${file:/path}``
+(a file's contents, trailing newline stripped, the way container secrets arrive).
+Secret keys also accept a ``<key>_file`` variant. Secrets are wrapped in
+:class:`~proxy.secret.Secret` the moment they are read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, TypeVar, cast
+
+from yarl import URL
+
+from proxy.secret import Secret
+
+TokenStyle = Literal["accesstoken", "jwt-token", "oauth2"]
+AuthMode = Literal["bearer", "client-credentials", "none"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+TOKEN_STYLES: Final = ("accesstoken", "jwt-token", "oauth2")
+AUTH_MODES: Final = ("bearer", "client-credentials", "none")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("json", "console")
+LOOPBACK: Final[tuple[Network, ...]] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+SYSTEM_HEADER_MAX: Final = 30  # Vipps truncates Vipps-System-* values at 30 characters
+
+_REF = re.compile(r"\$\{([^}]*)\}")
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A config problem; ``str()`` is one line: ``key: what is wrong``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    allow_clients: tuple[Network, ...] = LOOPBACK
+    shutdown_timeout: float = 25.0
+    client_keys: tuple[Secret, ...] = ()
+    tls_cert: str = ""
+    tls_key: str = ""
+    client_ca: str = ""
+    max_body_bytes: int = 0
+    allow_open_network: bool = False
+    header_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "json"
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    verify: bool = True
+    ca_bundle: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """One Vipps sales unit (or partner key): how to get its token and what to inject."""
+
+    name: str
+    token_url: URL
+    token_style: TokenStyle
+    client_id: Secret
+    client_secret: Secret
+    subscription_key: Secret
+    token_subscription_key: Secret | None = None
+    merchant_serial_number: str = ""
+    resource: str = ""
+    system_headers: tuple[tuple[str, str], ...] = ()
+    token_timeout: float = 10.0
+
+    @property
+    def secrets(self) -> tuple[Secret, ...]:
+        """Every secret value of this set, for redaction."""
+        extra = (self.token_subscription_key,) if self.token_subscription_key else ()
+        return (self.client_id, self.client_secret, self.subscription_key, *extra)
+
+
+@dataclass(frozen=True)
+class Route:
+    prefix: str
+    upstream: URL
+    credentials: tuple[str, ...]
+    auth: AuthMode = "bearer"
+    subscription_key: bool = True
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    local_token_endpoints: bool = True
+
+    @property
+    def name(self) -> str:
+        """The route's name in logs and metrics: its prefix."""
+        return self.prefix
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    credentials: Mapping[str, Credentials] = field(default_factory=dict)
+    routes: tuple[Route, ...] = ()
+    source: str = ""
+
+    @property
+    def secrets(self) -> tuple[Secret, ...]:
+        """Every secret the config holds, for redaction."""
+        held = [s for c in self.credentials.values() for s in c.secrets]
+        return (*held, *self.server.client_keys)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read, interpolate and validate the TOML file at ``path``."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("config", f"file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.__class__.__name__}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"invalid TOML: {exc}") from None
+    return parse_config(raw, os.environ if env is None else env, source=str(path))
+
+
+def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "") -> Config:
+    """Validate an already parsed TOML document."""
+    doc = _Table(_interpolate(dict(raw), "", env), "")
+    doc.allow_only("server", "log", "tls", "credentials", "routes")
+    server = _server(doc.table("server"))
+    log = _log(doc.table("log"))
+    tls = _tls(doc.table("tls"))
+    creds_table = doc.table("credentials")
+    credentials = {name: _credentials(creds_table.table(name), name) for name in creds_table.data}
+    if not credentials:
+        raise ConfigError("credentials", "at least one [credentials.NAME] set is required")
+    routes = _routes(doc, credentials)
+    return Config(server, log, tls, credentials, routes, source)
+
+
+def _interpolate(value: Any, key: str, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        return _REF.sub(lambda m: _resolve(m.group(1), key, env), value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, _join(key, k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{key}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+def _resolve(ref: str, key: str, env: Mapping[str, str]) -> str:
+    if ref.startswith("file:"):
+        return _read_secret_file(ref[5:], key)
+    name, sep, default = ref.partition(":-")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ConfigError(key, f"bad reference ${{{ref}}}")
+    if name in env:
+        return env[name]
+    if sep:
+        return default
+    raise ConfigError(key, f"environment variable {name} is not set")
+
+
+def _read_secret_file(path: str, key: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read file {path}: {exc.strerror}") from None
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+class _Table:
+    """A TOML table that knows its own key path, so every error can name the key."""
+
+    def __init__(self, data: Any, key: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(key, "must be a table")
+        self.data: dict[str, Any] = data
+        self.key = key
+
+    def allow_only(self, *names: str) -> None:
+        for name in self.data:
+            if name not in names:
+                raise ConfigError(_join(self.key, name), "unknown key")
+
+    def table(self, name: str) -> _Table:
+        return _Table(self.data.get(name, {}), _join(self.key, name))
+
+    def get(self, name: str, kind: type[T], default: T) -> T:
+        value = self.data.get(name, default)
+        return _check_type(value, kind, _join(self.key, name))
+
+    def require(self, name: str, kind: type[T]) -> T:
+        if name not in self.data:
+            raise ConfigError(_join(self.key, name), "is required")
+        return _check_type(self.data[name], kind, _join(self.key, name))
+
+    def number(self, name: str, default: float, minimum: float = 0.0) -> float:
+        value = _number(self.data.get(name, default), _join(self.key, name))
+        if value < minimum:
+            raise ConfigError(_join(self.key, name), f"must be at least {minimum:g}")
+        return value
+
+    def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
+        value = self.get(name, str, default)
+        if value not in options:
+            allowed = " | ".join(options)
+            raise ConfigError(_join(self.key, name), f"must be one of {allowed}, not {value!r}")
+        return value
+
+    def secret(self, name: str, *, required: bool = True) -> Secret | None:
+        """A secret value, given inline or as ``<name>_file``."""
+        file_key = f"{name}_file"
+        if file_key in self.data:
+            path = self.require(file_key, str)
+            value = _read_secret_file(path, _join(self.key, file_key))
+        elif name in self.data:
+            value = self.require(name, str)
+        elif required:
+            raise ConfigError(_join(self.key, name), "is required")
+        else:
+            return None
+        if not value.strip():
+            raise ConfigError(_join(self.key, name), "is empty")
+        return Secret(value)
+
+
+def _check_type(value: Any, kind: type[T], key: str) -> T:
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(key, "must be true or false")
+    if not isinstance(value, kind):
+        raise ConfigError(key, f"must be a {_kind_name(kind)}")
+    return value
+
+
+def _kind_name(kind: type[Any]) -> str:
+    names = {str: "string", list: "list", dict: "table", bool: "boolean", int: "integer"}
+    return names.get(kind, kind.__name__)
+
+
+def _number(value: Any, key: str) -> float:
+    """A number, also accepted as a numeric string (values often come from ``${ENV}``)."""
+    if isinstance(value, bool):
+        raise ConfigError(key, "must be a number")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(key, "must be a number")
+
+
+def _integer(table: _Table, name: str, default: int, low: int, high: int) -> int:
+    key = _join(table.key, name)
+    value = _number(table.data.get(name, default), key)
+    if value != int(value) or not low <= value <= high:
+        raise ConfigError(key, f"must be a whole number from {low} to {high}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _server(t: _Table) -> ServerConfig:
+    t.allow_only(*ServerConfig.__dataclass_fields__)
+    keys = tuple(
+        Secret(_check_type(k, str, f"{t.key}.client_keys[{i}]"))
+        for i, k in enumerate(t.get("client_keys", list, []))
+    )
+    server = ServerConfig(
+        host=t.get("host", str, "127.0.0.1"),
+        port=_integer(t, "port", 8080, 0, 65535),
+        workers=_integer(t, "workers", 1, 1, 64),
+        allow_clients=_networks(t),
+        shutdown_timeout=t.number("shutdown_timeout", 25.0),
+        client_keys=keys,
+        tls_cert=t.get("tls_cert", str, ""),
+        tls_key=t.get("tls_key", str, ""),
+        client_ca=t.get("client_ca", str, ""),
+        max_body_bytes=_integer(t, "max_body_bytes", 0, 0, 2**62),
+        allow_open_network=t.get("allow_open_network", bool, False),
+        header_timeout=t.number("header_timeout", 10.0, minimum=0.1),
+    )
+    _check_server_tls(server, t.key)
+    _check_exposure(server, t.key)
+    return server
+
+
+def _networks(t: _Table) -> tuple[Network, ...]:
+    items = t.get("allow_clients", list, ["127.0.0.0/8", "::1/128"])
+    networks = []
+    for i, item in enumerate(items):
+        key = f"{t.key}.allow_clients[{i}]"
+        try:
+            networks.append(ipaddress.ip_network(_check_type(item, str, key), strict=False))
+        except ValueError:
+            raise ConfigError(key, f"not a CIDR network: {item!r}") from None
+    return tuple(networks)
+
+
+def _check_server_tls(server: ServerConfig, key: str) -> None:
+    if bool(server.tls_cert) != bool(server.tls_key):
+        raise ConfigError(f"{key}.tls_key", "tls_cert and tls_key go together")
+    if server.client_ca and not server.tls_cert:
+        raise ConfigError(f"{key}.client_ca", "needs tls_cert and tls_key")
+    for name in ("tls_cert", "tls_key", "client_ca"):
+        path = getattr(server, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{key}.{name}", f"file not found: {path}")
+
+
+def _check_exposure(server: ServerConfig, key: str) -> None:
+    """Refuse to hand our credentials to a whole network by accident."""
+    if _is_loopback_host(server.host) or server.allow_open_network:
+        return
+    guarded = bool(server.client_keys) or bool(server.client_ca)
+    everyone = all(not net.is_loopback and net.prefixlen == 0 for net in server.allow_clients)
+    if everyone and not guarded:
+        raise ConfigError(
+            f"{key}.allow_clients",
+            "listening beyond loopback lets every address in without client_keys or "
+            "client_ca; narrow allow_clients, add either, or set allow_open_network = true",
+        )
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _log(t: _Table) -> LogConfig:
+    t.allow_only("level", "format")
+    return LogConfig(
+        level=t.choice("level", LOG_LEVELS, "info"),
+        format=t.choice("format", LOG_FORMATS, "json"),
+    )
+
+
+def _tls(t: _Table) -> TLSConfig:
+    t.allow_only(*TLSConfig.__dataclass_fields__)
+    tls = TLSConfig(
+        verify=t.get("verify", bool, True),
+        ca_bundle=t.get("ca_bundle", str, ""),
+        client_cert=t.get("client_cert", str, ""),
+        client_key=t.get("client_key", str, ""),
+    )
+    for name in ("ca_bundle", "client_cert", "client_key"):
+        path = getattr(tls, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{t.key}.{name}", f"file not found: {path}")
+    if tls.client_key and not tls.client_cert:
+        raise ConfigError(f"{t.key}.client_key", "needs client_cert")
+    return tls
+
+
+_CREDENTIAL_KEYS: Final = [
+    "token_url",
+    "token_style",
+    "client_id",
+    "client_secret",
+    "subscription_key",
+    "token_subscription_key",
+    "merchant_serial_number",
+    "resource",
+    "system_name",
+    "system_version",
+    "plugin_name",
+    "plugin_version",
+    "token_timeout",
+    "client_id_file",
+    "client_secret_file",
+    "subscription_key_file",
+    "token_subscription_key_file",
+]
+_SYSTEM_HEADERS: Final = (
+    ("system_name", "Vipps-System-Name"),
+    ("system_version", "Vipps-System-Version"),
+    ("plugin_name", "Vipps-System-Plugin-Name"),
+    ("plugin_version", "Vipps-System-Plugin-Version"),
+)
+
+
+def _credentials(t: _Table, name: str) -> Credentials:
+    t.allow_only(*_CREDENTIAL_KEYS)
+    style = cast(TokenStyle, t.choice("token_style", TOKEN_STYLES, "accesstoken"))
+    resource = t.get("resource", str, "")
+    if style == "jwt-token" and not resource:
+        raise ConfigError(f"{t.key}.resource", "is required for token_style jwt-token")
+    system = tuple(
+        (header, t.get(key, str, "")[:SYSTEM_HEADER_MAX])
+        for key, header in _SYSTEM_HEADERS
+        if t.get(key, str, "")
+    )
+    return Credentials(
+        name=name,
+        token_url=_url(t, "token_url"),
+        token_style=style,
+        client_id=_required_secret(t, "client_id"),
+        client_secret=_required_secret(t, "client_secret"),
+        subscription_key=_required_secret(t, "subscription_key"),
+        token_subscription_key=t.secret("token_subscription_key", required=False),
+        merchant_serial_number=t.get("merchant_serial_number", str, ""),
+        resource=resource,
+        system_headers=system,
+        token_timeout=t.number("token_timeout", 10.0, minimum=0.1),
+    )
+
+
+def _required_secret(t: _Table, name: str) -> Secret:
+    value = t.secret(name)
+    assert value is not None  # required=True raises instead of returning None
+    return value
+
+
+def _url(t: _Table, name: str) -> URL:
+    text = t.require(name, str)
+    url = URL(text)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(_join(t.key, name), f"not a URL: {text!r}")
+    return url
+
+
+_ROUTE_KEYS: Final = [
+    "prefix",
+    "upstream",
+    "credentials",
+    "auth",
+    "subscription_key",
+    "connect_timeout",
+    "read_timeout",
+    "local_token_endpoints",
+]
+
+
+def _routes(doc: _Table, credentials: Mapping[str, Credentials]) -> tuple[Route, ...]:
+    items = doc.get("routes", list, [])
+    if not items:
+        if len(credentials) > 1:
+            raise ConfigError("routes", "several credential sets need [[routes]]")
+        only = next(iter(credentials.values()))
+        return (Route("/", only.token_url.origin(), (only.name,)),)
+    routes = [_route(_Table(item, f"routes[{i}]"), credentials) for i, item in enumerate(items)]
+    seen: set[str] = set()
+    for i, route in enumerate(routes):
+        if route.prefix in seen:
+            raise ConfigError(f"routes[{i}].prefix", f"duplicate prefix {route.prefix!r}")
+        seen.add(route.prefix)
+    return tuple(routes)
+
+
+def _route(t: _Table, credentials: Mapping[str, Credentials]) -> Route:
+    t.allow_only(*_ROUTE_KEYS)
+    prefix = t.require("prefix", str)
+    if not prefix.startswith("/"):
+        raise ConfigError(f"{t.key}.prefix", "must start with /")
+    upstream = _url(t, "upstream")
+    if upstream.query_string or upstream.fragment:
+        raise ConfigError(f"{t.key}.upstream", "must not have a query or fragment")
+    auth = cast(AuthMode, t.choice("auth", AUTH_MODES, "bearer"))
+    return Route(
+        prefix=prefix,
+        upstream=upstream,
+        credentials=_route_credentials(t, credentials, auth),
+        auth=auth,
+        subscription_key=t.get("subscription_key", bool, True),
+        connect_timeout=t.number("connect_timeout", 5.0, minimum=0.001),
+        read_timeout=t.number("read_timeout", 60.0, minimum=0.001),
+        local_token_endpoints=t.get("local_token_endpoints", bool, True),
+    )
+
+
+def _route_credentials(
+    t: _Table, credentials: Mapping[str, Credentials], auth: str
+) -> tuple[str, ...]:
+    key = f"{t.key}.credentials"
+    value: Any = t.data.get("credentials")
+    if value is None:
+        if auth == "none":
+            return ()
+        if len(credentials) != 1:
+            raise ConfigError(key, "is required when there are several credential sets")
+        return (next(iter(credentials)),)
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names:
+        raise ConfigError(key, "must be a credential set name or a non-empty list of names")
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or name not in credentials:
+            raise ConfigError(key, f"unknown credential set {name!r}")
+        if len(names) > 1 and not credentials[name].merchant_serial_number:
+            raise ConfigError(
+                f"credentials.{name}.merchant_serial_number",
+                f"is required: {key}[{i}] picks sets by merchant serial number",
+            )
+    return tuple(names)
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """The effective config with every secret masked, for ``vipps-proxy check``."""
+
+    def show(value: Any) -> Any:
+        if isinstance(value, Secret):
+            return str(value)
+        if isinstance(value, URL):
+            return str(value)
+        if isinstance(value, tuple | list):
+            return [show(v) for v in value]
+        if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            return str(value)
+        return value
+
+    def section(obj: Any, skip: Callable[[str], bool] = lambda _: False) -> dict[str, Any]:
+        fields = obj.__dataclass_fields__
+        return {k: show(getattr(obj, k)) for k in fields if not skip(k)}
+
+    return {
+        "server": section(config.server),
+        "log": section(config.log),
+        "tls": section(config.tls),
+        "credentials": {
+            n: section(c, lambda k: k == "name") for n, c in config.credentials.items()
+        },
+        "routes": [section(r) for r in config.routes],
+    }

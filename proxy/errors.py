@@ -1,0 +1,127 @@
+"""The proxy's own errors, and the one place that turns them into responses.
+
+::
+
+    ProxyError                      problem+json with `status`
+    ├── BadRequest                  400 malformed request
+    ├── Forbidden                   403 client or merchant not allowed
+    ├── NotFound                    404 no route
+    ├── MethodNotAllowed            405 CONNECT and friends
+    ├── ProxyAuthRequired           407 missing or wrong client key
+    ├── PayloadTooLarge             413 body above max_body_bytes
+    ├── BadGateway                  502 upstream unreachable or broken
+    ├── TokenUnavailable            503 no token can be had (with Retry-After)
+    └── GatewayTimeout              504 upstream too slow
+
+No message built here ever includes a secret: details are written by the proxy from
+fixed phrases and non-secret values (paths, route names, numbers).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import orjson
+from aiohttp import web
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ProxyError(Exception):
+    """An error the proxy answers itself, as an RFC 9457 problem."""
+
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal proxy error"
+    slug: ClassVar[str] = "internal-error"
+
+    def __init__(self, detail: str, *, reason: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        #: A short machine-friendly cause for logs and metrics (`connect_timeout`, ...).
+        self.reason = reason or self.slug
+
+    def extra_headers(self) -> dict[str, str]:
+        """Headers this error adds to its response."""
+        return {}
+
+
+class BadRequest(ProxyError):
+    status = 400
+    title = "Bad request"
+    slug = "bad-request"
+
+
+class Forbidden(ProxyError):
+    status = 403
+    title = "Forbidden"
+    slug = "forbidden"
+
+
+class NotFound(ProxyError):
+    status = 404
+    title = "No route"
+    slug = "no-route"
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    title = "Method not allowed"
+    slug = "method-not-allowed"
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"}
+
+
+class ProxyAuthRequired(ProxyError):
+    status = 407
+    title = "Proxy authentication required"
+    slug = "proxy-auth-required"
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Proxy-Authenticate": 'Bearer realm="vipps-proxy"'}
+
+
+class PayloadTooLarge(ProxyError):
+    status = 413
+    title = "Payload too large"
+    slug = "payload-too-large"
+
+
+class BadGateway(ProxyError):
+    status = 502
+    title = "Bad gateway"
+    slug = "bad-gateway"
+
+
+class TokenUnavailable(ProxyError):
+    status = 503
+    title = "No access token available"
+    slug = "token-unavailable"
+
+    def __init__(self, detail: str, *, retry_after: float, reason: str | None = None) -> None:
+        super().__init__(detail, reason=reason)
+        self.retry_after = retry_after
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class GatewayTimeout(ProxyError):
+    status = 504
+    title = "Gateway timeout"
+    slug = "gateway-timeout"
+
+
+def problem_response(error: ProxyError, request_id: str) -> web.Response:
+    """The problem+json response for ``error``."""
+    body = {
+        "type": f"https://github.com/vipps-proxy/vipps-proxy#{error.slug}",
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        "request_id": request_id,
+    }
+    response = web.Response(status=error.status, body=orjson.dumps(body), content_type=PROBLEM_JSON)
+    response.headers.update(error.extra_headers())
+    return response

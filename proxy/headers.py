@@ -1,0 +1,103 @@
+"""Header policy as data: which headers cross the proxy, and which it injects.
+
+Everything here is a pure function over header lists, so it can be tested without a
+socket. Names are compared lower-cased against precomputed frozensets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from aiohttp import hdrs
+from multidict import CIMultiDict
+
+from proxy.config import Credentials, Route
+
+Headers = Iterable[tuple[str, str]]
+
+
+def _lower(*names: str) -> frozenset[str]:
+    return frozenset(n.lower() for n in names)
+
+
+#: RFC 9110 §7.6.1 connection-specific fields, plus the de-facto ones, never forwarded.
+HOP_BY_HOP: Final = _lower(
+    hdrs.CONNECTION,
+    hdrs.KEEP_ALIVE,
+    "Proxy-Connection",
+    hdrs.PROXY_AUTHENTICATE,
+    hdrs.PROXY_AUTHORIZATION,
+    hdrs.TE,
+    hdrs.TRAILER,
+    hdrs.TRANSFER_ENCODING,
+    hdrs.UPGRADE,
+)
+
+#: Credentials a client may send; removed before ours go in.
+CLIENT_CREDENTIALS: Final = _lower(
+    hdrs.AUTHORIZATION, "Ocp-Apim-Subscription-Key", "client_id", "client_secret"
+)
+
+#: Request headers the proxy itself answers or sets: `Host` comes from the upstream URL,
+#: `Expect: 100-continue` is answered by the proxy (a forwarded one would make the
+#: upstream wait for a second 100 that never comes).
+REQUEST_DROP: Final = HOP_BY_HOP | _lower(hdrs.HOST, hdrs.EXPECT)
+#: What a `none` (pass-through) route still removes.
+PASSTHROUGH_DROP: Final = REQUEST_DROP
+#: What an authenticated route removes: also every credential the client sent.
+AUTHENTICATED_DROP: Final = REQUEST_DROP | CLIENT_CREDENTIALS
+#: Response headers that are about the upstream connection, not the message.
+RESPONSE_DROP: Final = HOP_BY_HOP
+
+MERCHANT_SERIAL_NUMBER: Final = "Merchant-Serial-Number"
+SUBSCRIPTION_KEY: Final = "Ocp-Apim-Subscription-Key"
+REQUEST_ID: Final = "X-Request-Id"
+
+
+def connection_tokens(headers: Headers) -> frozenset[str]:
+    """Header names listed in every `Connection` field (they are hop-by-hop too)."""
+    names: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            names.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return frozenset(names)
+
+
+def filtered(headers: Headers, drop: frozenset[str]) -> list[tuple[str, str]]:
+    """``headers`` in order, repeats kept, less ``drop`` and the Connection-named ones."""
+    items = list(headers)
+    extra = connection_tokens(items)
+    if extra:
+        drop = drop | extra
+    return [(k, v) for k, v in items if k.lower() not in drop]
+
+
+def upstream_request_headers(
+    headers: Headers,
+    route: Route,
+    creds: Credentials | None,
+    token: str | None,
+) -> CIMultiDict[str]:
+    """What goes to the upstream: the client's headers, cleaned, plus our credentials."""
+    if route.auth == "none" or creds is None:
+        return CIMultiDict(filtered(headers, PASSTHROUGH_DROP))
+    out = CIMultiDict(filtered(headers, AUTHENTICATED_DROP))
+    if route.auth == "bearer" and token is not None:
+        out[hdrs.AUTHORIZATION] = f"Bearer {token}"
+    elif route.auth == "client-credentials":
+        out["client_id"] = creds.client_id.reveal()
+        out["client_secret"] = creds.client_secret.reveal()
+    if route.subscription_key:
+        out[SUBSCRIPTION_KEY] = creds.subscription_key.reveal()
+    if creds.merchant_serial_number:
+        out[MERCHANT_SERIAL_NUMBER] = creds.merchant_serial_number
+    for name, value in creds.system_headers:
+        out.setdefault(name, value)
+    return out
+
+
+def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """The upstream's response headers for the client, from the raw wire pairs."""
+    items = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+    return filtered(items, RESPONSE_DROP)

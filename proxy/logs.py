@@ -1,0 +1,135 @@
+"""Logging: structlog, one JSON object per line on stdout, secrets scrubbed.
+
+``configure_logging`` is called once per process. JSON lines are rendered with orjson
+straight to bytes (structlog's ``BytesLoggerFactory``); ``format = "console"`` renders
+for humans. aiohttp's own stdlib loggers go through the same processors, and its access
+log is off: the proxy writes its own line per call.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import IO, Any, Final
+
+import orjson
+import structlog
+from structlog.typing import Processor
+
+from proxy import events
+from proxy.redact import Redactor
+
+LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def _dumps(obj: Any, default: Any = None) -> bytes:
+    return orjson.dumps(obj, default=str, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: str = "json",
+    redactor: Redactor | None = None,
+    stream: IO[bytes] | None = None,
+    *,
+    cache: bool = True,
+) -> None:
+    """Set up structlog and the stdlib root logger for this process."""
+    redact = redactor or Redactor()
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.dict_tracebacks,
+        redact,
+    ]
+    out = stream if stream is not None else sys.stdout.buffer
+    if fmt == "console":
+        text_out: Any = sys.stdout if stream is None else _TextStream(out)
+        renderer: Processor = structlog.dev.ConsoleRenderer(colors=False)
+        factory: Any = structlog.PrintLoggerFactory(file=text_out)
+    else:
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
+        factory = _LineBytesLoggerFactory(out)
+    structlog.configure(
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=factory,
+        cache_logger_on_first_use=cache,  # tests reconfigure between cases
+    )
+    _route_stdlib(level, shared, fmt, _TextStream(out))
+
+
+class _LineBytesLogger:
+    """Writes pre-rendered JSON lines (newline included) to a binary stream."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+
+    def msg(self, message: bytes) -> None:
+        self._out.write(message)
+        self._out.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+class _LineBytesLoggerFactory:
+    def __init__(self, out: IO[bytes]) -> None:
+        self._logger = _LineBytesLogger(out)
+
+    def __call__(self, *args: Any) -> _LineBytesLogger:
+        return self._logger
+
+
+class _TextStream:
+    """A text view of a binary stream, for the console renderer."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        return self._out.write(text.encode("utf-8", "replace"))
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+def _route_stdlib(level: str, shared: list[Processor], fmt: str, out: _TextStream) -> None:
+    """aiohttp and asyncio log through stdlib; render them like our own lines."""
+    renderer: Processor
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    else:
+        renderer = _render_json_text
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared[:-1], _name_event],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            shared[-1],
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(out)  # type: ignore[arg-type]
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(LEVELS[level], logging.INFO))
+    logging.getLogger("aiohttp.access").disabled = True
+
+
+def _render_json_text(_: Any, __: str, event_dict: Any) -> str:
+    return orjson.dumps(event_dict, default=str).decode()
+
+
+def _name_event(_: Any, __: str, event_dict: Any) -> Any:
+    record = event_dict.get("_record")
+    if record is not None:
+        event_dict["logger"] = record.name
+        event_dict.setdefault("message", event_dict.get("event"))
+        event_dict["event"] = events.AIOHTTP if record.name.startswith("aiohttp") else "stdlib"
+    return event_dict

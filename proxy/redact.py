@@ -1,0 +1,64 @@
+"""The second line of defence: scrub known secret values from anything logged.
+
+The first line is that no code logs a secret. This catches the rest: an upstream error
+body that echoes a key, an exception message that quotes a header. Known values are
+the config's secrets and every token fetched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Final
+
+from proxy.secret import MASK, Secret
+
+SENSITIVE_KEYS: Final = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "ocp-apim-subscription-key",
+        "client_secret",
+        "client-secret",
+        "access_token",
+        "token_value",
+        "password",
+        "subscription_key",
+    }
+)
+MAX_TOKENS_KEPT: Final = 64  # old tokens stay secret too, but memory stays bounded
+MIN_SECRET_LENGTH: Final = 4  # scrubbing one-letter "secrets" would mangle every line
+
+
+class Redactor:
+    """Replaces every known secret value with ``***``; also a structlog processor."""
+
+    def __init__(self, secrets: Iterable[Secret] = ()) -> None:
+        self._fixed = [s.reveal() for s in secrets if len(s.reveal()) >= MIN_SECRET_LENGTH]
+        self._tokens: list[str] = []
+        self._values: tuple[str, ...] = tuple(self._fixed)
+
+    def add(self, value: str) -> None:
+        """Remember a new secret (a fetched token)."""
+        if len(value) < MIN_SECRET_LENGTH or value in self._tokens:
+            return
+        self._tokens = [*self._tokens[-(MAX_TOKENS_KEPT - 1) :], value]
+        # Longest first, so a secret that contains another is masked whole.
+        self._values = tuple(sorted({*self._fixed, *self._tokens}, key=len, reverse=True))
+
+    def redact_text(self, text: str) -> str:
+        for value in self._values:
+            if value in text:
+                text = text.replace(value, MASK)
+        return text
+
+    def __call__(
+        self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in event_dict.items():
+            if key.lower() in SENSITIVE_KEYS:
+                event_dict[key] = MASK
+            elif isinstance(value, str):
+                event_dict[key] = self.redact_text(value)
+            elif not isinstance(value, int | float | bool | type(None)):
+                event_dict[key] = self.redact_text(str(value))
+        return event_dict

@@ -1,0 +1,51 @@
+"""A wrapper that keeps secret strings out of reprs, logs and error messages."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Final
+
+MASK: Final = "***"
+
+
+class Secret:
+    """A string that never shows itself: ``repr``, ``str`` and formatting give ``***``.
+
+    The value is reached only through :meth:`reveal`, so every place that puts a secret
+    on the wire is greppable.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for the one place that sends it."""
+        return self._value
+
+    def matches(self, candidate: str) -> bool:
+        """Constant-time comparison with ``candidate``."""
+        return hmac.compare_digest(self._value.encode(), candidate.encode())
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK!r})"
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __format__(self, spec: str) -> str:
+        return MASK
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and self.matches(other._value)
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        # Worker processes receive the config by pickling; the value must survive that.
+        return (Secret, (self._value,))

@@ -1,0 +1,142 @@
+"""Running the app: one process or ``workers`` processes sharing the port, and shutdown.
+
+SIGTERM or SIGINT: stop accepting, give in-flight calls ``shutdown_timeout`` seconds,
+cut what is left (each cut call still writes its log line), exit 0. With ``workers > 1``
+the parent starts N workers that bind the same port with SO_REUSEPORT (each with its own
+token cache: Vipps allows several valid tokens at once) and passes signals on to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from proxy import events
+from proxy.app import create_app
+from proxy.config import Config
+from proxy.logs import configure_logging
+from proxy.redact import Redactor
+from proxy.tls import inbound_context
+
+_log = structlog.get_logger("proxy.server")
+
+try:  # uvloop where available: a faster event loop, same semantics
+    import uvloop
+
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+except ImportError:  # pragma: no cover - Windows
+    loop_factory = None
+
+
+def run(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT; the process's exit status."""
+    if config.server.workers > 1:
+        return _run_workers(config)
+    return _serve_process(config, reuse_port=False)
+
+
+def _serve_process(config: Config, *, reuse_port: bool) -> int:
+    redactor = Redactor(config.secrets)
+    configure_logging(config.log.level, config.log.format, redactor)
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(config, redactor, reuse_port=reuse_port))
+    return 0
+
+
+async def serve(
+    config: Config,
+    redactor: Redactor,
+    *,
+    reuse_port: bool = False,
+    ready: Callable[[web.AppRunner], Awaitable[None]] | None = None,
+) -> None:
+    """Serve ``config`` until a stop signal, then drain. ``ready`` runs once listening."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = await start(config, redactor, reuse_port=reuse_port)
+    if ready is not None:
+        await ready(runner)
+    await stop.wait()
+    _log.info(events.SHUTDOWN_STARTED, shutdown_timeout_s=config.server.shutdown_timeout)
+    await runner.cleanup()
+    _log.info(events.SHUTDOWN)
+
+
+async def start(
+    config: Config, redactor: Redactor, *, reuse_port: bool = False
+) -> web.AppRunner:
+    """Start listening; the caller calls ``runner.cleanup()`` to drain and stop."""
+    server = config.server
+    runner = web.AppRunner(
+        create_app(config, redactor),
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=server.shutdown_timeout,
+        keepalive_timeout=75.0,
+        max_line_size=8190,
+        max_field_size=8190,
+        max_headers=100,
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner,
+        server.host,
+        server.port,
+        ssl_context=inbound_context(server),
+        reuse_port=reuse_port or None,
+        backlog=1024,
+    )
+    await site.start()
+    _log.info(
+        events.STARTUP,
+        listening=site.name,
+        pid=os.getpid(),
+        routes=[f"{r.prefix} -> {r.upstream} ({r.auth})" for r in config.routes],
+        credential_sets=sorted(config.credentials),
+        workers=server.workers,
+    )
+    if not config.tls.verify:
+        _log.warning(events.TLS_VERIFY_DISABLED, scope="all outbound connections")
+    return runner
+
+
+def _run_workers(config: Config) -> int:
+    """Start N worker processes on one port; forward stop signals; wait for all."""
+    configure_logging(config.log.level, config.log.format, Redactor(config.secrets))
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker_main, args=(config,), name=f"vipps-proxy-worker-{i}")
+        for i in range(config.server.workers)
+    ]
+    for worker in workers:
+        worker.start()
+
+    def forward(_signum: int, _frame: Any) -> None:
+        for worker in workers:  # workers ignore SIGINT; SIGTERM is what drains them
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for worker in workers:
+        worker.join()
+        if worker.exitcode:
+            _log.error(events.WORKER_EXITED, worker=worker.name, exitcode=worker.exitcode)
+            status = 1
+    return status
+
+
+def _worker_main(config: Config) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
+    sys.exit(_serve_process(config, reuse_port=True))

@@ -1,0 +1,41 @@
+"""The application's state: one typed object behind one ``web.AppKey``."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from typing import Final
+
+import aiohttp
+from aiohttp import web
+
+from proxy.config import Config
+from proxy.metrics import Metrics
+from proxy.redact import Redactor
+from proxy.routing import Router
+from proxy.tokens import TokenProvider
+
+
+@dataclass
+class ProxyState:
+    """Everything a request handler needs, built once at start-up."""
+
+    config: Config
+    router: Router
+    metrics: Metrics
+    redactor: Redactor
+    placeholder: str
+    upstream_ssl: ssl.SSLContext | bool = True
+    session: aiohttp.ClientSession | None = None
+    tokens: dict[str, TokenProvider] = field(default_factory=dict)
+
+    def client(self) -> aiohttp.ClientSession:
+        assert self.session is not None, "the upstream session is made at start-up"
+        return self.session
+
+
+STATE: Final = web.AppKey("vipps_proxy_state", ProxyState)
+
+
+def state_of(app: web.Application) -> ProxyState:
+    return app[STATE]

@@ -1,0 +1,319 @@
+"""Access tokens: fetched with client credentials, cached in memory, refreshed early.
+
+One :class:`TokenProvider` per credential set. Its rules:
+
+* one fetch at a time, shared by every request waiting for it;
+* refreshed in the background at ``lifetime - max(60 s, 10 %)`` (at most half the
+  lifetime), timed on the monotonic clock from receipt, so requests never wait for a
+  refresh while the old token is valid and a skewed wall clock changes nothing;
+* never handed out once expired (expiry is also taken a little early);
+* failed fetches retried with exponential backoff and full jitter; while no valid token
+  exists callers get :class:`~proxy.errors.TokenUnavailable` with a Retry-After;
+* :meth:`TokenProvider.invalidate` drops a token Vipps refused, if still current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+import orjson
+import structlog
+
+from proxy import events
+from proxy.config import Credentials
+from proxy.errors import TokenUnavailable
+from proxy.metrics import Metrics
+from proxy.redact import Redactor
+from proxy.secret import Secret
+
+MAX_LIFETIME: Final = 7 * 24 * 3600.0  # distrust absurd lifetimes; a 401 still refreshes
+MIN_REFRESH_INTERVAL: Final = 1.0  # a token that lives 1 s is not fetched 100 times a second
+MAX_ERROR_BODY: Final = 512
+
+
+class TokenFetchError(Exception):
+    """A token fetch failed; the message is safe to log (already redacted)."""
+
+
+@dataclass(frozen=True)
+class Token:
+    value: Secret
+    received_at: float  # monotonic
+    expires_at: float  # monotonic, a little early
+    refresh_at: float  # monotonic
+
+    def valid(self, now: float) -> bool:
+        return now < self.expires_at
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter: attempt n waits up to ``min(cap, base * 2**n)``."""
+
+    base: float = 0.5
+    cap: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.cap, self.base * 2 ** min(attempt, 30))
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not crypto
+
+
+def token_times(lifetime: float, received_at: float) -> tuple[float, float]:
+    """``(expires_at, refresh_at)`` for a token of ``lifetime`` seconds received now."""
+    lifetime = min(lifetime, MAX_LIFETIME)
+    safety = min(5.0, lifetime * 0.1)
+    margin = min(max(60.0, lifetime * 0.1), lifetime / 2)
+    refresh_in = max(lifetime - margin, min(MIN_REFRESH_INTERVAL, lifetime - safety))
+    return received_at + lifetime - safety, received_at + refresh_in
+
+
+def parse_token_response(body: bytes, received_at: float) -> Token:
+    """A :class:`Token` from any of the three styles' JSON; numbers may be strings."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise TokenFetchError("token response is not JSON") from None
+    if not isinstance(data, dict):
+        raise TokenFetchError("token response is not a JSON object")
+    access = data.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise TokenFetchError("token response has no access_token")
+    lifetime = _lifetime(data)
+    if lifetime <= 0:
+        raise TokenFetchError("token response has a lifetime of zero or less")
+    expires_at, refresh_at = token_times(lifetime, received_at)
+    return Token(Secret(access), received_at, expires_at, refresh_at)
+
+
+def _lifetime(data: dict[str, Any]) -> float:
+    expires_in = _as_number(data.get("expires_in"))
+    if expires_in is not None:
+        return expires_in
+    expires_on = _as_number(data.get("expires_on"))
+    if expires_on is not None:
+        not_before = _as_number(data.get("not_before"))
+        return expires_on - (not_before if not_before is not None else time.time())
+    raise TokenFetchError("token response has neither expires_in nor expires_on")
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise TokenFetchError("token response has a malformed number") from None
+    raise TokenFetchError("token response has a malformed number")
+
+
+def token_request(creds: Credentials) -> dict[str, Any]:
+    """Keyword arguments for ``session.post`` that ask ``creds``' endpoint for a token."""
+    key = (creds.token_subscription_key or creds.subscription_key).reveal()
+    if creds.token_style == "accesstoken":
+        headers = {
+            "client_id": creds.client_id.reveal(),
+            "client_secret": creds.client_secret.reveal(),
+            "Ocp-Apim-Subscription-Key": key,
+        }
+        if creds.merchant_serial_number:
+            headers["Merchant-Serial-Number"] = creds.merchant_serial_number
+        return {"headers": headers, "data": b""}
+    if creds.token_style == "jwt-token":
+        body = {
+            "client_id": creds.client_id.reveal(),
+            "client_secret": creds.client_secret.reveal(),
+            "resource": creds.resource,
+        }
+        return {
+            "headers": {"Ocp-Apim-Subscription-Key": key, "Content-Type": "application/json"},
+            "data": orjson.dumps(body),
+        }
+    return {
+        "auth": aiohttp.BasicAuth(creds.client_id.reveal(), creds.client_secret.reveal()),
+        "data": {"grant_type": "client_credentials"},
+        "headers": {"Ocp-Apim-Subscription-Key": key},
+    }
+
+
+class TokenProvider:
+    """The token cache of one credential set."""
+
+    def __init__(
+        self,
+        creds: Credentials,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        redactor: Redactor,
+        *,
+        backoff: Backoff = Backoff(),
+        ssl: Any = True,
+        insecure: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.creds = creds
+        self._session = session
+        self._metrics = metrics
+        self._redactor = redactor
+        self._backoff = backoff
+        self._ssl = ssl
+        self._insecure = insecure
+        self._clock = clock
+        self._log = structlog.get_logger("proxy.tokens").bind(credentials=creds.name)
+        self._token: Token | None = None
+        self._fetch: asyncio.Task[Token] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._closed = False
+
+    # ------------------------------------------------------------------ for requests
+
+    def current(self) -> Token | None:
+        """The token if it is still valid, else None."""
+        token = self._token
+        return token if token is not None and token.valid(self._clock()) else None
+
+    async def get(self) -> tuple[Token, bool]:
+        """A valid token and whether this call waited for a fetch."""
+        token = self.current()
+        if token is not None:
+            return token, False
+        now = self._clock()
+        if self._fetch is None and now < self._retry_at:
+            raise self._unavailable(self._retry_at - now)
+        fetch = self._start_fetch()
+        try:
+            return await asyncio.shield(fetch), True
+        except TokenFetchError:
+            raise self._unavailable(max(self._retry_at - self._clock(), 1.0)) from None
+
+    def invalidate(self, token: Token) -> None:
+        """Vipps refused ``token``: drop it if it is still ours and fetch another."""
+        if self._token is token:
+            self._token = None
+            self._retry_at = 0.0
+            self._start_fetch()
+
+    def can_serve(self) -> bool:
+        """True while a valid token is held or the endpoint is not known to be failing."""
+        return self.current() is not None or self._failures == 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Fetch a token in the background now, so the first call does not wait."""
+        self._start_fetch()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._fetch is not None:
+            self._fetch.cancel()
+            await asyncio.gather(self._fetch, return_exceptions=True)
+
+    # ------------------------------------------------------------------ internals
+
+    def _unavailable(self, retry_after: float) -> TokenUnavailable:
+        return TokenUnavailable(
+            f"no access token for credential set {self.creds.name!r}; the token endpoint "
+            "is failing, retrying in the background",
+            retry_after=retry_after,
+        )
+
+    def _start_fetch(self) -> asyncio.Task[Token]:
+        if self._fetch is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._fetch = asyncio.get_running_loop().create_task(self._run_fetch())
+        return self._fetch
+
+    async def _run_fetch(self) -> Token:
+        try:
+            token = await self._fetch_once()
+        except TokenFetchError as exc:
+            self._on_failure(exc)
+            raise
+        finally:
+            self._fetch = None
+        self._on_success(token)
+        return token
+
+    def _on_success(self, token: Token) -> None:
+        self._token = token
+        self._failures = 0
+        self._retry_at = 0.0
+        self._redactor.add(token.value.reveal())
+        self._metrics.token_fetch(self.creds.name, "ok")
+        self._schedule(token.refresh_at)
+        lifetime = round(token.expires_at - token.received_at)
+        self._log.info(events.TOKEN_FETCHED, valid_for_s=lifetime)
+
+    def _on_failure(self, exc: TokenFetchError) -> None:
+        delay = self._backoff.delay(self._failures)
+        self._failures += 1
+        self._retry_at = self._clock() + delay
+        self._metrics.token_fetch(self.creds.name, "error")
+        holding = self.current() is not None
+        self._log.warning(
+            events.TOKEN_REFRESH_FAILED,
+            error=str(exc),
+            attempt=self._failures,
+            retry_in_s=round(delay, 2),
+            holding_valid_token=holding,
+        )
+        self._schedule(self._retry_at)
+
+    def _schedule(self, at: float) -> None:
+        if self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, at - self._clock())
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._closed and self._fetch is None:
+            # A background refresh: nobody awaits it, so its failure is only logged.
+            self._start_fetch().add_done_callback(_consume_result)
+
+    async def _fetch_once(self) -> Token:
+        if self._insecure:
+            self._log.warning(events.TLS_VERIFY_DISABLED, url=str(self.creds.token_url))
+        timeout = aiohttp.ClientTimeout(total=self.creds.token_timeout)
+        try:
+            async with self._session.post(
+                self.creds.token_url,
+                timeout=timeout,
+                ssl=self._ssl,
+                allow_redirects=False,
+                **token_request(self.creds),
+            ) as response:
+                body = await response.content.read(1 << 20)
+                received = self._clock()
+                if response.status != 200:
+                    raise TokenFetchError(self._describe_error(response.status, body))
+                return parse_token_response(body, received)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TokenFetchError(f"token endpoint unreachable: {exc.__class__.__name__}") from None
+
+    def _describe_error(self, status: int, body: bytes) -> str:
+        text = body[:MAX_ERROR_BODY].decode("utf-8", "replace")
+        return self._redactor.redact_text(f"token endpoint answered {status}: {text}")
+
+
+def _consume_result(task: asyncio.Task[Token]) -> None:
+    if not task.cancelled():
+        task.exception()
