@@ -29,6 +29,7 @@ from proxy.admin import (
 from proxy.config import Config, Network
 from proxy.errors import (
     Forbidden,
+    InternalError,
     MethodNotAllowed,
     ProxyAuthRequired,
     ProxyError,
@@ -122,6 +123,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
     except asyncio.CancelledError:
         call.error = call.error or "client_disconnected"
         raise
+    except Exception:  # a bug of ours: a problem answer, the cause in the log, no secrets
+        _log.exception(events.INTERNAL_ERROR, path=call.path)
+        bug = InternalError("the proxy failed to handle this call", reason="internal_error")
+        call.status, call.error = bug.status, bug.reason
+        response = problem_response(bug, call.request_id)
     finally:
         state.metrics.in_flight.dec()
         _finish(state, call, started)

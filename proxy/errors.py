@@ -3,6 +3,7 @@
 ::
 
     ProxyError                      problem+json with `status`
+    ├── InternalError               500 a bug of ours (the log says where)
     ├── BadRequest                  400 malformed request
     ├── Forbidden                   403 client or merchant not allowed
     ├── NotFound                    404 no route
@@ -44,6 +45,10 @@ class ProxyError(Exception):
     def extra_headers(self) -> dict[str, str]:
         """Headers this error adds to its response."""
         return {}
+
+
+class InternalError(ProxyError):
+    """A bug in the proxy; the log has the cause."""
 
 
 class BadRequest(ProxyError):

@@ -45,7 +45,10 @@ def configure_logging(
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.dict_tracebacks,
+        # Tracebacks as data, but never with local variables: locals can hold secrets.
+        structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        ),
         redact,
     ]
     out = stream if stream is not None else sys.stdout.buffer
@@ -114,7 +117,7 @@ def _route_stdlib(level: str, shared: list[Processor], fmt: str, out: _TextStrea
             renderer,
         ],
     )
-    handler = logging.StreamHandler(out)  # type: ignore[arg-type]
+    handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -15,6 +15,7 @@ One :class:`TokenProvider` per credential set. Its rules:
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import time
 from collections.abc import Callable
@@ -137,10 +138,13 @@ def token_request(creds: Credentials) -> dict[str, Any]:
             "headers": {"Ocp-Apim-Subscription-Key": key, "Content-Type": "application/json"},
             "data": orjson.dumps(body),
         }
+    pair = f"{creds.client_id.reveal()}:{creds.client_secret.reveal()}".encode()
     return {
-        "auth": aiohttp.BasicAuth(creds.client_id.reveal(), creds.client_secret.reveal()),
         "data": {"grant_type": "client_credentials"},
-        "headers": {"Ocp-Apim-Subscription-Key": key},
+        "headers": {
+            "Authorization": "Basic " + base64.b64encode(pair).decode("ascii"),
+            "Ocp-Apim-Subscription-Key": key,
+        },
     }
 
 
@@ -306,7 +310,7 @@ class TokenProvider:
                 if response.status != 200:
                     raise TokenFetchError(self._describe_error(response.status, body))
                 return parse_token_response(body, received)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             raise TokenFetchError(f"token endpoint unreachable: {exc.__class__.__name__}") from None
 
     def _describe_error(self, status: int, body: bytes) -> str:

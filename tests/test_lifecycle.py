@@ -1,0 +1,121 @@
+"""The proxy as a real process: streaming with flat memory, draining on SIGTERM, the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import RunningEmulator, free_port
+from tests.processes import ProxyProcess, write_config
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+async def proxy_process(emulator: RunningEmulator, tmp_path: Path) -> AsyncIterator[ProxyProcess]:
+    port = free_port()
+    config = write_config(tmp_path / "proxy.toml", str(emulator.token_url), str(emulator.url), port)
+    process = await asyncio.to_thread(ProxyProcess, config, port, tmp_path / "proxy.log")
+    yield process
+    process.close()
+
+
+async def pattern(total: int, chunk: int = MIB) -> AsyncIterator[bytes]:
+    block = os.urandom(chunk)
+    for _ in range(total // chunk):
+        yield block
+
+
+async def test_64_mib_each_way_streams_with_flat_memory(proxy_process: ProxyProcess) -> None:
+    """64 MiB up and 64 MiB down pass whole while the proxy's peak RSS grows < 24 MiB."""
+    size = 64 * MIB
+    async with aiohttp.ClientSession() as client:
+        async with client.get(proxy_process.url("/echo/warm")) as response:
+            assert response.status == 200
+        before = proxy_process.rss_kib("VmRSS")
+        headers = {"Content-Length": str(size)}
+        async with client.put(
+            proxy_process.url("/echo/upload"), data=pattern(size), headers=headers
+        ) as response:
+            assert (await response.json())["body_length"] == size
+        received = 0
+        async with client.get(proxy_process.url(f"/download/{size}")) as response:
+            async for chunk in response.content.iter_chunked(MIB):
+                received += len(chunk)
+        assert received == size
+    peak = proxy_process.rss_kib("VmHWM")
+    assert peak - before < 24 * 1024, f"RSS grew from {before} KiB to a peak of {peak} KiB"
+
+
+async def test_sigterm_lets_in_flight_calls_finish_then_exits_0(
+    proxy_process: ProxyProcess,
+) -> None:
+    """SIGTERM during a slow call: the call completes, then the process exits 0."""
+    async with aiohttp.ClientSession() as client:
+        call = asyncio.create_task(client.get(proxy_process.url("/slow/1")))
+        await asyncio.sleep(0.4)
+        proxy_process.process.send_signal(signal.SIGTERM)
+        response = await call
+        assert response.status == 200
+        response.release()
+    assert await asyncio.to_thread(proxy_process.process.wait, 20) == 0
+    assert '"event":"proxy_stopped"' in proxy_process.output()
+
+
+async def test_sigterm_refuses_new_connections(proxy_process: ProxyProcess) -> None:
+    """Once draining, the listener is closed: new connections are refused."""
+    async with aiohttp.ClientSession() as client:
+        slow = asyncio.create_task(client.get(proxy_process.url("/slow/1.5")))
+        await asyncio.sleep(0.4)
+        proxy_process.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await client.get(proxy_process.url("/echo/late"))
+        (await slow).release()
+    assert await asyncio.to_thread(proxy_process.process.wait, 20) == 0
+
+
+async def test_demo_serves_the_printed_curl_command() -> None:
+    """`vipps-proxy demo` prints a curl line that creates a payment through the proxy."""
+    port, emulator_port = free_port(), free_port()
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "demo",
+        "--port",
+        str(port),
+        "--emulator-port",
+        str(emulator_port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert demo.stdout is not None
+    try:
+        line = b""
+        while not line.startswith(b"curl "):
+            line = await asyncio.wait_for(demo.stdout.readline(), 20)
+            assert line, "demo exited before printing the curl line"
+        result = await asyncio.to_thread(
+            subprocess.run,
+            ["bash", "-c", line.decode()],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+        assert re.search(r'"reference"\s*:\s*"demo-[0-9a-f]+"', result.stdout), result.stdout
+        assert "redirectUrl" in result.stdout
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(demo.wait(), 20)
+    assert demo.returncode == 0

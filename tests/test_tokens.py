@@ -1,0 +1,189 @@
+"""Tokens: one shared fetch, early refresh, 401 replay, outage answers and healing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from proxy.tokens import TokenFetchError, parse_token_response, token_times
+from tests.conftest import (
+    EmulatorFactory,
+    ProxyFactory,
+    RunningEmulator,
+    RunningProxy,
+    make_config,
+)
+
+PAYMENT = "/epayment/v1/payments/no-such-payment-1"  # authenticated; 404 means auth passed
+
+
+async def get_status(proxy: RunningProxy, path: str = PAYMENT) -> int:
+    async with aiohttp.ClientSession() as client, client.get(proxy.at(path)) as response:
+        await response.read()
+        return response.status
+
+
+async def wait_for_status(proxy: RunningProxy, want: int, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while (status := await get_status(proxy)) != want:
+        assert time.monotonic() < deadline, f"still {status}, wanted {want}"
+        await asyncio.sleep(0.2)
+
+
+async def test_cold_burst_shares_one_token_fetch(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """300 calls arriving at a cold proxy cause exactly one token request."""
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
+    connector = aiohttp.TCPConnector(limit=300)
+    async with aiohttp.ClientSession(connector=connector) as client:
+
+        async def one() -> int:
+            async with client.get(proxy.at(PAYMENT)) as response:
+                return response.status
+
+        statuses = await asyncio.gather(*(one() for _ in range(300)))
+    assert set(statuses) == {404}
+    assert emulator.state.token_requests["accesstoken"] == 1
+
+
+async def test_token_is_refreshed_before_it_expires(
+    start_emulator: EmulatorFactory, start_proxy: ProxyFactory
+) -> None:
+    """With 3 s tokens, 5 s of calls see no 401: refreshes happen ahead of expiry."""
+    emulator = await start_emulator(token_lifetime=3.0)
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
+    statuses = []
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        statuses.append(await get_status(proxy))
+        await asyncio.sleep(0.05)
+    assert set(statuses) == {404}
+    assert emulator.state.token_requests["accesstoken"] >= 3
+    assert proxy.logs.events("token_rejected_by_upstream") == []
+
+
+async def test_upstream_401_refreshes_the_token_and_replays_once(
+    proxy: RunningProxy, emulator: RunningEmulator
+) -> None:
+    """A token Vipps no longer accepts is replaced and the call replayed, unseen by the client."""
+    assert await get_status(proxy) == 404
+    emulator.state.tokens.clear()  # Vipps forgets every token it issued
+    assert await get_status(proxy) == 404
+    assert emulator.state.token_requests["accesstoken"] == 2
+    (line,) = [e for e in proxy.logs.events("request_completed") if e.get("replayed")]
+    assert line["status"] == 404
+
+
+async def test_streamed_body_is_not_replayed_after_401(
+    proxy: RunningProxy, emulator: RunningEmulator
+) -> None:
+    """A body too large to hold is sent once: the 401 goes back to the client."""
+    assert await get_status(proxy) == 404
+    emulator.state.tokens.clear()
+    body = b"{" + b" " * 100_000 + b"}"
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(proxy.at("/epayment/v1/payments"), data=body) as response,
+    ):
+        assert response.status == 401
+    assert await get_status(proxy) == 404  # the next call has a fresh token
+
+
+async def test_token_outage_gives_503_with_retry_after_then_heals(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """No token to be had: 503 problem+json with Retry-After; healed without a restart."""
+    emulator.state.faults.token = "error500"
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
+    async with aiohttp.ClientSession() as client, client.get(proxy.at(PAYMENT)) as response:
+        assert response.status == 503
+        assert response.content_type == "application/problem+json"
+        assert int(response.headers["Retry-After"]) >= 1
+        problem = await response.json()
+    assert problem["status"] == 503
+    assert problem["request_id"] == response.headers["X-Request-Id"]
+    emulator.state.faults.clear()
+    await wait_for_status(proxy, 404)
+
+
+async def test_expired_token_is_never_injected(
+    start_emulator: EmulatorFactory, start_proxy: ProxyFactory
+) -> None:
+    """Once the only token has expired and no new one comes, calls get 503, not Vipps's 401."""
+    emulator = await start_emulator(token_lifetime=1.5)
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
+    assert await get_status(proxy) == 404
+    emulator.state.faults.token = "error500"
+    await asyncio.sleep(1.6)
+    assert await get_status(proxy) == 503
+    received = [r for r in emulator.state.received if r.raw_path == PAYMENT]
+    assert len(received) == 1  # the expired token never went upstream
+
+
+@pytest.mark.parametrize(
+    ("style", "path", "extra"),
+    [
+        ("jwt-token", "/api/access-token/jwt-token", {"resource": "https://api.vipps.no"}),
+        ("oauth2", "/miami/v1/token", {}),
+    ],
+)
+async def test_other_token_styles_work(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    style: str,
+    path: str,
+    extra: dict[str, str],
+) -> None:
+    """The jwt-token (JSON body) and oauth2 (Basic + form) styles fetch working tokens."""
+    creds = {"token_style": style, **extra}
+    config = make_config(emulator.url.with_path(path), emulator.url, credentials=creds)
+    proxy = await start_proxy(config)
+    assert await get_status(proxy) == 404
+    assert emulator.state.token_requests[style] == 1  # type: ignore[index]
+
+
+async def test_numeric_token_fields_are_understood(
+    start_emulator: EmulatorFactory, start_proxy: ProxyFactory
+) -> None:
+    """A token response with numbers instead of strings works the same."""
+    emulator = await start_emulator(expires_in_as_number=True)
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
+    assert await get_status(proxy) == 404
+
+
+def test_token_response_numbers_may_be_strings_or_numbers() -> None:
+    """expires_in "3600" and 3600 give the same lifetime."""
+    a = parse_token_response(b'{"access_token":"abcd","expires_in":"3600"}', 100.0)
+    b = parse_token_response(b'{"access_token":"abcd","expires_in":3600}', 100.0)
+    assert (a.expires_at, a.refresh_at) == (b.expires_at, b.refresh_at)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not json",
+        b"[]",
+        b'{"expires_in":"3600"}',
+        b'{"access_token":"abcd"}',
+        b'{"access_token":"abcd","expires_in":"soon"}',
+        b'{"access_token":"abcd","expires_in":0}',
+    ],
+)
+def test_malformed_token_responses_are_rejected(body: bytes) -> None:
+    """Missing or malformed fields fail the fetch instead of caching a bad token."""
+    with pytest.raises(TokenFetchError):
+        parse_token_response(body, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "refresh_at"), [(3600.0, 3240.0), (86400.0, 77760.0), (4.0, 2.0)]
+)
+def test_refresh_comes_ahead_of_expiry(lifetime: float, refresh_at: float) -> None:
+    """Refresh at lifetime - max(60 s, 10 %), never later than half-life for short tokens."""
+    expires, refresh = token_times(lifetime, 0.0)
+    assert refresh == refresh_at
+    assert refresh < expires < lifetime
