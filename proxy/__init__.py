@@ -1,1 +1,33 @@
-"""vipps-proxy."""
+"""vipps-proxy: an authenticating reverse proxy for the Vipps MobilePay APIs.
+
+Legacy apps talk plain HTTP to the proxy; the proxy holds the credentials, fetches and
+refreshes access tokens, injects them, and streams each call to Vipps and back.
+
+The map, one concept per module:
+
+- ``config``: TOML in, frozen dataclasses out; ``${ENV}`` and ``${file:...}``; errors
+  name the key (``ConfigError``)
+- ``secret``: ``Secret``, a string that never shows itself
+- ``tokens``: ``TokenProvider``, one token cache per credential set: shared fetch,
+  early background refresh, backoff, invalidation on 401
+- ``routing``: path normalisation, longest-prefix routes, credential set by MSN
+- ``headers``: header policy as data: hop-by-hop, client credentials, what we inject
+- ``forwarding``: ``Forwarder``: body in, upstream call, answer streamed back, the one
+  safe replay; the one place aiohttp client errors become 502/504
+- ``errors``: the proxy's own errors and their problem+json answers
+- ``admin``: ``/-/health``, ``/-/ready``, ``/-/metrics``, legacy token calls answered
+  with a placeholder
+- ``app``: ``create_app(config)`` and the handler every call meets (checks, dispatch,
+  one log line)
+- ``state``: ``ProxyState`` behind one ``web.AppKey``
+- ``metrics``: Prometheus metrics, one registry per app
+- ``logs``: structlog JSON lines (orjson), aiohttp's logs rendered alike
+- ``redact``: ``Redactor``, scrubs known secret values from every log line
+- ``tls``: outbound and inbound SSL contexts
+- ``server``: listening, workers sharing a port, draining on SIGTERM
+- ``demo``: ``vipps-proxy demo`` and ``vipps-proxy emulator``
+- ``cli``: the command line
+- ``emulator``: a Vipps emulator (its own package map) for offline work and the tests
+"""
+
+__version__ = "0.1.0"

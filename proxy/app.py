@@ -65,7 +65,7 @@ def create_app(config: Config, redactor: Redactor | None = None) -> web.Applicat
         placeholder="vipps-proxy-placeholder-" + secrets.token_urlsafe(16),
         upstream_ssl=outbound_context(config.tls),
     )
-    app = web.Application(handler_args={"max_field_size": 16 * 1024})
+    app = web.Application()
     app[STATE] = state
     app.cleanup_ctx.append(_upstream)
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -82,6 +82,11 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
         auto_decompress=False,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
     )
+    # aiohttp resends GET/PUT/DELETE by itself when a pooled connection drops, even if
+    # the upstream already acted on it. The proxy never retries on its own (Vipps writes
+    # are idempotent only by the client's key), and aiohttp has no public switch for
+    # this; its own TestClient turns it off the same way.
+    state.session._retry_connection = False
     insecure = not state.config.tls.verify
     bearer_sets = {n for r in state.config.routes if r.auth == "bearer" for n in r.credentials}
     for name in sorted(bearer_sets):

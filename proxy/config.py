@@ -61,7 +61,7 @@ class ServerConfig:
     client_ca: str = ""
     max_body_bytes: int = 0
     allow_open_network: bool = False
-    header_timeout: float = 10.0
+    header_timeout: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -311,7 +311,7 @@ def _server(t: _Table) -> ServerConfig:
         client_ca=t.get("client_ca", str, ""),
         max_body_bytes=_integer(t, "max_body_bytes", 0, 0, 2**62),
         allow_open_network=t.get("allow_open_network", bool, False),
-        header_timeout=t.number("header_timeout", 10.0, minimum=0.1),
+        header_timeout=t.number("header_timeout", 20.0, minimum=0.1),
     )
     _check_server_tls(server, t.key)
     _check_exposure(server, t.key)

@@ -72,9 +72,7 @@ async def serve(
     _log.info(events.SHUTDOWN)
 
 
-async def start(
-    config: Config, redactor: Redactor, *, reuse_port: bool = False
-) -> web.AppRunner:
+async def start(config: Config, redactor: Redactor, *, reuse_port: bool = False) -> web.AppRunner:
     """Start listening; the caller calls ``runner.cleanup()`` to drain and stop."""
     server = config.server
     runner = web.AppRunner(
@@ -82,7 +80,10 @@ async def start(
         access_log=None,
         handler_cancellation=True,
         shutdown_timeout=server.shutdown_timeout,
-        keepalive_timeout=75.0,
+        # aiohttp closes a connection whose next request is not complete within the
+        # keep-alive timeout, so this one setting bounds both idle connections and
+        # slow-header (slowloris) clients.
+        keepalive_timeout=server.header_timeout,
         max_line_size=8190,
         max_field_size=8190,
         max_headers=100,

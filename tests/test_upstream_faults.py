@@ -104,3 +104,18 @@ async def test_upstream_5xx_passes_through_unchanged(
     async with aiohttp.ClientSession() as client, client.get(proxy.at("/echo/x")) as response:
         assert response.status == 503
         assert "request_id" not in await response.text()
+
+
+async def test_dropped_connection_is_not_retried(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """An upstream that drops a PUT gets it once: 502 to the client, never a resend."""
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
+    async with aiohttp.ClientSession() as client:
+        async with client.put(proxy.at("/echo/warm"), data=b"1") as response:
+            assert response.status == 200  # a pooled upstream connection now exists
+        emulator.state.faults.api = "reset"
+        emulator.state.faults.fail_count = 1
+        async with client.put(proxy.at("/echo/once"), data=b"2") as response:
+            assert response.status == 502
+    assert [r.raw_path for r in emulator.state.received].count("/echo/once") == 1
