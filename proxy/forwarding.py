@@ -143,8 +143,8 @@ class Forwarder:
                     ssl=self.state.upstream_ssl,
                 )
             if upstream.status == 401 and token is not None and creds is not None:
-                self._token_rejected(creds, token)
-                if replayable and attempt == 1:
+                fresh_token_may_help = self._token_rejected(creds, token)
+                if replayable and attempt == 1 and fresh_token_may_help:
                     upstream.release()
                     continue
             return await self._relay(request, upstream, route, call)
@@ -159,10 +159,10 @@ class Forwarder:
         call.token = "fetched" if fetched else "cached"
         return token
 
-    def _token_rejected(self, creds: Credentials, token: Token) -> None:
+    def _token_rejected(self, creds: Credentials, token: Token) -> bool:
         self.state.metrics.token_rejections.labels(creds.name).inc()
         _log.warning(events.TOKEN_REJECTED, credentials=creds.name)
-        self.state.tokens[creds.name].invalidate(token)
+        return self.state.tokens[creds.name].invalidate(token)
 
     async def _body(self, request: web.Request, call: CallRecord) -> tuple[bytes | None, bool]:
         """The whole body if small enough to replay; else (None, False) to stream it."""

@@ -55,10 +55,19 @@ class Redactor:
         self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for key, value in event_dict.items():
-            if key.lower() in SENSITIVE_KEYS:
-                event_dict[key] = MASK
-            elif isinstance(value, str):
-                event_dict[key] = self.redact_text(value)
-            elif not isinstance(value, int | float | bool | type(None)):
-                event_dict[key] = self.redact_text(str(value))
+            event_dict[key] = MASK if key.lower() in SENSITIVE_KEYS else self._clean(value)
         return event_dict
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redact_text(value)
+        if isinstance(value, int | float | bool | type(None)):
+            return value
+        if isinstance(value, list | tuple):
+            return [self._clean(v) for v in value]
+        if isinstance(value, dict):
+            return {
+                k: MASK if str(k).lower() in SENSITIVE_KEYS else self._clean(v)
+                for k, v in value.items()
+            }
+        return self.redact_text(str(value))

@@ -36,6 +36,7 @@ from proxy.secret import Secret
 MAX_LIFETIME: Final = 7 * 24 * 3600.0  # distrust absurd lifetimes; a 401 still refreshes
 MIN_REFRESH_INTERVAL: Final = 1.0  # a token that lives 1 s is not fetched 100 times a second
 MAX_ERROR_BODY: Final = 512
+MIN_AGE_TO_INVALIDATE: Final = 1.0  # seconds; bounds 401-driven fetches to one a second
 
 
 class TokenFetchError(Exception):
@@ -200,12 +201,21 @@ class TokenProvider:
         except TokenFetchError:
             raise self._unavailable(max(self._retry_at - self._clock(), 1.0)) from None
 
-    def invalidate(self, token: Token) -> None:
-        """Vipps refused ``token``: drop it if it is still ours and fetch another."""
-        if self._token is token:
-            self._token = None
-            self._retry_at = 0.0
-            self._start_fetch()
+    def invalidate(self, token: Token) -> bool:
+        """Vipps refused ``token``: drop it if still ours; True if a fresh one may help.
+
+        A token younger than ``MIN_AGE_TO_INVALIDATE`` is kept: Vipps refusing a token
+        it has just issued means the call is wrong, not the token, and dropping it would
+        let every such call cost a token fetch.
+        """
+        if self._token is not token:
+            return True  # already replaced: the caller's replay gets the newer one
+        if self._clock() - token.received_at < MIN_AGE_TO_INVALIDATE:
+            return False
+        self._token = None
+        self._retry_at = 0.0
+        self._start_fetch()
+        return True
 
     def can_serve(self) -> bool:
         """True while a valid token is held or the endpoint is not known to be failing."""

@@ -221,7 +221,8 @@ async def test_legacy_token_answers_can_be_switched_off(
         "routes": [{"prefix": "/", "upstream": str(emulator.url), "local_token_endpoints": False}],
     }
     proxy = await start_proxy(parse_config(doc, {}))
+    assert (await call(proxy, "GET", "/echo/warm"))[0] == 200  # our own token is held
     before = emulator.state.token_requests["accesstoken"]
-    status, body = await call(proxy, "POST", "/accesstoken/get")
+    _, body = await call(proxy, "POST", "/accesstoken/get")
     assert emulator.state.token_requests["accesstoken"] == before + 1  # forwarded
     assert "access_token" not in body  # no placeholder: Vipps itself answered

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 
+from proxy.tokens import MIN_AGE_TO_INVALIDATE
 from tests.conftest import (
     ProxyFactory,
     RunningEmulator,
@@ -78,6 +81,7 @@ async def test_no_secret_in_any_output_at_debug_level(
         await call("POST", "/accesstoken/get")
         await call("GET", "/-/metrics")
         await call("GET", "/-/ready")
+        await asyncio.sleep(MIN_AGE_TO_INVALIDATE)
         emulator.state.tokens.clear()
         emulator.state.faults.token = "error500"
         await call("POST", "/epayment/v1/payments", data=b"x" * 70_000)

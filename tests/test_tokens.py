@@ -8,7 +8,7 @@ import time
 import aiohttp
 import pytest
 
-from proxy.tokens import TokenFetchError, parse_token_response, token_times
+from proxy.tokens import MIN_AGE_TO_INVALIDATE, TokenFetchError, parse_token_response, token_times
 from tests.conftest import (
     EmulatorFactory,
     ProxyFactory,
@@ -71,6 +71,7 @@ async def test_upstream_401_refreshes_the_token_and_replays_once(
 ) -> None:
     """A token Vipps no longer accepts is replaced and the call replayed, unseen by the client."""
     assert await get_status(proxy) == 404
+    await asyncio.sleep(MIN_AGE_TO_INVALIDATE)  # a brand-new token is never dropped
     emulator.state.tokens.clear()  # Vipps forgets every token it issued
     assert await get_status(proxy) == 404
     assert emulator.state.token_requests["accesstoken"] == 2
@@ -83,6 +84,7 @@ async def test_streamed_body_is_not_replayed_after_401(
 ) -> None:
     """A body too large to hold is sent once: the 401 goes back to the client."""
     assert await get_status(proxy) == 404
+    await asyncio.sleep(MIN_AGE_TO_INVALIDATE)
     emulator.state.tokens.clear()
     body = b"{" + b" " * 100_000 + b"}"
     async with (
@@ -153,6 +155,17 @@ async def test_numeric_token_fields_are_understood(
     emulator = await start_emulator(expires_in_as_number=True)
     proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
     assert await get_status(proxy) == 404
+
+
+async def test_a_refused_new_token_is_not_dropped(
+    proxy: RunningProxy, emulator: RunningEmulator
+) -> None:
+    """Vipps refusing a token it just issued costs no fetch: the 401 goes back as it is."""
+    assert await get_status(proxy) == 404
+    fetches = emulator.state.token_requests["accesstoken"]
+    emulator.state.tokens.clear()
+    assert await get_status(proxy) == 401
+    assert emulator.state.token_requests["accesstoken"] == fetches
 
 
 def test_token_response_numbers_may_be_strings_or_numbers() -> None:
