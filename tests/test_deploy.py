@@ -31,7 +31,7 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -450,10 +450,16 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
 # --- running processes on loopback ---------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (all held open until each is known)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((LOOPBACK, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @dataclass
@@ -468,8 +474,11 @@ class Process:
         return text[-4000:]
 
 
+Start = Callable[[list[str], Mapping[str, str], Path], Process]
+
+
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Any]:
+def start(tmp_path: Path) -> Iterator[Start]:
     """Starts programs with their output in files; kills what is left at the end."""
     started: list[Process] = []
 
@@ -535,7 +544,8 @@ def test_dockerfile_is_hadolint_clean() -> None:
 def test_every_stage_uses_a_slim_python_pinned_to_a_patch_release() -> None:
     """Each FROM names python:3.X.Y-slim-<debian>, never a floating tag."""
     for stage in read_dockerfile():
-        assert re.fullmatch(r"python:3\.\d+\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", stage.base)
+        pinned = r"python:3\.\d+\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?"
+        assert re.fullmatch(pinned, stage.base), f"stage {stage.name}: {stage.base}"
 
 
 def test_dependencies_are_installed_before_the_code_is_copied() -> None:
@@ -617,7 +627,7 @@ def test_container_config_is_complete_with_three_variables() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_image_entrypoint_serves_and_passes_its_health_check(image: Image, start: Any) -> None:
+def test_image_entrypoint_serves_and_passes_its_health_check(image: Image, start: Start) -> None:
     """The Dockerfile's ENTRYPOINT + CMD + ENV, installed as the Dockerfile installs,
     serve a proxied call, pass the HEALTHCHECK command and exit 0 on SIGTERM.
 
@@ -625,7 +635,7 @@ def test_image_entrypoint_serves_and_passes_its_health_check(image: Image, start
     to loopback and a free port; the HEALTHCHECK follows VIPPS_PROXY_PORT itself.
     """
     unit = DEMO_SALES_UNITS[0]
-    emulator_port, proxy_port = free_port(), free_port()
+    emulator_port, proxy_port = free_ports(2)
     emulator_url = f"http://{LOOPBACK}:{emulator_port}"
     emulator = start(
         image.argv(
