@@ -68,6 +68,7 @@ def create_app(config: Config, redactor: Redactor | None = None) -> web.Applicat
     app = web.Application()
     app[STATE] = state
     app.cleanup_ctx.append(_upstream)
+    app.on_shutdown.append(_draining)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 
@@ -106,6 +107,11 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     await state.session.close()
 
 
+async def _draining(app: web.Application) -> None:
+    """Shutdown began: in-flight calls get shutdown_timeout; those cut later say why."""
+    app[STATE].draining = True
+
+
 async def handle(request: web.Request) -> web.StreamResponse:
     """Every call: checks, then the proxy's own answer or a forwarded one; one log line."""
     state = request.app[STATE]
@@ -126,7 +132,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         call.error = call.error or err.reason
         response = problem_response(err, call.request_id)
     except asyncio.CancelledError:
-        call.error = call.error or "client_disconnected"
+        cause = "cut_at_shutdown" if state.draining else "client_disconnected"
+        call.error = call.error or cause
         raise
     except Exception:  # a bug of ours: a problem answer, the cause in the log, no secrets
         _log.exception(events.INTERNAL_ERROR, path=call.path)

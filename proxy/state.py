@@ -28,6 +28,7 @@ class ProxyState:
     upstream_ssl: ssl.SSLContext | bool = True
     session: aiohttp.ClientSession | None = None
     tokens: dict[str, TokenProvider] = field(default_factory=dict)
+    draining: bool = False  # set when shutdown begins; calls cut after this say so
 
     def client(self) -> aiohttp.ClientSession:
         assert self.session is not None, "the upstream session is made at start-up"

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import RunningEmulator, free_port
+from tests.conftest import RunningEmulator, RunningProxy, free_port
 from tests.processes import ProxyProcess, write_config
 
 MIB = 1 << 20
@@ -119,3 +119,85 @@ async def test_demo_serves_the_printed_curl_command() -> None:
         demo.send_signal(signal.SIGTERM)
         await asyncio.wait_for(demo.wait(), 20)
     assert demo.returncode == 0
+
+
+async def test_client_disconnect_cancels_the_upstream_call(
+    proxy: RunningProxy, emulator: RunningEmulator
+) -> None:
+    """A client that leaves mid-call: the upstream call is dropped at once and logged."""
+    _, writer = await asyncio.open_connection(*proxy.address)
+    writer.write(b"GET /slow/30 HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    for _ in range(100):
+        if any(r.raw_path == "/slow/30" for r in emulator.state.received):
+            break
+        await asyncio.sleep(0.05)
+    writer.close()
+    lines: list[dict[str, object]] = []
+    for _ in range(100):  # bounded: 5 s, far less than the upstream's 30 s
+        lines = proxy.logs.events("request_completed")
+        if lines:
+            break
+        await asyncio.sleep(0.05)
+    (line,) = lines
+    assert line["error"] == "client_disconnected"
+    assert line["status"] == 499
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(proxy.at("/-/metrics")) as response,
+    ):
+        # the only call in flight is this metrics scrape itself
+        assert "vipps_proxy_in_flight_requests 1.0" in await response.text()
+
+
+async def test_calls_still_running_at_the_deadline_are_cut_and_logged(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """After shutdown_timeout a still-running call is cut, logged, and the exit is 0."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "p.toml",
+        str(emulator.token_url),
+        str(emulator.url),
+        port,
+        shutdown_timeout=0.5,
+    )
+    process = await asyncio.to_thread(ProxyProcess, config, port, tmp_path / "p.log")
+    try:
+        async with aiohttp.ClientSession() as client:
+            call = asyncio.create_task(client.get(process.url("/slow/30")))
+            await asyncio.sleep(0.4)
+            process.process.send_signal(signal.SIGTERM)
+            with pytest.raises(aiohttp.ClientError):
+                await call
+        assert await asyncio.to_thread(process.process.wait, 20) == 0
+        assert '"error":"cut_at_shutdown"' in process.output()
+    finally:
+        process.close()
+
+
+async def test_workers_share_the_port_and_drain_together(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """workers = 2: two processes serve one port, each with its own token; SIGTERM stops both."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "w.toml", str(emulator.token_url), str(emulator.url), port, workers=2
+    )
+    process = await asyncio.to_thread(ProxyProcess, config, port, tmp_path / "w.log")
+    try:
+        async with aiohttp.ClientSession() as client:
+            for _ in range(200):
+                if process.output().count('"event":"proxy_started"') == 2:
+                    break
+                await asyncio.sleep(0.05)
+            for i in range(20):
+                async with client.get(process.url(f"/echo/{i}")) as response:
+                    assert response.status == 200
+        assert await asyncio.to_thread(process.terminate) == 0
+        started = [line for line in process.output().splitlines() if "proxy_started" in line]
+        assert len({re.search(r'"pid":(\d+)', line).group(1) for line in started}) == 2  # type: ignore[union-attr]
+        assert process.output().count('"event":"proxy_stopped"') == 2
+        assert emulator.state.token_requests["accesstoken"] == 2
+    finally:
+        process.close()
