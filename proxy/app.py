@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
 from typing import Final
 
@@ -65,7 +65,7 @@ def create_app(config: Config, redactor: Redactor | None = None) -> web.Applicat
         placeholder="vipps-proxy-placeholder-" + secrets.token_urlsafe(16),
         upstream_ssl=outbound_context(config.tls),
     )
-    app = web.Application()
+    app = web.Application(middlewares=[_unrouted])
     app[STATE] = state
     app.cleanup_ctx.append(_upstream)
     app.on_shutdown.append(_draining)
@@ -105,6 +105,16 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     yield
     await asyncio.gather(*(p.close() for p in state.tokens.values()))
     await state.session.close()
+
+
+@web.middleware
+async def _unrouted(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Targets aiohttp's router cannot place (CONNECT's ``host:port``) still meet ``handle``."""
+    if request.match_info.http_exception is not None:
+        return await handle(request)
+    return await handler(request)
 
 
 async def _draining(app: web.Application) -> None:

@@ -40,7 +40,7 @@ class ProxyError(Exception):
         super().__init__(detail)
         self.detail = detail
         #: A short machine-friendly cause for logs and metrics (`connect_timeout`, ...).
-        self.reason = reason or self.slug
+        self.reason = reason or self.slug.replace("-", "_")
 
     def extra_headers(self) -> dict[str, str]:
         """Headers this error adds to its response."""

@@ -25,6 +25,7 @@ from proxy.headers import response_headers as clean_response_headers
 from proxy.state import ProxyState
 from proxy.tokens import Token
 
+PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 REPLAYABLE_BODY: Final = 64 * 1024  # every ordinary Vipps call fits; larger ones stream
 NO_BODY_STATUSES: Final = frozenset({204, 304})
 SKIP_AUTO_HEADERS: Final = frozenset(
@@ -131,7 +132,7 @@ class Forwarder:
             )
             if token is not None and attempt == 2:
                 call.replayed = True
-            with upstream_errors(route):
+            with self._body_limit(call), upstream_errors(route):
                 upstream = await self.state.client().request(
                     request.method,
                     url,
@@ -149,6 +150,18 @@ class Forwarder:
                     continue
             return await self._relay(request, upstream, route, call)
         raise AssertionError("unreachable: the second attempt always returns")
+
+    @contextmanager
+    def _body_limit(self, call: CallRecord) -> Iterator[None]:
+        """A streamed body that crossed max_body_bytes aborted the upstream call: 413."""
+        try:
+            yield
+        except BadGateway:
+            if call.error == PAYLOAD_TOO_LARGE:
+                raise PayloadTooLarge(
+                    f"the body is larger than {self.max_body} bytes", reason=PAYLOAD_TOO_LARGE
+                ) from None
+            raise
 
     async def _token(
         self, route: Route, creds: Credentials | None, call: CallRecord
@@ -185,7 +198,7 @@ class Forwarder:
         async for chunk in request.content.iter_any():
             call.bytes_in += len(chunk)
             if self.max_body and call.bytes_in > self.max_body:
-                call.error = "payload_too_large"
+                call.error = PAYLOAD_TOO_LARGE
                 raise PayloadTooLarge(f"the body is larger than {self.max_body} bytes")
             yield chunk
 
