@@ -28,7 +28,9 @@ from proxy.admin import (
 )
 from proxy.config import Config, Network
 from proxy.errors import (
+    BadGateway,
     Forbidden,
+    GatewayTimeout,
     InternalError,
     MethodNotAllowed,
     ProxyAuthRequired,
@@ -140,6 +142,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     except ProxyError as err:
         call.status = err.status
         call.error = call.error or err.reason
+        if isinstance(err, BadGateway | GatewayTimeout):
+            state.metrics.upstream_errors.labels(call.route, call.error).inc()
         response = problem_response(err, call.request_id)
     except asyncio.CancelledError:
         cause = "cut_at_shutdown" if state.draining else "client_disconnected"

@@ -119,3 +119,16 @@ async def test_dropped_connection_is_not_retried(
         async with client.put(proxy.at("/echo/once"), data=b"2") as response:
             assert response.status == 502
     assert [r.raw_path for r in emulator.state.received].count("/echo/once") == 1
+
+
+async def test_upstream_failures_are_counted_by_kind(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """A refused upstream shows in vipps_proxy_upstream_errors_total with its kind."""
+    proxy = await start_proxy(make_config(emulator.token_url, f"http://127.0.0.1:{free_port()}"))
+    async with aiohttp.ClientSession() as client:
+        async with client.get(proxy.at("/x")) as response:
+            assert response.status == 502
+        async with client.get(proxy.at("/-/metrics")) as response:
+            text = await response.text()
+    assert 'vipps_proxy_upstream_errors_total{kind="connect_failed",route="/"} 1.0' in text
