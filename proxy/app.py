@@ -8,11 +8,9 @@ Order of checks for a call: client address (403), method (405 for CONNECT), rese
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import lru_cache
 from typing import Final
 
 import aiohttp
@@ -20,25 +18,25 @@ import structlog
 from aiohttp import hdrs, web
 
 from proxy import events
+from proxy.access import check_client, check_client_key, peer_address
 from proxy.admin import (
     ADMIN_PREFIX,
     admin_response,
     is_legacy_token_call,
     legacy_token_response,
 )
-from proxy.config import Config, Network
+from proxy.config import Config
 from proxy.errors import (
     BadGateway,
-    Forbidden,
     GatewayTimeout,
     InternalError,
     MethodNotAllowed,
-    ProxyAuthRequired,
     ProxyError,
     problem_response,
 )
 from proxy.forwarding import CallRecord, Forwarder
 from proxy.headers import MERCHANT_SERIAL_NUMBER, REQUEST_ID
+from proxy.inbound import check_request
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
 from proxy.routing import Router, pick_credentials
@@ -132,7 +130,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         request_id=_request_id(request),
         method=request.method,
         path=request.raw_path.partition("?")[0],
-        client=_peer(request),
+        client=peer_address(request),
     )
     structlog.contextvars.bind_contextvars(request_id=call.request_id)
     state.metrics.in_flight.inc()
@@ -165,15 +163,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
 async def _dispatch(
     request: web.Request, state: ProxyState, call: CallRecord
 ) -> web.StreamResponse:
-    _check_client(state.config.server.allow_clients, call.client)
+    check_client(state.config.server.allow_clients, call.client)
     if request.method == hdrs.METH_CONNECT:
         raise MethodNotAllowed("CONNECT is not served: this is not a forward proxy")
+    check_request(request)
     if call.path.startswith(ADMIN_PREFIX):
         call.route = "admin"
         response = admin_response(state, call.path)
         call.status = response.status
         return response
-    _check_client_key(state, request)
+    check_client_key(state.config.server.client_keys, request)
     route = state.router.resolve(request.raw_path)
     call.route, call.upstream = route.name, str(route.upstream)
     if route.local_token_endpoints and is_legacy_token_call(request.method, call.path):
@@ -192,39 +191,6 @@ def _request_id(request: web.Request) -> str:
     if 0 < len(given) <= MAX_REQUEST_ID and given.isprintable() and given.isascii():
         return given
     return secrets.token_hex(16)
-
-
-def _peer(request: web.Request) -> str:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    return str(peer[0]) if peer else ""
-
-
-@lru_cache(maxsize=4096)
-def _allowed(networks: tuple[Network, ...], client: str) -> bool:
-    try:
-        address = ipaddress.ip_address(client.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address in net for net in networks)
-
-
-def _check_client(networks: tuple[Network, ...], client: str) -> None:
-    """Only the socket's peer address counts; forwarded headers are never trusted."""
-    if not _allowed(networks, client):
-        raise Forbidden(f"client address {client} is not allowed", reason="client_not_allowed")
-
-
-def _check_client_key(state: ProxyState, request: web.Request) -> None:
-    keys = state.config.server.client_keys
-    if not keys:
-        return
-    scheme, _, given = request.headers.get(hdrs.PROXY_AUTHORIZATION, "").partition(" ")
-    # Compare against every key, always, so timing says nothing about which one matched.
-    matched = [key.matches(given.strip()) for key in keys]
-    if scheme.lower() != "bearer" or not any(matched):
-        raise ProxyAuthRequired("a valid Proxy-Authorization: Bearer <client key> is required")
 
 
 def _finish(state: ProxyState, call: CallRecord, started: float) -> None:

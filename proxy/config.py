@@ -9,6 +9,7 @@ Secret keys also accept a ``<key>_file`` variant. Secrets are wrapped in
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -96,9 +97,11 @@ class Credentials:
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
-        """Every secret value of this set, for redaction."""
+        """Every secret value of this set, for redaction, with the forms it is sent in."""
         extra = (self.token_subscription_key,) if self.token_subscription_key else ()
-        return (self.client_id, self.client_secret, self.subscription_key, *extra)
+        pair = f"{self.client_id.reveal()}:{self.client_secret.reveal()}".encode()
+        basic = Secret(base64.b64encode(pair).decode("ascii"))  # oauth2's Basic header
+        return (self.client_id, self.client_secret, self.subscription_key, basic, *extra)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@
     ├── MethodNotAllowed            405 CONNECT and friends
     ├── ProxyAuthRequired           407 missing or wrong client key
     ├── PayloadTooLarge             413 body above max_body_bytes
+    ├── HeadersTooLarge             431 header block too large in total
+    ├── VersionNotSupported         505 not HTTP/1.0 or HTTP/1.1
     ├── BadGateway                  502 upstream unreachable or broken
     ├── TokenUnavailable            503 no token can be had (with Retry-After)
     └── GatewayTimeout              504 upstream too slow
@@ -76,6 +78,18 @@ class MethodNotAllowed(ProxyError):
 
     def extra_headers(self) -> dict[str, str]:
         return {"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"}
+
+
+class HeadersTooLarge(ProxyError):
+    status = 431
+    title = "Request header fields too large"
+    slug = "headers-too-large"
+
+
+class VersionNotSupported(ProxyError):
+    status = 505
+    title = "HTTP version not supported"
+    slug = "version-not-supported"
 
 
 class ProxyAuthRequired(ProxyError):

@@ -26,14 +26,17 @@ def normalise_path(raw_path: str) -> str:
     path = _HIDDEN.sub(lambda m: _DECODE[m.group(1).lower()], path).replace("\\", "/")
     out: list[str] = []
     segments = path.split("/")
-    for segment in segments[1:]:
+    for raw_segment in segments[1:]:
+        # `..;x` is a dot segment to servlet-style upstreams: judge it without parameters.
+        segment = raw_segment.split(";", 1)[0]
         if segment == "..":
             if not out:
                 raise BadRequest("the path climbs above the root", reason="path_traversal")
             out.pop()
         elif segment not in (".", ""):
-            out.append(segment)
-    trailing = "/" if segments[-1] in ("", ".", "..") and out else ""
+            out.append(raw_segment)
+    last = segments[-1].split(";", 1)[0]
+    trailing = "/" if last in ("", ".", "..") and out else ""
     return "/" + "/".join(out) + trailing
 
 
@@ -61,6 +64,8 @@ class Router:
         """The route for a request's raw path, or a ProxyError."""
         if not raw_path.startswith("/"):
             raise BadRequest("only origin-form request targets are accepted", reason="target")
+        if "#" in raw_path:
+            raise BadRequest("a request target must not carry a fragment", reason="target")
         plain = raw_path.split("?", 1)[0]
         normal = normalise_path(plain)
         route = self.match(normal)

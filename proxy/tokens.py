@@ -324,8 +324,10 @@ class TokenProvider:
             raise TokenFetchError(f"token endpoint unreachable: {exc.__class__.__name__}") from None
 
     def _describe_error(self, status: int, body: bytes) -> str:
-        text = body[:MAX_ERROR_BODY].decode("utf-8", "replace")
-        return self._redactor.redact_text(f"token endpoint answered {status}: {text}")
+        # Redact the whole body before cutting it: a cut through a secret would leave
+        # a prefix that no longer matches, and the prefix would be logged.
+        text = self._redactor.redact_text(body.decode("utf-8", "replace"))
+        return f"token endpoint answered {status}: {text[:MAX_ERROR_BODY]}"
 
 
 def _consume_result(task: asyncio.Task[Token]) -> None:
