@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class _RouteChildren(NamedTuple):
+    duration: Any
+    bytes_in: Any
+    bytes_out: Any
 
 
 class Metrics:
@@ -13,6 +21,9 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Labelled children, looked up once: ``labels()`` validates and locks every time.
+        self._requests: dict[tuple[str, str, int], Any] = {}
+        self._by_route: dict[str, _RouteChildren] = {}
         r = self.registry
         self.requests = Counter(
             "vipps_proxy_requests",
@@ -69,12 +80,23 @@ class Metrics:
     ) -> None:
         if method not in KNOWN_METHODS:
             method = "OTHER"  # client-chosen strings must not grow the label set
-        self.requests.labels(route, method, str(status)).inc()
-        self.duration.labels(route).observe(seconds)
+        key = (route, method, status)
+        requests = self._requests.get(key)
+        if requests is None:
+            requests = self._requests[key] = self.requests.labels(route, method, str(status))
+        requests.inc()
+        children = self._by_route.get(route)
+        if children is None:
+            children = self._by_route[route] = _RouteChildren(
+                self.duration.labels(route),
+                self.bytes_in.labels(route),
+                self.bytes_out.labels(route),
+            )
+        children.duration.observe(seconds)
         if bytes_in:
-            self.bytes_in.labels(route).inc(bytes_in)
+            children.bytes_in.inc(bytes_in)
         if bytes_out:
-            self.bytes_out.labels(route).inc(bytes_out)
+            children.bytes_out.inc(bytes_out)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
