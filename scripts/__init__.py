@@ -1,0 +1,1 @@
+"""Operational scripts run outside the test suite (``python -m scripts.soak``)."""
