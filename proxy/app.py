@@ -46,6 +46,8 @@ from proxy.tokens import TokenProvider
 
 FORWARDER: Final = web.AppKey("vipps_proxy_forwarder", Forwarder)
 MAX_REQUEST_ID: Final = 128
+#: Answers after which the connection is closed: the request was malformed or hostile.
+CLOSE_AFTER: Final = frozenset({400, 405, 431, 505})
 POOL_SIZE: Final = 256
 
 _log = structlog.get_logger("proxy.app")
@@ -143,6 +145,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if isinstance(err, BadGateway | GatewayTimeout):
             state.metrics.upstream_errors.labels(call.route, call.error).inc()
         response = problem_response(err, call.request_id)
+        if err.status in CLOSE_AFTER:
+            response.force_close()  # what follows on this connection cannot be trusted
     except asyncio.CancelledError:
         cause = "cut_at_shutdown" if state.draining else "client_disconnected"
         call.error = call.error or cause
@@ -173,12 +177,14 @@ async def _dispatch(
         call.status = response.status
         return response
     check_client_key(state.config.server.client_keys, request)
+    if is_legacy_token_call(request.method, call.path):
+        # A reserved path: answered here unless the route it falls under opts out.
+        covering = state.router.match(call.path)
+        if covering is None or covering.local_token_endpoints:
+            call.route, call.status = "legacy_token", 200
+            return legacy_token_response(state)
     route = state.router.resolve(request.raw_path)
     call.route, call.upstream = route.name, str(route.upstream)
-    if route.local_token_endpoints and is_legacy_token_call(request.method, call.path):
-        call.token = "none"
-        call.status = 200
-        return legacy_token_response(state)
     creds = pick_credentials(
         route, state.config.credentials, request.headers.get(MERCHANT_SERIAL_NUMBER)
     )

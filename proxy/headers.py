@@ -93,7 +93,8 @@ def upstream_request_headers(
     if creds.merchant_serial_number:
         out[MERCHANT_SERIAL_NUMBER] = creds.merchant_serial_number
     for name, value in creds.system_headers:
-        out.setdefault(name, value)
+        if not any(v.strip() for v in out.getall(name, ())):  # SDKs send blanks
+            out[name] = value
     return out
 
 

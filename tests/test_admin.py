@@ -79,3 +79,14 @@ async def test_placeholder_token_calls_go_out_with_the_real_token(proxy: Running
     headers = {"Authorization": f"Bearer {placeholder}"}
     status, _, _ = await get(proxy.at("/epayment/v1/payments/abc12345"), headers=headers)
     assert status == 404  # authenticated: the payment just does not exist
+
+
+async def test_legacy_token_call_is_answered_even_without_a_covering_route(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """POST /accesstoken/get is reserved: answered locally when no route covers it."""
+    config = make_config(emulator.token_url, emulator.url, route={"prefix": "/epayment/"})
+    proxy = await start_proxy(config)
+    status, _, body = await get(proxy.at("/accesstoken/get"), "POST")
+    assert status == 200
+    assert orjson.loads(body)["access_token"].startswith("vipps-proxy-placeholder-")

@@ -302,11 +302,6 @@ async def test_sdk_checkout_session_with_dummy_client_credentials_succeeds(
         assert_no_client_credentials(request, *DUMMY_VALUES)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/headers.py upstream_request_headers keeps the SDK's empty "
-    "Vipps-System-* values (setdefault), so the configured defaults never go out",
-)
 async def test_sdk_empty_system_headers_get_the_configured_defaults(
     node: str, sdk_proxy: RunningProxy, emulator: RunningEmulator
 ) -> None:

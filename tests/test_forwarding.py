@@ -201,3 +201,14 @@ async def test_client_request_id_is_kept_both_ways(proxy: RunningProxy) -> None:
     assert header_values(echoed, "X-Request-Id") == ["abc-123"]
     (line,) = [e for e in proxy.logs.events("request_completed") if e["path"] == "/echo/rid"]
     assert line["request_id"] == "abc-123"
+
+
+async def test_connection_is_closed_after_a_refused_connect(proxy: RunningProxy) -> None:
+    """After a 405 for CONNECT nothing more is read from that connection."""
+    answer = await raw_exchange(
+        proxy,
+        b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n"
+        b"GET /echo/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 405")
+    assert answer.count(b"HTTP/1.1") == 1
