@@ -20,8 +20,8 @@ from yarl import URL
 from proxy import events
 from proxy.config import Credentials, Route
 from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge
-from proxy.headers import REQUEST_ID, upstream_request_headers
 from proxy.headers import response_headers as clean_response_headers
+from proxy.headers import upstream_request_headers
 from proxy.state import ProxyState
 from proxy.tokens import Token
 
@@ -211,10 +211,11 @@ class Forwarder:
     ) -> web.StreamResponse:
         """Stream the upstream's answer to the client; after headers, faults abort."""
         call.status = upstream.status
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for name, value in clean_response_headers(upstream.raw_headers):
-            response.headers.add(name, value)
-        response.headers[REQUEST_ID] = call.request_id
+        response = web.StreamResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=clean_response_headers(upstream.raw_headers, call.request_id),
+        )
         try:
             await response.prepare(request)
             if request.method != hdrs.METH_HEAD and upstream.status not in NO_BODY_STATUSES:

@@ -6,7 +6,7 @@ socket. Names are compared lower-cased against precomputed frozensets.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Final
 
 from aiohttp import hdrs
@@ -47,12 +47,16 @@ REQUEST_DROP: Final = HOP_BY_HOP | _lower(hdrs.HOST, hdrs.EXPECT)
 PASSTHROUGH_DROP: Final = REQUEST_DROP
 #: What an authenticated route removes: also every credential the client sent.
 AUTHENTICATED_DROP: Final = REQUEST_DROP | CLIENT_CREDENTIALS
-#: Response headers that are about the upstream connection, not the message.
-RESPONSE_DROP: Final = HOP_BY_HOP
-
 MERCHANT_SERIAL_NUMBER: Final = "Merchant-Serial-Number"
 SUBSCRIPTION_KEY: Final = "Ocp-Apim-Subscription-Key"
 REQUEST_ID: Final = "X-Request-Id"
+
+#: ... and when we send our Merchant-Serial-Number, the client's too.
+AUTHENTICATED_MSN_DROP: Final = AUTHENTICATED_DROP | _lower(MERCHANT_SERIAL_NUMBER)
+#: Response headers that are about the upstream connection, not the message.
+RESPONSE_DROP: Final = HOP_BY_HOP
+#: ... and the upstream's request id, when ours replaces it.
+RESPONSE_ID_DROP: Final = RESPONSE_DROP | _lower(REQUEST_ID)
 
 
 def connection_tokens(headers: Headers) -> frozenset[str]:
@@ -60,17 +64,32 @@ def connection_tokens(headers: Headers) -> frozenset[str]:
     names: set[str] = set()
     for name, value in headers:
         if name.lower() == "connection":
-            names.update(t.strip().lower() for t in value.split(",") if t.strip())
+            names.update(_tokens(value))
     return frozenset(names)
 
 
+def _tokens(value: str) -> Iterator[str]:
+    return (t.strip().lower() for t in value.split(",") if t.strip())
+
+
 def filtered(headers: Headers, drop: frozenset[str]) -> list[tuple[str, str]]:
-    """``headers`` in order, repeats kept, less ``drop`` and the Connection-named ones."""
-    items = list(headers)
-    extra = connection_tokens(items)
-    if extra:
-        drop = drop | extra
-    return [(k, v) for k, v in items if k.lower() not in drop]
+    """``headers`` in order, repeats kept, less ``drop`` and the Connection-named ones.
+
+    One pass over the headers; a second one over what was kept only when a
+    `Connection` field names something not already dropped (rare).
+    """
+    kept = []
+    named: set[str] | None = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "connection":
+            named = named or set()
+            named.update(_tokens(value))
+        if lower not in drop:
+            kept.append((name, value))
+    if named and not named <= drop:
+        kept = [(k, v) for k, v in kept if k.lower() not in named]
+    return kept
 
 
 def upstream_request_headers(
@@ -79,26 +98,40 @@ def upstream_request_headers(
     creds: Credentials | None,
     token: str | None,
 ) -> CIMultiDict[str]:
-    """What goes to the upstream: the client's headers, cleaned, plus our credentials."""
+    """What goes to the upstream: the client's headers, cleaned, plus our credentials.
+
+    The client's own credentials (and its Merchant-Serial-Number, when we send ours)
+    are dropped in the one pass, so ours are appended rather than looked up and set.
+    """
     if route.auth == "none" or creds is None:
         return CIMultiDict(filtered(headers, PASSTHROUGH_DROP))
-    out = CIMultiDict(filtered(headers, AUTHENTICATED_DROP))
+    msn = creds.merchant_serial_number
+    kept = filtered(headers, AUTHENTICATED_MSN_DROP if msn else AUTHENTICATED_DROP)
     if route.auth == "bearer" and token is not None:
-        out[hdrs.AUTHORIZATION] = f"Bearer {token}"
+        kept.append((hdrs.AUTHORIZATION, f"Bearer {token}"))
     elif route.auth == "client-credentials":
-        out["client_id"] = creds.client_id.reveal()
-        out["client_secret"] = creds.client_secret.reveal()
+        kept.append(("client_id", creds.client_id.reveal()))
+        kept.append(("client_secret", creds.client_secret.reveal()))
     if route.subscription_key:
-        out[SUBSCRIPTION_KEY] = creds.subscription_key.reveal()
-    if creds.merchant_serial_number:
-        out[MERCHANT_SERIAL_NUMBER] = creds.merchant_serial_number
+        kept.append((SUBSCRIPTION_KEY, creds.subscription_key.reveal()))
+    if msn:
+        kept.append((MERCHANT_SERIAL_NUMBER, msn))
+    out = CIMultiDict(kept)
     for name, value in creds.system_headers:
         if not any(v.strip() for v in out.getall(name, ())):  # SDKs send blanks
             out[name] = value
     return out
 
 
-def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    """The upstream's response headers for the client, from the raw wire pairs."""
-    items = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
-    return filtered(items, RESPONSE_DROP)
+def response_headers(
+    raw: Iterable[tuple[bytes, bytes]], request_id: str | None = None
+) -> list[tuple[str, str]]:
+    """The upstream's response headers for the client, from the raw wire pairs.
+
+    With ``request_id``, the upstream's own ``X-Request-Id`` gives way to it.
+    """
+    drop = RESPONSE_DROP if request_id is None else RESPONSE_ID_DROP
+    kept = filtered([(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw], drop)
+    if request_id is not None:
+        kept.append((REQUEST_ID, request_id))
+    return kept
