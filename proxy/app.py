@@ -149,7 +149,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
             response.force_close()  # what follows on this connection cannot be trusted
     except asyncio.CancelledError:
         cause = "cut_at_shutdown" if state.draining else "client_disconnected"
-        call.error = call.error or cause
+        if not call.error:
+            call.error = cause
+            state.metrics.upstream_errors.labels(call.route or "none", cause).inc()
         raise
     except Exception:  # a bug of ours: a problem answer, the cause in the log, no secrets
         _log.exception(events.INTERNAL_ERROR, path=call.path)
