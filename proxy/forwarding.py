@@ -7,19 +7,19 @@ Vipps writes are idempotent only by the client's own ``Idempotency-Key``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
+from multidict import CIMultiDict
 from yarl import URL
 
 from proxy import events
 from proxy.config import Credentials, Route
-from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge
+from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge, ProxyError
 from proxy.headers import response_headers as clean_response_headers
 from proxy.headers import upstream_request_headers
 from proxy.state import ProxyState
@@ -90,25 +90,34 @@ class RouteTarget:
         )
 
 
-@contextmanager
-def upstream_errors(route: Route) -> Iterator[None]:
+def upstream_error(route: Route, exc: BaseException) -> ProxyError:
     """The one place that turns aiohttp's client errors into our 502 and 504."""
     where = route.upstream.host
-    try:
-        yield
-    except aiohttp.ConnectionTimeoutError:
-        raise GatewayTimeout(f"connecting to {where} timed out", reason="connect_timeout") from None
-    except aiohttp.SocketTimeoutError:
-        raise GatewayTimeout(f"{where} did not answer in time", reason="read_timeout") from None
-    except TimeoutError:
-        raise GatewayTimeout(f"{where} did not answer in time", reason="timeout") from None
-    except aiohttp.ClientConnectorError:
-        raise BadGateway(f"cannot connect to {where}", reason="connect_failed") from None
-    except aiohttp.ClientError as exc:
-        raise BadGateway(
-            f"{where} broke the connection or answered malformed HTTP",
-            reason=f"upstream_{exc.__class__.__name__}",
-        ) from None
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return GatewayTimeout(f"connecting to {where} timed out", reason="connect_timeout")
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return GatewayTimeout(f"{where} did not answer in time", reason="read_timeout")
+    if isinstance(exc, TimeoutError):
+        return GatewayTimeout(f"{where} did not answer in time", reason="timeout")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return BadGateway(f"cannot connect to {where}", reason="connect_failed")
+    return BadGateway(
+        f"{where} broke the connection or answered malformed HTTP",
+        reason=f"upstream_{exc.__class__.__name__}",
+    )
+
+
+def auto_headers_to_skip(headers: CIMultiDict[str]) -> frozenset[str] | None:
+    """What aiohttp must not add: None when the client sent all of it already.
+
+    aiohttp adds Accept, Accept-Encoding, User-Agent and Content-Type unless told to
+    skip them, and honouring a skip list copies and sorts the headers on every call.
+    When the client sent all four there is nothing to add, and no list is needed.
+    """
+    for name in SKIP_AUTO_HEADERS:
+        if name not in headers:
+            return SKIP_AUTO_HEADERS
+    return None
 
 
 class Forwarder:
@@ -125,14 +134,21 @@ class Forwarder:
         target = self.targets[route.prefix]
         url = target.url(request.raw_path)
         body, replayable = await self._body(request, call)
+        tokens = self.state.tokens[creds.name] if route.auth == "bearer" and creds else None
         for attempt in (1, 2):
-            token = await self._token(route, creds, call)
+            token = None
+            if tokens is not None:
+                # A held token is used without a detour through a coroutine.
+                token, call.token = tokens.current(), "cached"
+                if token is None:
+                    token, fetched = await tokens.get()
+                    call.token = "fetched" if fetched else "cached"
             headers = upstream_request_headers(
                 request.headers.items(), route, creds, token.value.reveal() if token else None
             )
             if token is not None and attempt == 2:
                 call.replayed = True
-            with self._body_limit(call), upstream_errors(route):
+            try:
                 upstream = await self.state.client().request(
                     request.method,
                     url,
@@ -140,9 +156,11 @@ class Forwarder:
                     data=body if replayable else self._stream(request, call),
                     timeout=target.timeout,
                     allow_redirects=False,
-                    skip_auto_headers=SKIP_AUTO_HEADERS,
+                    skip_auto_headers=auto_headers_to_skip(headers),
                     ssl=self.state.upstream_ssl,
                 )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self._not_sent(route, call, exc) from None
             if upstream.status == 401 and token is not None and creds is not None:
                 fresh_token_may_help = self._token_rejected(creds, token)
                 if replayable and attempt == 1 and fresh_token_may_help:
@@ -151,26 +169,14 @@ class Forwarder:
             return await self._relay(request, upstream, route, call)
         raise AssertionError("unreachable: the second attempt always returns")
 
-    @contextmanager
-    def _body_limit(self, call: CallRecord) -> Iterator[None]:
-        """A streamed body that crossed max_body_bytes aborted the upstream call: 413."""
-        try:
-            yield
-        except BadGateway:
-            if call.error == PAYLOAD_TOO_LARGE:
-                raise PayloadTooLarge(
-                    f"the body is larger than {self.max_body} bytes", reason=PAYLOAD_TOO_LARGE
-                ) from None
-            raise
-
-    async def _token(
-        self, route: Route, creds: Credentials | None, call: CallRecord
-    ) -> Token | None:
-        if route.auth != "bearer" or creds is None:
-            return None
-        token, fetched = await self.state.tokens[creds.name].get()
-        call.token = "fetched" if fetched else "cached"
-        return token
+    def _not_sent(self, route: Route, call: CallRecord, exc: BaseException) -> ProxyError:
+        """Our error for a failed upstream call; a streamed body over the limit is a 413."""
+        error = upstream_error(route, exc)
+        if isinstance(error, BadGateway) and call.error == PAYLOAD_TOO_LARGE:
+            return PayloadTooLarge(
+                f"the body is larger than {self.max_body} bytes", reason=PAYLOAD_TOO_LARGE
+            )
+        return error
 
     def _token_rejected(self, creds: Credentials, token: Token) -> bool:
         self.state.metrics.token_rejections.labels(creds.name).inc()
@@ -219,9 +225,16 @@ class Forwarder:
         try:
             await response.prepare(request)
             if request.method != hdrs.METH_HEAD and upstream.status not in NO_BODY_STATUSES:
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-                    call.bytes_out += len(chunk)
+                content = upstream.content
+                if content.is_eof():  # a small answer is whole by now: no iterator
+                    chunk = content.read_nowait()
+                    if chunk:
+                        await response.write(chunk)
+                        call.bytes_out += len(chunk)
+                else:
+                    async for chunk in content.iter_any():
+                        await response.write(chunk)
+                        call.bytes_out += len(chunk)
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
             self._abort(request, route, call, exc)
         finally:
