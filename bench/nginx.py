@@ -83,7 +83,7 @@ def proxy_conf(prefix: Path, port: int, upstream_port: int, token: str, key: str
         f'      proxy_set_header Ocp-Apim-Subscription-Key "{key}";\n'
         "      proxy_request_buffering off;\n"
         "      proxy_buffering on; proxy_max_temp_file_size 0;\n"
-        "      proxy_buffer_size 64k; proxy_buffers 8 64k; proxy_busy_buffers_size 128k;\n"
+        "      proxy_buffer_size 256k; proxy_buffers 8 256k; proxy_busy_buffers_size 512k;\n"
         "    }\n"
         "  }\n"
         "}\n"

@@ -170,7 +170,8 @@ class Report:
 def heading(results: dict[str, Any]) -> str:
     m = results["machine"]
     return (
-        f"vipps-proxy benchmark, {results['plan']['name']} run, {results['started']}\n"
+        f"vipps-proxy {results.get('proxy_source', '')} benchmark, "
+        f"{results['plan']['name']} run, {results['started']}\n"
         f"machine: {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}, "
         f"Python {m['python']}, aiohttp {m['aiohttp']}, uvloop {m['uvloop']}, "
         f"nginx {m['nginx']}, {m['wrk']}\n"

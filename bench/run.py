@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -15,7 +16,7 @@ from typing import Any, Final
 from bench import machine, procs, report
 from bench.plan import FULL, QUICK
 from bench.scenarios import Bench, Subject, say
-from bench.servers import Fleet, Server, http_status
+from bench.servers import REPO, Fleet, Server, http_status
 from bench.stream import Streamer, make_body
 from bench.tools import ensure_tools
 from bench.wrk import PATH
@@ -35,6 +36,13 @@ def main() -> int:
     )
     parser.add_argument("--method", choices=("GET", "POST"), default="GET", help="for --profile")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    parser.add_argument(
+        "--proxy-source",
+        type=Path,
+        default=REPO,
+        metavar="DIR",
+        help="run vipps-proxy from another checkout (e.g. a git worktree of an older commit)",
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     tools = ensure_tools()
@@ -43,17 +51,40 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="vipps-bench-", dir=_scratch()))
     say(f"work folder {workdir}; {split.describe()}")
     try:
-        with Fleet(tools, split, workdir) as fleet:
+        with Fleet(tools, split, workdir, args.proxy_source.resolve()) as fleet:
             if args.profile:
                 from bench.profile import profile
 
                 return profile(fleet, tools, split, args.profile, args.method)
             results = _measure(Bench(plan, tools, split, fleet, workdir), tools, split)
             results["machine"]["background_cpu_percent"] = background
+            results["proxy_source"] = _describe_source(args.proxy_source.resolve())
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     return _report(results)
+
+
+def _describe_source(source: Path) -> str:
+    """The commit vipps-proxy ran from, ``+dirty`` when its proxy/ had changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--", "proxy"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return str(source)
+    return head + ("+dirty" if dirty else "")
 
 
 def _background_load() -> float:

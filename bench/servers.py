@@ -8,6 +8,7 @@ Readiness is polled over loopback HTTP with a deadline.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -75,6 +76,8 @@ class Fleet:
     tools: Tools
     split: CpuSplit
     workdir: Path
+    #: Where vipps-proxy's code comes from: this checkout, or another to compare with.
+    proxy_source: Path = REPO
     servers: list[Server] = field(default_factory=list)
 
     def __enter__(self) -> Fleet:
@@ -91,7 +94,8 @@ class Fleet:
 
     # ------------------------------------------------------------------ generic
 
-    def start(self, name: str, argv: list[str], cpus: str, url: str) -> Server:
+    def start(self, name: str, argv: list[str], cpus: str, url: str, source: Path = REPO) -> Server:
+        """Start ``argv`` on ``cpus``, importing ``proxy`` and ``bench`` from ``source``."""
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
@@ -99,7 +103,8 @@ class Fleet:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                cwd=REPO,
+                cwd=source,
+                env={**os.environ, "PYTHONPATH": str(source)},
             )
         server = Server(name, url, process, log)
         self.servers.append(server)
@@ -173,7 +178,8 @@ class Fleet:
         conf.write_text(_proxy_toml(port, workers, emulator.url, upstream.url))
         cpus = self.split.proxy if workers == 1 else self.split.shared
         argv = [sys.executable, "-m", "proxy", "--config", str(conf)]
-        server = self.start(name, argv, cpus, f"http://127.0.0.1:{port}")
+        url = f"http://127.0.0.1:{port}"
+        server = self.start(name, argv, cpus, url, self.proxy_source)
         self.wait_ready(server, "/-/ready")
         return server
 

@@ -66,6 +66,7 @@ class Streamer:
         else:
             argv += [proxy.url + DOWNLOAD_PATH]
         pids = proxy.pids()
+        cpu_before = procs.cpu_seconds(pids)
         reset = procs.reset_peak(pids)
         start_rss = procs.rss_mib(pids)
         samples = []
@@ -78,6 +79,7 @@ class Streamer:
             samples.append(procs.rss_mib(pids))
             time.sleep(SAMPLE_S)
         out, err = curl.communicate()
+        cpu = procs.cpu_seconds(pids) - cpu_before
         peak = procs.rss_mib(pids, "VmHWM") if reset else max(samples, default=start_rss)
         (self.www / "upload" / "big.bin").unlink(missing_ok=True)
         status, down, up, seconds = out.split()
@@ -88,6 +90,8 @@ class Streamer:
             "bytes": moved,
             "seconds": round(float(seconds), 3),
             "mb_per_s": round(moved / float(seconds) / 1e6, 1),
+            # CPU the proxy spent per GB moved: steadier than the rate on a busy machine.
+            "cpu_s_per_gb": round(cpu / (moved / 1e9), 3),
             "peak_rss_mib": round(peak, 1),
             "rss_start_mib": round(start_rss, 1),
             "rss_sampled_max_mib": round(max(samples, default=start_rss), 1),
