@@ -7,8 +7,10 @@ One :class:`TokenProvider` per credential set. Its rules:
   lifetime), timed on the monotonic clock from receipt, so requests never wait for a
   refresh while the old token is valid and a skewed wall clock changes nothing;
 * never handed out once expired (expiry is also taken a little early);
-* failed fetches retried with exponential backoff and full jitter; while no valid token
-  exists callers get :class:`~proxy.errors.TokenUnavailable` with a Retry-After;
+* failed fetches retried with exponential backoff and jitter, capped so that a held
+  token is retried well before it expires and, with no token, every 5 s at most;
+  while no valid token exists callers get :class:`~proxy.errors.TokenUnavailable`
+  with a Retry-After;
 * :meth:`TokenProvider.invalidate` drops a token Vipps refused, if still current.
 """
 
@@ -36,6 +38,8 @@ from proxy.secret import Secret
 MAX_LIFETIME: Final = 7 * 24 * 3600.0  # distrust absurd lifetimes; a 401 still refreshes
 MIN_REFRESH_INTERVAL: Final = 1.0  # a token that lives 1 s is not fetched 100 times a second
 MAX_ERROR_BODY: Final = 512
+NO_TOKEN_RETRY_CAP: Final = 5.0  # seconds between fetch attempts while calls get 503
+MIN_RETRY: Final = 0.1
 MIN_AGE_TO_INVALIDATE: Final = 1.0  # seconds; bounds 401-driven fetches to one a second
 
 
@@ -274,19 +278,29 @@ class TokenProvider:
         self._log.info(events.TOKEN_FETCHED, valid_for_s=lifetime)
 
     def _on_failure(self, exc: TokenFetchError) -> None:
-        delay = self._backoff.delay(self._failures)
+        delay = self._retry_delay()
         self._failures += 1
         self._retry_at = self._clock() + delay
         self._metrics.token_fetch(self.creds.name, "error")
-        holding = self.current() is not None
+        token = self.current()
         self._log.warning(
             events.TOKEN_REFRESH_FAILED,
             error=str(exc),
             attempt=self._failures,
-            retry_in_s=round(delay, 2),
-            holding_valid_token=holding,
+            retry_in_s=round(delay, 3),
+            holding_valid_token=token is not None,
+            token_valid_for_s=round(token.expires_at - self._clock(), 3) if token else 0,
         )
         self._schedule(self._retry_at)
+
+    def _retry_delay(self) -> float:
+        """Backoff, but never so long that a held token expires first, and short
+        while there is no token at all: clients get 503s until the next attempt."""
+        delay = self._backoff.delay(self._failures)
+        token = self.current()
+        if token is None:
+            return min(delay, NO_TOKEN_RETRY_CAP)
+        return min(delay, max(MIN_RETRY, (token.expires_at - self._clock()) / 2))
 
     def _schedule(self, at: float) -> None:
         if self._closed:
