@@ -263,10 +263,10 @@ async def test_token_outage_is_invisible_while_a_valid_token_is_held(
     assert await metric(proxy, "vipps_proxy_token_fetches_total", result="error") >= 2
 
 
-async def test_each_failed_refresh_is_logged_once_with_growing_backoff(
+async def test_each_failed_refresh_is_logged_once(
     start_emulator: EmulatorFactory, start_proxy: ProxyFactory
 ) -> None:
-    """One token_refresh_failed per attempt at the endpoint, not per call; waits grow."""
+    """One token_refresh_failed per attempt at the endpoint, not per call."""
     emulator, proxy = await held_token_then_outage(start_emulator, start_proxy, 4.0)
     made = 0
     for _ in range(200):  # bounded; ends after three failed refreshes
@@ -281,8 +281,6 @@ async def test_each_failed_refresh_is_logged_once_with_growing_backoff(
     assert len(failures) == attempts_during_outage >= 3
     assert made > len(failures)  # many calls, one log line per attempt only
     assert [event["attempt"] for event in failures] == list(range(1, len(failures) + 1))
-    waits = [event["retry_in_s"] for event in failures]
-    assert waits == sorted(waits)  # exponential backoff with jitter never shrinks
     counted = await metric(proxy, "vipps_proxy_token_fetches_total", result="error")
     assert counted == len(refresh_failures(proxy))
 
