@@ -40,6 +40,10 @@ class Target:
         }
 
 
+def _cpu(row: dict[str, Any]) -> str:
+    return f"{row['cpu_us_per_call']:.0f} µs/call" if "cpu_us_per_call" in row else ""
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b else 0.0
 
@@ -92,7 +96,7 @@ class Report:
                     f"{what}, calls/s",
                     subject,
                     f"{row['calls_per_s']:,.0f}" + (f" ({failed} errors)" if failed else ""),
-                    f"{row['cpu_us_per_call']:.0f}",
+                    _cpu(row),
                     ratio,
                     target,
                 )
@@ -106,8 +110,14 @@ class Report:
             return f"{ms['p50']:.2f} / {ms['p99']:.2f} / {ms['p999']:.2f}"
 
         self._row(
-            head, f"direct ({lat['direct']['calls_per_s']:.0f}/s)", triple(direct), "", "", ""
+            head,
+            f"direct ({lat['direct']['calls_per_s']:.0f}/s)",
+            triple(direct),
+            _cpu(lat["direct"]),
+            "",
+            "",
         )
+
         for subject in (NGINX, W1):
             if subject not in lat:
                 continue
@@ -118,7 +128,9 @@ class Report:
                 t50 = self._target("added latency p50 ms", added["p50"], 1.0, at_least=False)
                 t99 = self._target("added latency p99 ms", added["p99"], 3.0, at_least=False)
                 target = f"p50 {t50}; p99 {t99}"
-            self._row(head, subject, triple(ms), "", f"+{triple(added)} added", target)
+            self._row(
+                head, subject, triple(ms), _cpu(lat[subject]), f"+{triple(added)} added", target
+            )
 
     def _streaming(self) -> None:
         st = self.r["streaming"]
@@ -138,7 +150,8 @@ class Report:
                         f"stream {direction} peak RSS MiB", row["peak_rss_mib"], 64, at_least=False
                     )
                     target = f"{tr}; RSS {tm}"
-                self._row(what, subject, f"{row['mb_per_s']:,.0f} ({rss})", "", ratio, target)
+                cpu = f"{row['cpu_s_per_gb']:.2f} s/GB" if "cpu_s_per_gb" in row else ""
+                self._row(what, subject, f"{row['mb_per_s']:,.0f} ({rss})", cpu, ratio, target)
 
     def _refresh(self) -> None:
         rf = self.r["refresh"]
@@ -157,7 +170,7 @@ class Report:
         )
 
     def table(self) -> str:
-        head = ("measurement", "subject", "result", "CPU µs/call", "compared", "target")
+        head = ("measurement", "subject", "result", "server CPU", "compared", "target")
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         last = ""
         for row in self.rows:

@@ -97,13 +97,18 @@ class Bench:
         rate, seconds = self.plan.latency_rate, self.plan.latency_s
         out: dict[str, Any] = {"rate": rate, "seconds": seconds}
         for label, server in [("direct", direct), *((s.label, s.server) for s in subjects)]:
+            pids = server.pids()
+            cpu_before = procs.cpu_seconds(pids)
             result = self.wrk.fixed_rate(server.url, rate, seconds, self.split.load)
+            cpu = procs.cpu_seconds(pids) - cpu_before
             ms = result.latency_ms
             say(
                 f"latency {label} at {result.rate:.0f}/s: p50 {ms['p50']} p99 {ms['p99']} "
                 f"p99.9 {ms['p999']} ms"
             )
             out[label] = result.as_dict()
+            # At a low rate every call pays for its own wake-ups: more CPU than at saturation.
+            out[label]["cpu_us_per_call"] = round(cpu * 1e6 / max(result.requests, 1), 1)
         return out
 
     # ------------------------------------------------------------------ 3. streaming
