@@ -4,6 +4,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint fmt bench soak clean
 
+SOAK_MINUTES ?= 10
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml tests/clients/package-lock.json
@@ -30,6 +32,9 @@ fmt: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+soak: $(STAMP)
+	$(PY) -m scripts.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
