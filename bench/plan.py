@@ -18,6 +18,7 @@ class Plan:
     latency_s: float  # each fixed-rate latency run
     latency_rate: int
     stream_bytes: int  # each transfer, up and down
+    stream_rounds: int  # each transfer this many times; the fastest counts
     refresh_s: float  # the token refresh run
     refresh_rate: int
     token_lifetime_s: float  # the emulator's token lifetime in the refresh run
@@ -31,6 +32,7 @@ FULL = Plan(
     latency_s=30.0,
     latency_rate=200,
     stream_bytes=1024 * MIB,
+    stream_rounds=3,
     refresh_s=20.0,
     refresh_rate=500,
     token_lifetime_s=6.0,
@@ -44,6 +46,7 @@ QUICK = Plan(
     latency_s=6.0,
     latency_rate=200,
     stream_bytes=512 * MIB,
+    stream_rounds=2,
     refresh_s=8.0,
     refresh_rate=500,
     token_lifetime_s=6.0,

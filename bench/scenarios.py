@@ -114,15 +114,30 @@ class Bench:
     # ------------------------------------------------------------------ 3. streaming
 
     def streaming(self, streamer: Streamer, subjects: list[Subject]) -> dict[str, Any]:
+        """Each transfer ``stream_rounds`` times, the subjects taking turns; best rate kept.
+
+        Other work on the machine only ever slows a transfer down, so the fastest of a
+        few is the steadiest estimate of what the proxy can do; every round is kept in
+        the JSON, and the peak RSS reported is the highest of all rounds.
+        """
         out: dict[str, Any] = {"bytes": streamer.body.stat().st_size}
-        for subject in subjects:
+        rounds: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for _ in range(self.plan.stream_rounds):
             for direction in ("down", "up"):
-                result = streamer.transfer(subject.server, direction)
-                say(
-                    f"stream {direction} {subject.label}: {result['mb_per_s']:,.0f} MB/s, "
-                    f"peak RSS {result['peak_rss_mib']} MiB"
-                )
-                out.setdefault(subject.label, {})[direction] = result
+                for subject in subjects:
+                    result = streamer.transfer(subject.server, direction)
+                    say(
+                        f"stream {direction} {subject.label}: {result['mb_per_s']:,.0f} MB/s, "
+                        f"peak RSS {result['peak_rss_mib']} MiB"
+                    )
+                    rounds.setdefault((subject.label, direction), []).append(result)
+        for (label, direction), results in rounds.items():
+            best = max(results, key=lambda r: r["mb_per_s"])
+            out.setdefault(label, {})[direction] = {
+                **best,
+                "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
+                "rounds": results,
+            }
         return out
 
     # ------------------------------------------------------------------ 4. token refresh
