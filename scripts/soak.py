@@ -43,8 +43,9 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -89,22 +90,24 @@ FAULT_PLAN: Final = (
     FaultSpec(
         "token_blip", {"token": "down"}, at=0.0, duration=0.7, grace=2.0, before_refresh=True
     ),
-    FaultSpec("vipps_503_burst", {"api": "error503"}, at=6.0, duration=1.5, grace=1.0),
+    FaultSpec("vipps_503_burst", {"api": "error503"}, at=8.0, duration=1.5, grace=1.0),
     FaultSpec(
-        "upstream_reset_mid_body", {"api": "reset_mid_body"}, at=12.0, duration=1.5, grace=1.0
+        "upstream_reset_mid_body", {"api": "reset_mid_body"}, at=14.0, duration=1.5, grace=1.0
     ),
     FaultSpec(
         "upstream_stall_headers",
         {"api": "stall_headers", "api_delay": READ_TIMEOUT + 1.0},
-        at=18.0,
+        at=20.0,
         duration=1.5,
         grace=READ_TIMEOUT + 1.0,
     ),
     # Longer than a token lives. At most five attempts fail in 6 s, so the next one
     # comes at most 8 s after the switch-off (backoff 0.5 * 2**4, jittered 4..8 s).
-    FaultSpec("token_outage", {"token": "down"}, at=26.0, duration=6.0, grace=10.0),
+    FaultSpec("token_outage", {"token": "down"}, at=28.0, duration=6.0, grace=10.0),
 )
-CYCLE: Final = 50.0  # the token_outage's window ends by 42 s; the rest of the cycle is clean
+# The token_blip's window ends by ~6.6 s (it waits up to ~4 s for a refresh); the
+# token_outage's by 44 s; the rest of the cycle is clean.
+CYCLE: Final = 50.0
 
 
 @dataclass
@@ -113,6 +116,8 @@ class FaultWindow:
     start: float  # monotonic
     end: float  # monotonic, switch-off; grace added when judging calls
     grace: float
+    wall_start: float  # time.time(), to find the window's events in the logs
+    wall_end: float
 
     def covers(self, start: float, end: float) -> bool:
         return start <= self.end + self.grace and end >= self.start
@@ -260,8 +265,8 @@ async def drive(
         while (now := time.monotonic()) < until:
             if now < next_at:
                 await asyncio.sleep(next_at - now)
-            next_at += interval
             await slots.acquire()
+            next_at = max(next_at + interval, time.monotonic())  # late: never catch up in a burst
             task = asyncio.create_task(one_call(load, results))
             task.add_done_callback(tasks.discard)
             task.add_done_callback(lambda _: slots.release())
@@ -324,6 +329,11 @@ class Process:
                     yield line
 
 
+def wall_time(line: dict[str, Any]) -> float:
+    """A log line's ISO 8601 UTC timestamp as seconds since the epoch."""
+    return datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -335,10 +345,13 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def wait_http(url: str, seconds: float = 20.0) -> None:
+async def wait_http(url: str, process: Process, seconds: float = 20.0) -> None:
+    """Until ``url`` answers 200; RuntimeError with the process's log tail if it never does."""
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession() as session:
         for _ in range(int(seconds / 0.1) + 1):
+            if process.popen.poll() is not None:
+                break
             try:
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
                     if r.status == 200:
@@ -348,7 +361,8 @@ async def wait_http(url: str, seconds: float = 20.0) -> None:
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} never answered 200")
+    tail = process.log_path.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"{process.name}: {url} never answered 200; its log ends:\n{tail}")
 
 
 def proxy_config(path: Path, proxy_port: int, emulator_port: int) -> Path:
@@ -421,11 +435,14 @@ async def inject(admin: str, begin: float, until: float, windows: list[FaultWind
                     await asyncio.sleep(max(0.0, due - time.monotonic()))
                 async with session.put(f"{admin}/faults", json=spec.switches) as r:
                     r.raise_for_status()
-                switched_on = time.monotonic()
+                switched_on, wall_on = time.monotonic(), time.time()
                 await asyncio.sleep(spec.duration)
                 async with session.delete(f"{admin}/faults") as r:
                     r.raise_for_status()
-                windows.append(FaultWindow(spec.name, switched_on, time.monotonic(), spec.grace))
+                window = FaultWindow(
+                    spec.name, switched_on, time.monotonic(), spec.grace, wall_on, time.time()
+                )
+                windows.append(window)
             cycle_start += CYCLE
 
 
@@ -491,6 +508,9 @@ class Figures:
     token_fetches_error_metric: float = 0.0
     token_refresh_failed_logged: int = 0
     token_refresh_failed_holding_valid_token: int = 0  # failures no client could notice
+    token_faults_injected: int = 0  # token requests the emulator failed on purpose
+    token_blips_that_failed_a_refresh: int = 0  # each blip should meet one
+    token_refresh_errors: dict[str, int] = field(default_factory=dict)
     requests_by_status_metric: dict[str, float] = field(default_factory=dict)
     upstream_errors_by_kind_metric: dict[str, float] = field(default_factory=dict)
     latency_ms_p50: float = 0.0
@@ -521,7 +541,8 @@ def judge(results: list[CallResult], windows: list[FaultWindow], figures: Figure
     for result in results:
         if result.ok:
             continue
-        window = next((w for w in windows if w.covers(result.start, result.end)), None)
+        covering = [w for w in windows if w.covers(result.start, result.end)]
+        window = max(covering, key=lambda w: w.start, default=None)  # the latest fault
         if window is None:
             outside.append(result)
         else:
@@ -582,7 +603,14 @@ def table(figures: Figures) -> str:
         (
             "refresh failures logged",
             f"{f.token_refresh_failed_logged}, of which "
-            f"{f.token_refresh_failed_holding_valid_token} while a valid token was held",
+            f"{f.token_refresh_failed_holding_valid_token} while a valid token was held; "
+            f"the emulator failed {f.token_faults_injected} token requests on purpose",
+        ),
+        *((f"  refresh error x{n}", error[:90]) for error, n in f.token_refresh_errors.items()),
+        (
+            "token blips",
+            f"{f.token_blips_that_failed_a_refresh} of {f.fault_windows.get('token_blip', 0)} "
+            "failed a background refresh while the token was valid",
         ),
         ("latency ok calls", f"p50 {f.latency_ms_p50} ms, p99 {f.latency_ms_p99} ms"),
         (
@@ -605,51 +633,38 @@ def table(figures: Figures) -> str:
     return "\n".join(lines)
 
 
-@contextmanager
-def processes(workdir: Path) -> Iterator[tuple[Process, Process, list[int]]]:
+@asynccontextmanager
+async def processes(workdir: Path) -> AsyncIterator[tuple[Process, Process, int, int]]:
+    """The emulator, then (once it answers) the proxy; yields them, the admin and proxy ports."""
     emulator_port, admin_port, proxy_port = free_ports(3)
     emulator = Process(
         "emulator",
         [
-            "-m",
-            "proxy",
-            "emulator",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(emulator_port),
-            "--admin-port",
-            str(admin_port),
-            "--token-lifetime",
-            str(TOKEN_LIFETIME),
+            *("-m", "proxy", "emulator", "--host", "127.0.0.1"),
+            *("--port", str(emulator_port), "--admin-port", str(admin_port)),
+            *("--token-lifetime", str(TOKEN_LIFETIME)),
         ],
         workdir / "emulator.log",
     )
-    config = proxy_config(workdir / "proxy.toml", proxy_port, emulator_port)
-    proxy = Process("proxy", ["-m", "proxy", "--config", str(config)], workdir / "proxy.log")
+    started = [emulator]
     try:
-        yield emulator, proxy, [emulator_port, admin_port, proxy_port]
+        await wait_http(f"http://127.0.0.1:{admin_port}/faults", emulator)
+        config = proxy_config(workdir / "proxy.toml", proxy_port, emulator_port)
+        proxy = Process("proxy", ["-m", "proxy", "--config", str(config)], workdir / "proxy.log")
+        started.append(proxy)
+        await wait_http(f"http://127.0.0.1:{proxy_port}/-/ready", proxy)
+        yield emulator, proxy, admin_port, proxy_port
     finally:
-        proxy.stop()
-        emulator.stop()
+        for process in reversed(started):
+            process.stop()
 
 
 async def soak(args: argparse.Namespace, workdir: Path) -> Figures:
     figures = Figures(args.minutes, args.rate, args.concurrency, TOKEN_LIFETIME)
     figures.fds_tolerance = args.concurrency + 1 + FD_SLACK  # upstream pool + token conn
-    with processes(workdir) as (emulator, proxy, ports):
-        _, admin_port, proxy_port = ports
+    async with processes(workdir) as (emulator, proxy, admin_port, proxy_port):
         base = f"http://127.0.0.1:{proxy_port}"
         admin = f"http://127.0.0.1:{admin_port}"
-        try:
-            await wait_http(f"{admin}/faults")
-            await wait_http(f"{base}/-/ready")
-        except RuntimeError as exc:
-            tails = [
-                f"{p.name}: {p.log_path.read_text(errors='replace')[-2000:]}"
-                for p in (emulator, proxy)
-            ]
-            raise RuntimeError("\n".join([str(exc), *tails])) from None
         figures.rss_kib_start = rss_kib(proxy.pid)
         figures.fds_start = open_fds(proxy.pid)
 
@@ -679,6 +694,17 @@ async def soak(args: argparse.Namespace, workdir: Path) -> Figures:
     lines = list(proxy.lines())
     figures.token_refreshes_logged = sum(1 for line in lines if line["event"] == "token_fetched")
     failed = [line for line in lines if line["event"] == "token_refresh_failed"]
+    figures.token_refresh_errors = dict(Counter(str(line.get("error")) for line in failed))
+    token_faults = [
+        wall_time(line)
+        for line in emulator.lines()
+        if line.get("event") == "emulator_fault_injected" and line.get("path") == "/accesstoken/get"
+    ]
+    figures.token_faults_injected = len(token_faults)
+    blips = [w for w in windows if w.name == "token_blip"]
+    figures.token_blips_that_failed_a_refresh = sum(
+        any(w.wall_start <= at <= w.wall_end + 0.1 for at in token_faults) for w in blips
+    )
     figures.token_refresh_failed_logged = len(failed)
     figures.token_refresh_failed_holding_valid_token = sum(
         1 for line in failed if line.get("holding_valid_token")
@@ -704,12 +730,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=40.0, help="calls a second at most")
     parser.add_argument("--concurrency", type=int, default=8, help="calls at a time at most")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument("--logs", type=Path, help="keep the processes' logs in this directory")
     args = parser.parse_args(argv)
     if args.minutes < 1 or args.rate <= 0 or args.concurrency < 1:
         parser.error("--minutes must be 1 or more, --rate and --concurrency above 0")
     with tempfile.TemporaryDirectory(prefix="vipps-soak-") as tmp:
+        workdir = args.logs or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         try:
-            figures = asyncio.run(soak(args, Path(tmp)))
+            figures = asyncio.run(soak(args, workdir))
         except RuntimeError as exc:
             print(f"soak: aborted: {exc}", file=sys.stderr)
             return 2
