@@ -139,10 +139,11 @@ class Forwarder:
             token = None
             if tokens is not None:
                 # A held token is used without a detour through a coroutine.
-                token, call.token = tokens.current(), "cached"
+                token = tokens.current()
+                fetched = False
                 if token is None:
                     token, fetched = await tokens.get()
-                    call.token = "fetched" if fetched else "cached"
+                call.token = "fetched" if fetched else "cached"
             headers = upstream_request_headers(
                 request.headers.items(), route, creds, token.value.reveal() if token else None
             )
