@@ -108,6 +108,8 @@ async def test_token_outage_gives_503_with_retry_after_then_heals(
         problem = await response.json()
     assert problem["status"] == 503
     assert problem["request_id"] == response.headers["X-Request-Id"]
+    (line,) = proxy.logs.events("request_completed")
+    assert (line["status"], line["token"]) == (503, "none")  # no token went anywhere
     emulator.state.faults.clear()
     await wait_for_status(proxy, 404)
 
