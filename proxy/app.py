@@ -49,6 +49,7 @@ MAX_REQUEST_ID: Final = 128
 #: Answers after which the connection is closed: the request was malformed or hostile.
 CLOSE_AFTER: Final = frozenset({400, 405, 431, 505})
 POOL_SIZE: Final = 256
+MAX_IDLE_UPSTREAM: Final = 15.0  # seconds a pooled upstream connection may sit idle
 
 _log = structlog.get_logger("proxy.app")
 
@@ -76,26 +77,16 @@ def create_app(config: Config, redactor: Redactor | None = None) -> web.Applicat
 
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
-    """One pooled ClientSession for every upstream call, and one token cache per set."""
+    """One pooled session for upstream calls, one for token fetches, a cache per set."""
     state = app[STATE]
-    connector = aiohttp.TCPConnector(limit=POOL_SIZE, ssl=state.upstream_ssl)
-    state.session = aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
-    )
-    # aiohttp resends GET/PUT/DELETE by itself when a pooled connection drops, even if
-    # the upstream already acted on it. The proxy never retries on its own (Vipps writes
-    # are idempotent only by the client's key), and aiohttp has no public switch for
-    # this; its own TestClient turns it off the same way.
-    state.session._retry_connection = False
+    state.session = _api_session(state)
+    tokens_session = _session(aiohttp.TCPConnector(force_close=True, ssl=state.upstream_ssl))
     insecure = not state.config.tls.verify
     bearer_sets = {n for r in state.config.routes if r.auth == "bearer" for n in r.credentials}
     for name in sorted(bearer_sets):
         provider = TokenProvider(
             state.config.credentials[name],
-            state.session,
+            tokens_session,
             state.metrics,
             state.redactor,
             ssl=state.upstream_ssl,
@@ -106,7 +97,40 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     app[FORWARDER] = Forwarder(state)
     yield
     await asyncio.gather(*(p.close() for p in state.tokens.values()))
-    await state.session.close()
+    await asyncio.gather(state.session.close(), tokens_session.close())
+
+
+def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+    session = aiohttp.ClientSession(
+        connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),  # cookies must never pass between apps
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
+    )
+    # aiohttp resends GET/PUT/DELETE by itself when a pooled connection drops, even if
+    # the upstream already acted on it. The proxy never retries on its own (Vipps writes
+    # are idempotent only by the client's key), and aiohttp has no public switch for
+    # this; its own TestClient turns it off the same way.
+    session._retry_connection = False
+    return session
+
+
+def _api_session(state: ProxyState) -> aiohttp.ClientSession:
+    """The pooled session for upstream calls.
+
+    Idle pooled connections close well before the shortest route ``read_timeout``:
+    aiohttp 3.14 can restart a connection's read timer after its body has ended (a
+    paused read resumed late), and a connection idle in the pool past that timer fails
+    the next call sent on it at once. Token fetches use a session of their own
+    without pooling, so such a connection can never fail a token refresh either.
+    """
+    shortest = min((r.read_timeout for r in state.config.routes), default=60.0)
+    connector = aiohttp.TCPConnector(
+        limit=POOL_SIZE,
+        ssl=state.upstream_ssl,
+        keepalive_timeout=min(MAX_IDLE_UPSTREAM, shortest / 3),
+    )
+    return _session(connector)
 
 
 @web.middleware
