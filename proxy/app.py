@@ -210,7 +210,7 @@ async def _dispatch(
             call.route, call.status = "legacy_token", 200
             return legacy_token_response(state)
     route = state.router.resolve(request.raw_path)
-    call.route, call.upstream = route.name, str(route.upstream)
+    call.route, call.upstream = route.name, route.upstream_text
     creds = pick_credentials(
         route, state.config.credentials, request.headers.get(MERCHANT_SERIAL_NUMBER)
     )

@@ -16,6 +16,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
 
@@ -119,6 +120,11 @@ class Route:
     def name(self) -> str:
         """The route's name in logs and metrics: its prefix."""
         return self.prefix
+
+    @cached_property
+    def upstream_text(self) -> str:
+        """The upstream as logged; formatted once, not per call."""
+        return str(self.upstream)
 
 
 @dataclass(frozen=True)
