@@ -19,7 +19,7 @@ import structlog
 from structlog.typing import EventDict, Processor
 
 from proxy import events
-from proxy.redact import SENSITIVE_KEYS, Redactor
+from proxy.redact import Redactor
 
 LEVELS: Final = {
     "debug": logging.DEBUG,
@@ -51,7 +51,7 @@ def configure_logging(
         structlog.processors.ExceptionRenderer(
             structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
         ),
-        _SkipCleanLines(redact),
+        redact,
     ]
     out = stream if stream is not None else sys.stdout.buffer
     if fmt == "console":
@@ -89,43 +89,6 @@ class _Clock:
         micro = int((now - second) * 1_000_000)
         # isoformat() leaves the fraction out when it is zero; so do we.
         event_dict["timestamp"] = f"{self._prefix}.{micro:06d}Z" if micro else f"{self._prefix}Z"
-        return event_dict
-
-
-_SCALARS: Final = frozenset({int, float, bool, type(None)})
-_MAX_KEYS_KNOWN: Final = 1024
-
-
-class _SkipCleanLines:
-    """The redactor, run only on lines it could change.
-
-    A line whose values are all plain strings and numbers, with no sensitive key and no
-    known secret in any string, comes out of the redactor unchanged; finding that out
-    takes one search per secret over all strings joined, not one per string. Any other
-    line (a sensitive key, a secret found, a value of another type) goes through the
-    redactor itself, so every line is exactly what the redactor alone would make of it.
-    """
-
-    def __init__(self, redactor: Redactor) -> None:
-        self._redactor = redactor
-        self._plain_keys: set[str] = set()  # keys seen not to be sensitive
-
-    def __call__(self, logger: Any, method: str, event_dict: EventDict) -> EventDict:
-        texts = []
-        for key, value in event_dict.items():
-            kind = type(value)
-            if kind is str:
-                texts.append(value)
-            elif kind not in _SCALARS:
-                return self._redactor(logger, method, event_dict)
-            if key not in self._plain_keys:
-                if key.lower() in SENSITIVE_KEYS:
-                    return self._redactor(logger, method, event_dict)
-                if len(self._plain_keys) < _MAX_KEYS_KNOWN:
-                    self._plain_keys.add(key)
-        joined = "\n".join(texts)
-        if self._redactor.redact_text(joined) != joined:
-            return self._redactor(logger, method, event_dict)
         return event_dict
 
 

@@ -27,6 +27,8 @@ SENSITIVE_KEYS: Final = frozenset(
 )
 MAX_TOKENS_KEPT: Final = 64  # old tokens stay secret too, but memory stays bounded
 MIN_SECRET_LENGTH: Final = 4  # scrubbing one-letter "secrets" would mangle every line
+MAX_KEYS_KNOWN: Final = 1024  # bounds the set of log keys remembered as not sensitive
+_SCALARS: Final = frozenset({int, float, bool, type(None)})
 
 
 class Redactor:
@@ -36,6 +38,7 @@ class Redactor:
         self._fixed = [s.reveal() for s in secrets if len(s.reveal()) >= MIN_SECRET_LENGTH]
         self._tokens: list[str] = []
         self._values: tuple[str, ...] = tuple(self._fixed)
+        self._plain_keys: set[str] = set()  # log keys seen not to be sensitive
 
     def add(self, value: str) -> None:
         """Remember a new secret (a fetched token)."""
@@ -54,9 +57,29 @@ class Redactor:
     def __call__(
         self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
+        if self._is_clean(event_dict):  # the common line: nothing to change, one search
+            return event_dict
         for key, value in event_dict.items():
             event_dict[key] = MASK if key.lower() in SENSITIVE_KEYS else self._clean(value)
         return event_dict
+
+    def _is_clean(self, event_dict: MutableMapping[str, Any]) -> bool:
+        """True for a line of plain strings and numbers with no sensitive key and no
+        known secret: one search per secret over all strings joined, not per string."""
+        texts = []
+        for key, value in event_dict.items():
+            kind = type(value)
+            if kind is str:
+                texts.append(value)
+            elif kind not in _SCALARS:
+                return False
+            if key not in self._plain_keys:
+                if key.lower() in SENSITIVE_KEYS:
+                    return False
+                if len(self._plain_keys) < MAX_KEYS_KNOWN:
+                    self._plain_keys.add(key)
+        joined = "\n".join(texts)
+        return not any(value in joined for value in self._values)
 
     def _clean(self, value: Any) -> Any:
         if isinstance(value, str):

@@ -6,6 +6,8 @@ import asyncio
 
 import aiohttp
 
+from proxy.redact import Redactor
+from proxy.secret import Secret
 from proxy.tokens import MIN_AGE_TO_INVALIDATE
 from tests.conftest import (
     ProxyFactory,
@@ -94,3 +96,15 @@ async def test_no_secret_in_any_output_at_debug_level(
     for secret in all_secrets(proxy.config, *tokens):
         assert secret not in output
     assert "token_refresh_failed" in output
+
+
+def test_redactor_masks_plain_lines_and_leaves_clean_ones_alone() -> None:
+    """A secret inside a plain string or under a sensitive key is masked; clean lines pass."""
+    redactor = Redactor([Secret("s3cret-value")])
+    clean = {"event": "x", "path": "/a", "status": 200}
+    assert redactor(None, "info", dict(clean)) == clean
+    leaky = redactor(None, "info", {"event": "x", "detail": "key=s3cret-value;", "n": 1})
+    assert leaky["detail"] == "key=***;"
+    assert redactor(None, "info", {"Authorization": "Bearer abc"})["Authorization"] == "***"
+    nested = redactor(None, "info", {"routes": ["s3cret-value"]})
+    assert nested["routes"] == ["***"]
