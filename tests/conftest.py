@@ -133,6 +133,19 @@ DEMO_CLIENT_SECRET = DEMO.client_secret
 DEMO_SUBSCRIPTION_KEY = DEMO.subscription_key
 DEMO_MSN = DEMO.merchant_serial_number
 
+#: The seven fields of a Vipps token response (all strings in the real API).
+TOKEN_FIELDS = frozenset(
+    {
+        "token_type",
+        "expires_in",
+        "ext_expires_in",
+        "expires_on",
+        "not_before",
+        "resource",
+        "access_token",
+    }
+)
+
 
 @dataclass
 class RunningEmulator:

@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import orjson
 
-from tests.conftest import ProxyFactory, RunningEmulator, RunningProxy, make_config
+from tests.conftest import TOKEN_FIELDS, ProxyFactory, RunningEmulator, RunningProxy, make_config
 
 
 async def get(url: str, method: str = "GET", **kwargs: object) -> tuple[int, str, bytes]:
@@ -58,15 +58,7 @@ async def test_legacy_token_call_gets_a_placeholder(
     status, _, body = await get(proxy.at("/accessToken/get"), "POST")
     assert status == 200
     data = orjson.loads(body)
-    assert set(data) == {
-        "token_type",
-        "expires_in",
-        "ext_expires_in",
-        "expires_on",
-        "not_before",
-        "resource",
-        "access_token",
-    }
+    assert set(data) == TOKEN_FIELDS
     assert all(isinstance(v, str) for v in data.values())
     assert data["access_token"] not in emulator.state.tokens
     assert emulator.state.token_requests["accesstoken"] <= 1  # only the proxy's own fetch

@@ -33,19 +33,11 @@ from proxy.emulator import (
     emulator_state,
     serve_emulator,
 )
+from tests.conftest import TOKEN_FIELDS
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
 
-SEVEN_FIELDS = {
-    "token_type",
-    "expires_in",
-    "ext_expires_in",
-    "expires_on",
-    "not_before",
-    "resource",
-    "access_token",
-}
 NUMERIC_FIELDS = ("expires_in", "ext_expires_in", "expires_on", "not_before")
 INVALID_KEY = (
     "Access denied due to invalid subscription key. "
@@ -156,7 +148,7 @@ async def test_accesstoken_answers_seven_string_fields(client: Client) -> None:
     response = await client.post("/accesstoken/get", headers=token_headers())
     body = await response.json()
     assert response.status == 200
-    assert set(body) == SEVEN_FIELDS
+    assert set(body) == TOKEN_FIELDS
     assert all(isinstance(value, str) for value in body.values())
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == "3600"
@@ -184,7 +176,7 @@ async def test_jwt_token_takes_credentials_in_json(client: Client) -> None:
     )
     body = await response.json()
     assert response.status == 200
-    assert set(body) == SEVEN_FIELDS
+    assert set(body) == TOKEN_FIELDS
     assert body["resource"] == "https://api.vipps.no"
 
 
