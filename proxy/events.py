@@ -3,8 +3,6 @@
 from typing import Final
 
 REQUEST_COMPLETED: Final = "request_completed"
-REQUEST_REJECTED: Final = "request_rejected"
-REQUEST_ABORTED: Final = "request_aborted"
 INTERNAL_ERROR: Final = "internal_error"
 TOKEN_FETCHED: Final = "token_fetched"
 TOKEN_REFRESH_FAILED: Final = "token_refresh_failed"

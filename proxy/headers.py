@@ -43,8 +43,6 @@ CLIENT_CREDENTIALS: Final = _lower(
 #: `Expect: 100-continue` is answered by the proxy (a forwarded one would make the
 #: upstream wait for a second 100 that never comes).
 REQUEST_DROP: Final = HOP_BY_HOP | _lower(hdrs.HOST, hdrs.EXPECT)
-#: What a `none` (pass-through) route still removes.
-PASSTHROUGH_DROP: Final = REQUEST_DROP
 #: What an authenticated route removes: also every credential the client sent.
 AUTHENTICATED_DROP: Final = REQUEST_DROP | CLIENT_CREDENTIALS
 MERCHANT_SERIAL_NUMBER: Final = "Merchant-Serial-Number"
@@ -57,15 +55,6 @@ AUTHENTICATED_MSN_DROP: Final = AUTHENTICATED_DROP | _lower(MERCHANT_SERIAL_NUMB
 RESPONSE_DROP: Final = HOP_BY_HOP
 #: ... and the upstream's request id, when ours replaces it.
 RESPONSE_ID_DROP: Final = RESPONSE_DROP | _lower(REQUEST_ID)
-
-
-def connection_tokens(headers: Headers) -> frozenset[str]:
-    """Header names listed in every `Connection` field (they are hop-by-hop too)."""
-    names: set[str] = set()
-    for name, value in headers:
-        if name.lower() == "connection":
-            names.update(_tokens(value))
-    return frozenset(names)
 
 
 def _tokens(value: str) -> Iterator[str]:
@@ -104,7 +93,7 @@ def upstream_request_headers(
     are dropped in the one pass, so ours are appended rather than looked up and set.
     """
     if route.auth == "none" or creds is None:
-        return CIMultiDict(filtered(headers, PASSTHROUGH_DROP))
+        return CIMultiDict(filtered(headers, REQUEST_DROP))  # pass-through: hop-by-hop only
     msn = creds.merchant_serial_number
     kept = filtered(headers, AUTHENTICATED_MSN_DROP if msn else AUTHENTICATED_DROP)
     if route.auth == "bearer" and token is not None:

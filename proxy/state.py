@@ -36,7 +36,3 @@ class ProxyState:
 
 
 STATE: Final = web.AppKey("vipps_proxy_state", ProxyState)
-
-
-def state_of(app: web.Application) -> ProxyState:
-    return app[STATE]
