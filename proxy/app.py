@@ -43,6 +43,7 @@ from proxy.routing import Router, pick_credentials
 from proxy.state import STATE, ProxyState
 from proxy.tls import outbound_context
 from proxy.tokens import TokenProvider
+from proxy.upstream import UpstreamPool
 
 FORWARDER: Final = web.AppKey("vipps_proxy_forwarder", Forwarder)
 MAX_REQUEST_ID: Final = 128
@@ -77,10 +78,10 @@ def create_app(config: Config, redactor: Redactor | None = None) -> web.Applicat
 
 
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
-    """One pooled session for upstream calls, one for token fetches, a cache per set."""
+    """One pool for upstream calls, one session for token fetches, a cache per set."""
     state = app[STATE]
-    state.session = _api_session(state)
-    tokens_session = _session(aiohttp.TCPConnector(force_close=True, ssl=state.upstream_ssl))
+    state.pool = UpstreamPool(limit=POOL_SIZE, max_idle=MAX_IDLE_UPSTREAM)
+    tokens_session = _tokens_session(state)
     insecure = not state.config.tls.verify
     bearer_sets = {n for r in state.config.routes if r.auth == "bearer" for n in r.credentials}
     for name in sorted(bearer_sets):
@@ -97,40 +98,22 @@ async def _upstream(app: web.Application) -> AsyncIterator[None]:
     app[FORWARDER] = Forwarder(state)
     yield
     await asyncio.gather(*(p.close() for p in state.tokens.values()))
-    await asyncio.gather(state.session.close(), tokens_session.close())
+    await asyncio.gather(state.pool.close(), tokens_session.close())
 
 
-def _session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+def _tokens_session(state: ProxyState) -> aiohttp.ClientSession:
+    """Token fetches are rare: one connection each, never pooled, never resent."""
     session = aiohttp.ClientSession(
-        connector=connector,
+        connector=aiohttp.TCPConnector(force_close=True, ssl=state.upstream_ssl),
         cookie_jar=aiohttp.DummyCookieJar(),  # cookies must never pass between apps
         auto_decompress=False,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60),
     )
     # aiohttp resends GET/PUT/DELETE by itself when a pooled connection drops, even if
-    # the upstream already acted on it. The proxy never retries on its own (Vipps writes
-    # are idempotent only by the client's key), and aiohttp has no public switch for
-    # this; its own TestClient turns it off the same way.
+    # the upstream already acted on it. A token fetch is a POST and never pooled here,
+    # but the switch stays off: aiohttp has no public one, its TestClient does the same.
     session._retry_connection = False
     return session
-
-
-def _api_session(state: ProxyState) -> aiohttp.ClientSession:
-    """The pooled session for upstream calls.
-
-    Idle pooled connections close well before the shortest route ``read_timeout``:
-    aiohttp 3.14 can restart a connection's read timer after its body has ended (a
-    paused read resumed late), and a connection idle in the pool past that timer fails
-    the next call sent on it at once. Token fetches use a session of their own
-    without pooling, so such a connection can never fail a token refresh either.
-    """
-    shortest = min((r.read_timeout for r in state.config.routes), default=60.0)
-    connector = aiohttp.TCPConnector(
-        limit=POOL_SIZE,
-        ssl=state.upstream_ssl,
-        keepalive_timeout=min(MAX_IDLE_UPSTREAM, shortest / 3),
-    )
-    return _session(connector)
 
 
 @web.middleware

@@ -14,8 +14,6 @@ from typing import Final
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
-from multidict import CIMultiDict
-from yarl import URL
 
 from proxy import events
 from proxy.config import Credentials, Route
@@ -24,13 +22,11 @@ from proxy.headers import response_headers as clean_response_headers
 from proxy.headers import upstream_request_headers
 from proxy.state import ProxyState
 from proxy.tokens import Token
+from proxy.upstream import ConnectFailed, Upstream, UpstreamResponse
 
 PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 REPLAYABLE_BODY: Final = 64 * 1024  # every ordinary Vipps call fits; larger ones stream
 NO_BODY_STATUSES: Final = frozenset({204, 304})
-SKIP_AUTO_HEADERS: Final = frozenset(
-    {hdrs.USER_AGENT, hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.CONTENT_TYPE}
-)
 
 _log = structlog.get_logger("proxy.forwarding")
 
@@ -54,42 +50,6 @@ class CallRecord:
     credentials: str = ""
 
 
-@dataclass(frozen=True)
-class RouteTarget:
-    """A route's upstream, taken apart once so each call only joins strings."""
-
-    scheme: str
-    host: str
-    port: int | None
-    base_path: str
-    timeout: aiohttp.ClientTimeout
-
-    @classmethod
-    def of(cls, route: Route) -> RouteTarget:
-        up = route.upstream
-        return cls(
-            scheme=up.scheme,
-            host=up.raw_host or "",
-            port=up.explicit_port,
-            base_path=up.raw_path.rstrip("/"),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=route.connect_timeout, sock_read=route.read_timeout
-            ),
-        )
-
-    def url(self, raw_path: str) -> URL:
-        """The upstream URL with the client's raw path and query, never re-encoded."""
-        path, _, query = raw_path.partition("?")
-        return URL.build(
-            scheme=self.scheme,
-            host=self.host,
-            port=self.port,
-            path=self.base_path + path,
-            query_string=query,
-            encoded=True,
-        )
-
-
 def upstream_error(route: Route, exc: BaseException) -> ProxyError:
     """The one place that turns aiohttp's client errors into our 502 and 504."""
     where = route.upstream.host
@@ -99,7 +59,7 @@ def upstream_error(route: Route, exc: BaseException) -> ProxyError:
         return GatewayTimeout(f"{where} did not answer in time", reason="read_timeout")
     if isinstance(exc, TimeoutError):
         return GatewayTimeout(f"{where} did not answer in time", reason="timeout")
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
         return BadGateway(f"cannot connect to {where}", reason="connect_failed")
     return BadGateway(
         f"{where} broke the connection or answered malformed HTTP",
@@ -107,32 +67,21 @@ def upstream_error(route: Route, exc: BaseException) -> ProxyError:
     )
 
 
-def auto_headers_to_skip(headers: CIMultiDict[str]) -> frozenset[str] | None:
-    """What aiohttp must not add: None when the client sent all of it already.
-
-    aiohttp adds Accept, Accept-Encoding, User-Agent and Content-Type unless told to
-    skip them, and honouring a skip list copies and sorts the headers on every call.
-    When the client sent all four there is nothing to add, and no list is needed.
-    """
-    for name in SKIP_AUTO_HEADERS:
-        if name not in headers:
-            return SKIP_AUTO_HEADERS
-    return None
-
-
 class Forwarder:
     """Sends calls for the routes of one app."""
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
-        self.targets = {r.prefix: RouteTarget.of(r) for r in state.config.routes}
+        self.targets = {
+            r.prefix: Upstream.of(r.upstream, state.upstream_ssl, r.connect_timeout, r.read_timeout)
+            for r in state.config.routes
+        }
         self.max_body = state.config.server.max_body_bytes
 
     async def forward(
         self, request: web.Request, route: Route, creds: Credentials | None, call: CallRecord
     ) -> web.StreamResponse:
-        target = self.targets[route.prefix]
-        url = target.url(request.raw_path)
+        up = self.targets[route.prefix]
         body, replayable = await self._body(request, call)
         tokens = self.state.tokens[creds.name] if route.auth == "bearer" and creds else None
         for attempt in (1, 2):
@@ -145,20 +94,21 @@ class Forwarder:
                     token, fetched = await tokens.get()
                 call.token = "fetched" if fetched else "cached"
             headers = upstream_request_headers(
-                request.headers.items(), route, creds, token.value.reveal() if token else None
+                request.headers.items(),
+                route,
+                creds,
+                token.value.reveal() if token else None,
+                host=up.host_header,
             )
             if token is not None and attempt == 2:
                 call.replayed = True
             try:
-                upstream = await self.state.client().request(
+                upstream = await self.state.upstream_pool().request(
+                    up,
                     request.method,
-                    url,
-                    headers=headers,
-                    data=body if replayable else self._stream(request, call),
-                    timeout=target.timeout,
-                    allow_redirects=False,
-                    skip_auto_headers=auto_headers_to_skip(headers),
-                    ssl=self.state.upstream_ssl,
+                    request.raw_path,
+                    headers,
+                    body if replayable else self._stream(request, call),
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._not_sent(route, call, exc) from None
@@ -212,7 +162,7 @@ class Forwarder:
     async def _relay(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         route: Route,
         call: CallRecord,
     ) -> web.StreamResponse:
@@ -240,10 +190,7 @@ class Forwarder:
             self._abort(request, route, call, exc)
         finally:
             # Not read to the end (HEAD, abort, cancellation): the connection is not reused.
-            if upstream.content.is_eof():
-                upstream.release()
-            else:
-                upstream.close()
+            upstream.release()
         return response
 
     def _abort(

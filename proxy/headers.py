@@ -86,16 +86,19 @@ def upstream_request_headers(
     route: Route,
     creds: Credentials | None,
     token: str | None,
+    host: str | None = None,
 ) -> CIMultiDict[str]:
     """What goes to the upstream: the client's headers, cleaned, plus our credentials.
 
     The client's own credentials (and its Merchant-Serial-Number, when we send ours)
     are dropped in the one pass, so ours are appended rather than looked up and set.
+    ``host``, the upstream's authority, goes first as its ``Host``.
     """
+    first = [(hdrs.HOST, host)] if host else []
     if route.auth == "none" or creds is None:
-        return CIMultiDict(filtered(headers, REQUEST_DROP))  # pass-through: hop-by-hop only
+        return CIMultiDict(first + filtered(headers, REQUEST_DROP))  # hop-by-hop dropped only
     msn = creds.merchant_serial_number
-    kept = filtered(headers, AUTHENTICATED_MSN_DROP if msn else AUTHENTICATED_DROP)
+    kept = first + filtered(headers, AUTHENTICATED_MSN_DROP if msn else AUTHENTICATED_DROP)
     if route.auth == "bearer" and token is not None:
         kept.append((hdrs.AUTHORIZATION, f"Bearer {token}"))
     elif route.auth == "client-credentials":

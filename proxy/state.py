@@ -6,7 +6,6 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Final
 
-import aiohttp
 from aiohttp import web
 
 from proxy.config import Config
@@ -14,6 +13,7 @@ from proxy.metrics import Metrics
 from proxy.redact import Redactor
 from proxy.routing import Router
 from proxy.tokens import TokenProvider
+from proxy.upstream import UpstreamPool
 
 
 @dataclass
@@ -25,14 +25,14 @@ class ProxyState:
     metrics: Metrics
     redactor: Redactor
     placeholder: str
-    upstream_ssl: ssl.SSLContext | bool = True
-    session: aiohttp.ClientSession | None = None
+    upstream_ssl: ssl.SSLContext = field(default_factory=ssl.create_default_context)
+    pool: UpstreamPool | None = None
     tokens: dict[str, TokenProvider] = field(default_factory=dict)
     draining: bool = False  # set when shutdown begins; calls cut after this say so
 
-    def client(self) -> aiohttp.ClientSession:
-        assert self.session is not None, "the upstream session is made at start-up"
-        return self.session
+    def upstream_pool(self) -> UpstreamPool:
+        assert self.pool is not None, "the upstream pool is made at start-up"
+        return self.pool
 
 
 STATE: Final = web.AppKey("vipps_proxy_state", ProxyState)

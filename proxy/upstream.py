@@ -1,0 +1,320 @@
+"""Upstream connections: HTTP/1.1 to the routes' hosts, pooled, one call at a time each.
+
+aiohttp's ``ClientSession`` spends about 200 µs of CPU on every call here (a request
+object, auto headers, cookie filtering, URL building, timer contexts, traces), more than
+the rest of the proxy together; a proxy forwards a request it already has and needs
+none of it. This module keeps the parts of aiohttp's client that carry the risk, its
+connection protocol (``ResponseHandler``: the llhttp response parser, flow control,
+read time-outs, payload errors) and its ``StreamWriter``, and does the rest itself:
+a pool per host, the request head, 1xx answers, and when a connection may be reused.
+
+Nothing here ever resends a call: a connection that fails fails the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+from aiohttp import hdrs
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.http import HttpProcessingError, StreamWriter
+from multidict import CIMultiDict
+from yarl import URL
+
+READ_BUFSIZE: Final = 2**18  # what a download is read in, at most, per wake-up
+#: Methods whose requests carry a body: without one they get Content-Length: 0,
+#: as aiohttp's client sends (some gateways answer 411 otherwise).
+BODY_METHODS: Final = frozenset({hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH})
+
+Key = tuple[str, int, bool]
+Body = bytes | AsyncIterable[bytes] | None
+
+
+class ConnectFailed(aiohttp.ClientConnectionError):
+    """No connection to the upstream could be made (refused, unreachable, TLS refused)."""
+
+
+class MalformedAnswer(aiohttp.ClientError):
+    """The upstream's answer is not HTTP/1.1 the parser accepts."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """A route's upstream, taken apart once so each call only joins strings."""
+
+    host: str
+    port: int
+    host_header: str
+    base_path: str
+    tls: ssl.SSLContext | None
+    connect_timeout: float
+    read_timeout: float
+
+    @classmethod
+    def of(
+        cls, url: URL, ssl_context: ssl.SSLContext, connect_timeout: float, read_timeout: float
+    ) -> Upstream:
+        secure = url.scheme == "https"
+        return cls(
+            host=url.raw_host or "",
+            port=url.port or (443 if secure else 80),
+            host_header=url.host_port_subcomponent or "",
+            base_path=url.raw_path.rstrip("/"),
+            tls=ssl_context if secure else None,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+
+    @property
+    def key(self) -> Key:
+        return (self.host, self.port, self.tls is not None)
+
+
+class UpstreamResponse:
+    """An answer's head, its body as an aiohttp ``StreamReader``, and its connection."""
+
+    __slots__ = (
+        "_body_task",
+        "_key",
+        "_pool",
+        "_proto",
+        "content",
+        "raw_headers",
+        "reason",
+        "status",
+    )
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        key: Key,
+        proto: ResponseHandler,
+        head: aiohttp.http.RawResponseMessage,
+        content: aiohttp.StreamReader,
+        body_task: asyncio.Task[None] | None,
+    ) -> None:
+        self._pool, self._key, self._proto, self._body_task = pool, key, proto, body_task
+        self.status: int = head.code
+        self.reason: str = head.reason
+        self.raw_headers = head.raw_headers
+        self.content = content
+
+    def release(self) -> None:
+        """Done with it: the connection goes back to the pool if it can carry another call."""
+        reusable = self.content.is_eof() and (
+            self._body_task is None or (self._body_task.done() and not self._body_task.cancelled())
+        )
+        self._pool.give_back(self._key, self._proto, reusable)
+
+    def close(self) -> None:
+        """Done with it, and its connection is not to be used again."""
+        if self._body_task is not None:
+            self._body_task.cancel()
+        self._pool.give_back(self._key, self._proto, reusable=False)
+
+
+class UpstreamPool:
+    """Keep-alive connections per upstream, at most ``limit`` in use at once."""
+
+    def __init__(self, limit: int, max_idle: float) -> None:
+        self.limit = limit
+        self.max_idle = max_idle
+        self._busy = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._idle: dict[Key, list[tuple[ResponseHandler, float]]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    async def request(
+        self,
+        up: Upstream,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: Body,
+    ) -> UpstreamResponse:
+        """Send the call once and return the answer's head; the body is left to stream."""
+        proto = await self._acquire(up)
+        body_task = None
+        try:
+            proto.set_response_params(
+                skip_payload=method == hdrs.METH_HEAD,
+                read_until_eof=True,
+                auto_decompress=False,
+                read_timeout=up.read_timeout,
+                read_bufsize=READ_BUFSIZE,
+            )
+            writer = StreamWriter(proto, asyncio.get_running_loop())
+            line = f"{method} {up.base_path}{target} HTTP/1.1"
+            if body is None or isinstance(body, bytes):
+                if body is None and method in BODY_METHODS and hdrs.CONTENT_LENGTH not in headers:
+                    headers[hdrs.CONTENT_LENGTH] = "0"
+                await writer.write_headers(line, headers)
+                await writer.write_eof(body or b"")
+                proto.start_timeout()
+            else:
+                if hdrs.CONTENT_LENGTH not in headers:
+                    headers[hdrs.TRANSFER_ENCODING] = "chunked"
+                    writer.enable_chunking()
+                await writer.write_headers(line, headers)
+                body_task = asyncio.create_task(_send_body(proto, writer, body))
+            head, content = await _read_head(proto)
+        except BaseException:
+            if body_task is not None:
+                body_task.cancel()
+            self.give_back(up.key, proto, reusable=False)
+            raise
+        return UpstreamResponse(self, up.key, proto, head, content, body_task)
+
+    async def _acquire(self, up: Upstream) -> ResponseHandler:
+        """A connection for one call: an idle one if there is, else a new one."""
+        if self._busy >= self.limit:
+            await self._wait_for_slot(up)
+        self._busy += 1
+        proto = self._take_idle(up.key)
+        if proto is not None:
+            return proto
+        try:
+            return await _connect(up)
+        except BaseException:
+            self._free_slot()
+            raise
+
+    async def _wait_for_slot(self, up: Upstream) -> None:
+        """Until fewer than ``limit`` connections are in use; bounded by connect_timeout."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(up.connect_timeout):
+                while self._busy >= self.limit:
+                    waiter = loop.create_future()
+                    self._waiters.append(waiter)
+                    try:
+                        await waiter
+                    except asyncio.CancelledError:
+                        if waiter.done() and not waiter.cancelled():
+                            self._wake_next()  # woken, then cancelled: pass the turn on
+                        raise
+        except TimeoutError:
+            raise aiohttp.ConnectionTimeoutError(
+                f"no free connection to {up.host} within {up.connect_timeout} s"
+            ) from None
+
+    def _take_idle(self, key: Key) -> ResponseHandler | None:
+        idle = self._idle.get(key)
+        oldest_allowed = time.monotonic() - self.max_idle
+        while idle:
+            proto, since = idle.pop()
+            if since >= oldest_allowed and proto.is_connected() and not proto.should_close:
+                return proto
+            proto.close()
+        return None
+
+    def give_back(self, key: Key, proto: ResponseHandler, reusable: bool) -> None:
+        """Pool the connection if it is clean and the pool is open; else close it."""
+        self._free_slot()
+        if reusable and not self._closed and proto.is_connected() and not proto.should_close:
+            # A read resumed after the body ended can restart aiohttp's read timer;
+            # idle in the pool, that timer must not fail the connection's next call.
+            proto.read_timeout = None
+            proto.start_timeout()
+            self._idle.setdefault(key, []).append((proto, time.monotonic()))
+            if self._sweeper is None:
+                self._sweeper = asyncio.get_running_loop().call_later(self.max_idle, self._sweep)
+        else:
+            proto.close()
+
+    def _free_slot(self) -> None:
+        self._busy -= 1
+        self._wake_next()
+
+    def _wake_next(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _sweep(self) -> None:
+        """Close connections idle longer than ``max_idle``; run again while any are left."""
+        self._sweeper = None
+        oldest_allowed = time.monotonic() - self.max_idle
+        for key, idle in list(self._idle.items()):
+            keep = []
+            for proto, since in idle:
+                if since >= oldest_allowed and proto.is_connected():
+                    keep.append((proto, since))
+                else:
+                    proto.close()
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        if self._idle:
+            self._sweeper = asyncio.get_running_loop().call_later(self.max_idle, self._sweep)
+
+    async def close(self) -> None:
+        """Close every idle connection; connections in use close when given back."""
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for idle in self._idle.values():
+            for proto, _ in idle:
+                proto.close()
+        self._idle.clear()
+
+
+async def _connect(up: Upstream) -> ResponseHandler:
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(up.connect_timeout):
+            _, proto = await loop.create_connection(
+                lambda: ResponseHandler(loop),
+                up.host,
+                up.port,
+                ssl=up.tls,
+                server_hostname=up.host if up.tls is not None else None,
+            )
+    except TimeoutError:
+        raise aiohttp.ConnectionTimeoutError(
+            f"connecting to {up.host} took over {up.connect_timeout} s"
+        ) from None
+    except OSError as exc:  # refused, unreachable, name unknown, TLS refused
+        raise ConnectFailed(f"cannot connect to {up.host}: {exc.__class__.__name__}") from exc
+    return proto
+
+
+async def _read_head(
+    proto: ResponseHandler,
+) -> tuple[aiohttp.http.RawResponseMessage, aiohttp.StreamReader]:
+    """The final answer's head; 1xx interim answers (other than 101) are skipped."""
+    while True:
+        try:
+            head, content = await proto.read()
+        except HttpProcessingError as exc:
+            raise MalformedAnswer(f"the upstream answered malformed HTTP: {exc.message}") from None
+        if not 100 <= head.code < 200 or head.code == 101:
+            return head, content
+
+
+async def _send_body(
+    proto: ResponseHandler, writer: StreamWriter, body: AsyncIterable[bytes]
+) -> None:
+    """Stream a body; a failure (ours or the client's) fails the call's read too."""
+    try:
+        async for chunk in body:
+            await writer.write(chunk)
+        await writer.write_eof()
+    except OSError as exc:
+        proto.set_exception(aiohttp.ClientOSError(exc.errno, "cannot send the request body"))
+    except Exception as exc:
+        proto.set_exception(aiohttp.ClientConnectionError(f"the request body failed: {exc!r}"))
+    else:
+        proto.start_timeout()
