@@ -15,13 +15,15 @@ The map, one concept per module:
 - ``routing``: path normalisation, longest-prefix routes, credential set by MSN
 - ``headers``: header policy as data: hop-by-hop, client credentials, what we inject
 - ``forwarding``: ``Forwarder``: body in, upstream call, answer streamed back, the one
-  safe replay; the one place aiohttp client errors become 502/504
+  safe replay; the one place upstream errors become 502/504
+- ``upstream``: ``UpstreamPool``: keep-alive HTTP/1.1 connections to upstreams over
+  aiohttp's client protocol (its parser, flow control, read time-outs)
 - ``errors``: the proxy's own errors and their problem+json answers
 - ``admin``: ``/-/health``, ``/-/ready``, ``/-/metrics``, legacy token calls answered
   with a placeholder
-- ``app``: ``create_app(config)`` and the handler every call meets (checks, dispatch,
-  one log line)
-- ``state``: ``ProxyState`` behind one ``web.AppKey``
+- ``app``: ``ProxyApp``, the handler every call meets (checks, dispatch, one log
+  line), and ``ProxyRunner``, which serves it on aiohttp's low-level server
+- ``state``: ``ProxyState``, what every part of a call reads
 - ``metrics``: Prometheus metrics, one registry per app
 - ``logs``: structlog JSON lines (orjson), aiohttp's logs rendered alike
 - ``redact``: ``Redactor``, scrubs known secret values from every log line

@@ -17,7 +17,7 @@ from proxy.errors import Forbidden, ProxyAuthRequired
 from proxy.secret import Secret
 
 
-def peer_address(request: web.Request) -> str:
+def peer_address(request: web.BaseRequest) -> str:
     """The client's IP address as the socket reports it ("" if unknown)."""
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return str(peer[0]) if peer else ""
@@ -41,7 +41,7 @@ def check_client(networks: tuple[Network, ...], client: str) -> None:
         raise Forbidden(f"client address {client} is not allowed", reason="client_not_allowed")
 
 
-def check_client_key(keys: Sequence[Secret], request: web.Request) -> None:
+def check_client_key(keys: Sequence[Secret], request: web.BaseRequest) -> None:
     """407 unless ``Proxy-Authorization: Bearer <key>`` names a configured client key."""
     if not keys:
         return

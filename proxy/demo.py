@@ -63,7 +63,7 @@ def run_demo(config: Config, emulator_port: int, curl: str) -> int:
     async def main() -> None:
         runners = await _start_emulator("127.0.0.1", emulator_port, 0, 3600.0)
 
-        async def announce(_: web.AppRunner) -> None:
+        async def announce(_: web.BaseRunner) -> None:
             port = config.server.port
             print(
                 f"\nvipps-proxy demo: proxy on http://127.0.0.1:{port}, emulator on "

@@ -10,6 +10,7 @@
     ├── MethodNotAllowed            405 CONNECT and friends
     ├── ProxyAuthRequired           407 missing or wrong client key
     ├── PayloadTooLarge             413 body above max_body_bytes
+    ├── ExpectationFailed           417 an Expect other than 100-continue
     ├── HeadersTooLarge             431 header block too large in total
     ├── VersionNotSupported         505 not HTTP/1.0 or HTTP/1.1
     ├── BadGateway                  502 upstream unreachable or broken
@@ -105,6 +106,12 @@ class PayloadTooLarge(ProxyError):
     status = 413
     title = "Payload too large"
     slug = "payload-too-large"
+
+
+class ExpectationFailed(ProxyError):
+    status = 417
+    title = "Expectation failed"
+    slug = "expectation-failed"
 
 
 class BadGateway(ProxyError):

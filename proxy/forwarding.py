@@ -20,6 +20,7 @@ from proxy.config import Credentials, Route
 from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge, ProxyError
 from proxy.headers import response_headers as clean_response_headers
 from proxy.headers import upstream_request_headers
+from proxy.inbound import continue_body
 from proxy.state import ProxyState
 from proxy.tokens import Token
 from proxy.upstream import ConnectFailed, Upstream, UpstreamResponse
@@ -79,7 +80,7 @@ class Forwarder:
         self.max_body = state.config.server.max_body_bytes
 
     async def forward(
-        self, request: web.Request, route: Route, creds: Credentials | None, call: CallRecord
+        self, request: web.BaseRequest, route: Route, creds: Credentials | None, call: CallRecord
     ) -> web.StreamResponse:
         up = self.targets[route.prefix]
         body, replayable = await self._body(request, call)
@@ -134,13 +135,14 @@ class Forwarder:
         _log.warning(events.TOKEN_REJECTED, credentials=creds.name)
         return self.state.tokens[creds.name].invalidate(token)
 
-    async def _body(self, request: web.Request, call: CallRecord) -> tuple[bytes | None, bool]:
+    async def _body(self, request: web.BaseRequest, call: CallRecord) -> tuple[bytes | None, bool]:
         """The whole body if small enough to replay; else (None, False) to stream it."""
         length = request.content_length
         if self.max_body and length is not None and length > self.max_body:
             raise PayloadTooLarge(f"the body is larger than {self.max_body} bytes")
         if not request.body_exists:
             return None, True
+        await continue_body(request)
         if length is not None and length <= REPLAYABLE_BODY:
             try:
                 body = await request.read()
@@ -150,7 +152,7 @@ class Forwarder:
             return body, True
         return None, False
 
-    async def _stream(self, request: web.Request, call: CallRecord) -> AsyncIterator[bytes]:
+    async def _stream(self, request: web.BaseRequest, call: CallRecord) -> AsyncIterator[bytes]:
         """The client's body, chunk by chunk as it arrives, counted and capped."""
         async for chunk in request.content.iter_any():
             call.bytes_in += len(chunk)
@@ -161,7 +163,7 @@ class Forwarder:
 
     async def _relay(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         upstream: UpstreamResponse,
         route: Route,
         call: CallRecord,
@@ -194,7 +196,7 @@ class Forwarder:
         return response
 
     def _abort(
-        self, request: web.Request, route: Route, call: CallRecord, exc: BaseException
+        self, request: web.BaseRequest, route: Route, call: CallRecord, exc: BaseException
     ) -> None:
         """The answer started and cannot be finished: cut the client's connection."""
         client_gone = isinstance(exc, ConnectionError) and not isinstance(exc, aiohttp.ClientError)

@@ -3,7 +3,10 @@
 aiohttp (llhttp) already rejects the classic smuggling shapes. These checks close the
 gaps a gateway cares about, before anything is sent upstream: HTTP versions other than
 1.0 and 1.1, ``Transfer-Encoding`` on HTTP/1.0 (whose framing would then be ambiguous
-downstream), and header blocks too large in total.
+downstream), header blocks too large in total, and expectations other than
+``100-continue``. A ``100 Continue`` itself goes out only once the call has passed
+every check and its body is wanted (``continue_body``): a refused call never invites
+the body it will not read.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from typing import Final
 
 from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
 
-from proxy.errors import BadRequest, HeadersTooLarge, VersionNotSupported
+from proxy.errors import BadRequest, ExpectationFailed, HeadersTooLarge, VersionNotSupported
 
 MAX_HEADER_BYTES: Final = 32 * 1024  # all fields together; each is also capped at 8190
 SUPPORTED_VERSIONS: Final = frozenset({HttpVersion10, HttpVersion11})
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def check_request(request: web.Request) -> None:
+def check_request(request: web.BaseRequest) -> None:
     """Raise a ProxyError for a request the proxy will not forward."""
     if request.version not in SUPPORTED_VERSIONS:
         raise VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served", reason="version")
@@ -27,3 +31,13 @@ def check_request(request: web.Request) -> None:
     total = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
     if total > MAX_HEADER_BYTES:
         raise HeadersTooLarge(f"request headers exceed {MAX_HEADER_BYTES} bytes")
+    expect = request.headers.get(hdrs.EXPECT)
+    if expect is not None and expect.lower() != "100-continue":
+        raise ExpectationFailed("only Expect: 100-continue is understood", reason="expect")
+
+
+async def continue_body(request: web.BaseRequest) -> None:
+    """Invite the body a client holds back for ``Expect: 100-continue`` (HTTP/1.1)."""
+    if request.version == HttpVersion11 and hdrs.EXPECT in request.headers:
+        await request.writer.write(CONTINUE)
+        request.writer.output_size = 0  # the interim answer is not the response's size

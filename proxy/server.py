@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from proxy import events
-from proxy.app import create_app
+from proxy.app import ProxyApp, ProxyRunner
 from proxy.config import Config
 from proxy.logs import configure_logging
 from proxy.redact import Redactor
@@ -56,7 +56,7 @@ async def serve(
     redactor: Redactor,
     *,
     reuse_port: bool = False,
-    ready: Callable[[web.AppRunner], Awaitable[None]] | None = None,
+    ready: Callable[[web.BaseRunner], Awaitable[None]] | None = None,
 ) -> None:
     """Serve ``config`` until a stop signal, then drain. ``ready`` runs once listening."""
     stop = asyncio.Event()
@@ -72,13 +72,12 @@ async def serve(
     _log.info(events.SHUTDOWN)
 
 
-async def start(config: Config, redactor: Redactor, *, reuse_port: bool = False) -> web.AppRunner:
+async def start(config: Config, redactor: Redactor, *, reuse_port: bool = False) -> ProxyRunner:
     """Start listening; the caller calls ``runner.cleanup()`` to drain and stop."""
     server = config.server
-    runner = web.AppRunner(
-        create_app(config, redactor),
+    runner = ProxyRunner(
+        ProxyApp(config, redactor),
         access_log=None,
-        handler_cancellation=True,
         shutdown_timeout=server.shutdown_timeout,
         # aiohttp closes a connection whose next request is not complete within the
         # keep-alive timeout, so this one setting bounds both idle connections and

@@ -1,12 +1,9 @@
-"""The application's state: one typed object behind one ``web.AppKey``."""
+"""The proxy's state: one typed object every part of a call reads."""
 
 from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
-from typing import Final
-
-from aiohttp import web
 
 from proxy.config import Config
 from proxy.metrics import Metrics
@@ -33,6 +30,3 @@ class ProxyState:
     def upstream_pool(self) -> UpstreamPool:
         assert self.pool is not None, "the upstream pool is made at start-up"
         return self.pool
-
-
-STATE: Final = web.AppKey("vipps_proxy_state", ProxyState)

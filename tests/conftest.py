@@ -55,7 +55,7 @@ def log_sink() -> LogSink:
 
 @dataclass
 class RunningProxy:
-    runner: web.AppRunner
+    runner: web.BaseRunner
     url: URL
     config: Config
     logs: LogSink
@@ -76,7 +76,7 @@ ProxyFactory = Callable[[Config], Awaitable[RunningProxy]]
 @pytest.fixture
 async def start_proxy(log_sink: LogSink) -> AsyncIterator[ProxyFactory]:
     """Starts the proxy for a config, on 127.0.0.1 and a free port; stops it after."""
-    runners: list[web.AppRunner] = []
+    runners: list[web.BaseRunner] = []
 
     async def factory(config: Config) -> RunningProxy:
         redactor = Redactor(config.secrets)

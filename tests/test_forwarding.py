@@ -11,7 +11,14 @@ import orjson
 from multidict import CIMultiDict
 from yarl import URL
 
-from tests.conftest import DEMO_MSN, DEMO_SUBSCRIPTION_KEY, RunningEmulator, RunningProxy
+from tests.conftest import (
+    DEMO_MSN,
+    DEMO_SUBSCRIPTION_KEY,
+    ProxyFactory,
+    RunningEmulator,
+    RunningProxy,
+    make_config,
+)
 
 
 def header_values(echoed: dict[str, Any], name: str) -> list[str]:
@@ -180,6 +187,34 @@ async def test_expect_100_continue_is_answered_by_the_proxy(proxy: RunningProxy)
     assert head.startswith(b"HTTP/1.1 200")
     names = {name.lower() for name, _ in orjson.loads(body)["headers"]}
     assert "expect" not in names
+
+
+async def test_expect_on_a_call_refused_early_gets_the_refusal_not_100(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """A call without the client key is refused at once: no 100 Continue invites its body."""
+    config = make_config(emulator.token_url, emulator.url, server={"client_keys": ["k" * 32]})
+    proxy = await start_proxy(config)
+    answer = await raw_exchange(
+        proxy,
+        b"POST /echo/expect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 407"), answer[:60]
+    assert b"100 Continue" not in answer
+
+
+async def test_unknown_expectation_gets_a_417_problem(proxy: RunningProxy) -> None:
+    """An Expect other than 100-continue is refused with a 417 problem, nothing forwarded."""
+    answer = await raw_exchange(
+        proxy,
+        b"POST /echo/expect HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        b"Expect: 200-ok\r\nConnection: close\r\n\r\nhello",
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 417"), head
+    assert b"application/problem+json" in head
+    assert orjson.loads(body)["status"] == 417
 
 
 async def test_request_id_is_generated_and_not_sent_upstream(proxy: RunningProxy) -> None:
