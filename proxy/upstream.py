@@ -100,24 +100,33 @@ class UpstreamResponse:
         content: aiohttp.StreamReader,
         body_task: asyncio.Task[None] | None,
     ) -> None:
-        self._pool, self._key, self._proto, self._body_task = pool, key, proto, body_task
+        self._pool, self._key, self._body_task = pool, key, body_task
+        self._proto: ResponseHandler | None = proto
         self.status: int = head.code
         self.reason: str = head.reason
         self.raw_headers = head.raw_headers
         self.content = content
 
     def release(self) -> None:
-        """Done with it: the connection goes back to the pool if it can carry another call."""
-        reusable = self.content.is_eof() and (
-            self._body_task is None or (self._body_task.done() and not self._body_task.cancelled())
-        )
-        self._pool.give_back(self._key, self._proto, reusable)
+        """Done with it: the connection goes back to the pool if it can carry another call.
+
+        A request body still being sent (the upstream answered before it ended) stops.
+        """
+        task = self._body_task
+        sent = task is None or (task.done() and not task.cancelled())
+        self._done(reusable=sent and self.content.is_eof())
 
     def close(self) -> None:
         """Done with it, and its connection is not to be used again."""
-        if self._body_task is not None:
+        self._done(reusable=False)
+
+    def _done(self, reusable: bool) -> None:
+        if self._proto is None:  # given back already: a slot is freed once only
+            return
+        if self._body_task is not None and not self._body_task.done():
             self._body_task.cancel()
-        self._pool.give_back(self._key, self._proto, reusable=False)
+        proto, self._proto = self._proto, None
+        self._pool.give_back(self._key, proto, reusable)
 
 
 class UpstreamPool:
