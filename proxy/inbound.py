@@ -11,6 +11,7 @@ the body it will not read.
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Final
 
 from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
@@ -28,7 +29,8 @@ def check_request(request: web.BaseRequest) -> None:
         raise VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served", reason="version")
     if request.version == HttpVersion10 and hdrs.TRANSFER_ENCODING in request.headers:
         raise BadRequest("Transfer-Encoding is not allowed in HTTP/1.0", reason="framing")
-    total = sum(len(name) + len(value) + 4 for name, value in request.raw_headers)
+    raw = request.raw_headers
+    total = sum(map(len, chain.from_iterable(raw))) + 4 * len(raw)
     if total > MAX_HEADER_BYTES:
         raise HeadersTooLarge(f"request headers exceed {MAX_HEADER_BYTES} bytes")
     expect = request.headers.get(hdrs.EXPECT)

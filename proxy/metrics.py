@@ -44,9 +44,13 @@ class Metrics:
         self.bytes_out = Counter(
             "vipps_proxy_response_bytes", "Response body bytes to clients.", ["route"], registry=r
         )
+        #: Calls being answered now: a plain count, read by the gauge at scrape time
+        #: (two locked gauge updates a call cost more than the rest of the metrics).
+        self.active = 0
         self.in_flight = Gauge(
             "vipps_proxy_in_flight_requests", "Calls being answered now.", registry=r
         )
+        self.in_flight.set_function(lambda: self.active)
         self.upstream_errors = Counter(
             "vipps_proxy_upstream_errors",
             "Upstream failures, by route and kind (connect, timeout, reset, aborted, ...).",

@@ -66,20 +66,25 @@ class Redactor:
     def _is_clean(self, event_dict: MutableMapping[str, Any]) -> bool:
         """True for a line of plain strings and numbers with no sensitive key and no
         known secret: one search per secret over all strings joined, not per string."""
+        if not self._plain_keys.issuperset(event_dict) and not self._plain(event_dict):
+            return False
         texts = []
-        for key, value in event_dict.items():
+        for value in event_dict.values():
             kind = type(value)
             if kind is str:
                 texts.append(value)
             elif kind not in _SCALARS:
                 return False
-            if key not in self._plain_keys:
-                if key.lower() in SENSITIVE_KEYS:
-                    return False
-                if len(self._plain_keys) < MAX_KEYS_KNOWN:
-                    self._plain_keys.add(key)
         joined = "\n".join(texts)
         return not any(value in joined for value in self._values)
+
+    def _plain(self, event_dict: MutableMapping[str, Any]) -> bool:
+        """No key is sensitive; the keys are remembered, so most lines skip this."""
+        if any(key.lower() in SENSITIVE_KEYS for key in event_dict):
+            return False
+        if len(self._plain_keys) < MAX_KEYS_KNOWN:
+            self._plain_keys.update(event_dict)
+        return True
 
     def _clean(self, value: Any) -> Any:
         if isinstance(value, str):

@@ -150,7 +150,11 @@ class UpstreamPool:
         body: Body,
     ) -> UpstreamResponse:
         """Send the call once and return the answer's head; the body is left to stream."""
-        proto = await self._acquire(up)
+        proto = self._take_idle(up.key) if self._busy < self.limit else None
+        if proto is None:
+            proto = await self._acquire(up)
+        else:  # the common case, without a coroutine
+            self._busy += 1
         body_task = None
         try:
             proto.set_response_params(
