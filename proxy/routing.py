@@ -23,6 +23,8 @@ _DECODE: Final = {"2e": ".", "2f": "/", "5c": "/"}
 def normalise_path(raw_path: str) -> str:
     """The path as a server would resolve it; raises BadRequest if it climbs above /."""
     path = raw_path.split("?", 1)[0].split("#", 1)[0]
+    if _plain(path):
+        return path
     path = _HIDDEN.sub(lambda m: _DECODE[m.group(1).lower()], path).replace("\\", "/")
     out: list[str] = []
     segments = path.split("/")
@@ -38,6 +40,19 @@ def normalise_path(raw_path: str) -> str:
     last = segments[-1].split(";", 1)[0]
     trailing = "/" if last in ("", ".", "..") and out else ""
     return "/" + "/".join(out) + trailing
+
+
+def _plain(path: str) -> bool:
+    """A path that is its own normal form: no encoding to decode, no empty or dot
+    segment, no parameters, no backslash. Most calls take this shortcut."""
+    return (
+        path.startswith("/")
+        and "%" not in path
+        and "//" not in path
+        and "/." not in path
+        and ";" not in path
+        and "\\" not in path
+    )
 
 
 def under(path: str, prefix: str) -> bool:
