@@ -500,6 +500,18 @@ async def test_releasing_twice_frees_one_slot_only(
 # --- failures ------------------------------------------------------------------------
 
 
+async def test_an_upstream_named_by_host_name_is_resolved_and_reached(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory
+) -> None:
+    """``localhost`` is resolved and each of its addresses tried; 127.0.0.1 listens."""
+    upstream = await raw_upstream(answer_ok)
+    url = URL(f"http://localhost:{upstream.port}{BASE}")
+    up = Upstream.of(url, ssl.create_default_context(), WAIT, WAIT)
+    response = await start(make_pool(), up)
+    assert response.status == 200
+    response.release()
+
+
 async def test_refused_connection_raises_connect_failed(make_pool: PoolFactory) -> None:
     """Nothing listening on the upstream's port: ConnectFailed."""
     url = URL(f"http://127.0.0.1:{free_port()}{BASE}")
