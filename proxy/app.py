@@ -43,6 +43,7 @@ from proxy.errors import (
 from proxy.forwarding import CallRecord, Forwarder
 from proxy.headers import MERCHANT_SERIAL_NUMBER, REQUEST_ID
 from proxy.inbound import check_request
+from proxy.logs import CALL_ID
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
 from proxy.routing import Router, pick_credentials
@@ -116,7 +117,7 @@ class ProxyApp:
             path=request.raw_path.partition("?")[0],
             client=peer_address(request),
         )
-        structlog.contextvars.bind_contextvars(request_id=call.request_id)
+        CALL_ID.set(call.request_id)
         state.metrics.active += 1
         response: web.StreamResponse
         try:

@@ -8,6 +8,7 @@ log is off: the proxy writes its own line per call.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
@@ -44,7 +45,7 @@ def configure_logging(
     """Set up structlog and the stdlib root logger for this process."""
     redact = redactor or Redactor()
     shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
+        _add_request_id,
         structlog.processors.add_log_level,
         _Clock(),
         # Tracebacks as data, but never with local variables: locals can hold secrets.
@@ -68,6 +69,19 @@ def configure_logging(
         cache_logger_on_first_use=cache,  # tests reconfigure between cases
     )
     _route_stdlib(level, shared, fmt, _TextStream(out))
+
+
+#: The id of the call being handled, for every line logged while handling it (a task
+#: started during a call, such as a token fetch, inherits it). One variable read per
+#: line, where structlog.contextvars walks every context variable there is.
+CALL_ID: Final[contextvars.ContextVar[str]] = contextvars.ContextVar("request_id")
+
+
+def _add_request_id(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    request_id = CALL_ID.get(None)
+    if request_id is not None:
+        event_dict.setdefault("request_id", request_id)
+    return event_dict
 
 
 class _Clock:

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import io
+from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
+import orjson
+import pytest
+import structlog
 
+from proxy.logs import CALL_ID, configure_logging
 from proxy.redact import Redactor
 from proxy.secret import Secret
 from proxy.tokens import MIN_AGE_TO_INVALIDATE
@@ -108,3 +116,73 @@ def test_redactor_masks_plain_lines_and_leaves_clean_ones_alone() -> None:
     assert redactor(None, "info", {"Authorization": "Bearer abc"})["Authorization"] == "***"
     nested = redactor(None, "info", {"routes": ["s3cret-value"]})
     assert nested["routes"] == ["***"]
+
+
+ODD_SECRET = 'sk"with\\escapes/and-ünïcode\t'  # a secret JSON must escape to write
+
+
+@pytest.fixture
+def json_lines() -> Iterator[io.BytesIO]:
+    """structlog set up as production does, writing JSON lines to a buffer."""
+    saved = structlog.get_config()
+    out = io.BytesIO()
+    redactor = Redactor([Secret("s3cret-value"), Secret(ODD_SECRET)])
+    configure_logging("info", "json", redactor, out, cache=False)
+    yield out
+    structlog.configure(**saved)
+
+
+def logged(out: io.BytesIO, **fields: Any) -> dict[str, Any]:
+    structlog.get_logger("t").info("x", **fields)
+    line = out.getvalue().splitlines()[-1]
+    assert b"s3cret-value" not in line
+    assert orjson.dumps(ODD_SECRET)[1:-1] not in line
+    result: dict[str, Any] = orjson.loads(line)
+    return result
+
+
+def test_json_line_masks_a_secret_inside_a_plain_string(json_lines: io.BytesIO) -> None:
+    """A known secret inside an ordinary string field is masked in the written line."""
+    assert logged(json_lines, detail="key=s3cret-value;", n=1)["detail"] == "key=***;"
+
+
+def test_json_line_masks_a_secret_that_json_escapes(json_lines: io.BytesIO) -> None:
+    """A secret with quotes, backslashes, control and non-ASCII characters is found too."""
+    line = logged(json_lines, detail=f"<{ODD_SECRET}>")
+    assert line["detail"] == "<***>"
+
+
+def test_json_line_masks_sensitive_and_nested_fields(json_lines: io.BytesIO) -> None:
+    """Sensitive keys, nested ones included, and secrets in lists are masked."""
+    line = logged(
+        json_lines,
+        authorization="Bearer not-a-known-secret",
+        headers={"Ocp-Apim-Subscription-Key": "also-unknown"},
+        routes=["s3cret-value"],
+    )
+    assert line["authorization"] == "***"
+    assert line["headers"] == {"Ocp-Apim-Subscription-Key": "***"}
+    assert line["routes"] == ["***"]
+
+
+def test_json_line_without_secrets_is_written_unchanged(json_lines: io.BytesIO) -> None:
+    """A clean line keeps every field and value as given."""
+    line = logged(json_lines, path="/a/b", status=200, ok=True, none=None, ms=1.5)
+    assert {k: line[k] for k in ("path", "status", "ok", "none", "ms")} == {
+        "path": "/a/b",
+        "status": 200,
+        "ok": True,
+        "none": None,
+        "ms": 1.5,
+    }
+
+
+def test_lines_logged_during_a_call_carry_its_request_id(json_lines: io.BytesIO) -> None:
+    """Any line logged while a call is handled names the call; lines outside do not."""
+
+    def during_a_call() -> dict[str, Any]:
+        CALL_ID.set("rid-0001")
+        return logged(json_lines, note="inside")
+
+    assert contextvars.copy_context().run(during_a_call)["request_id"] == "rid-0001"
+    assert "request_id" not in logged(json_lines, note="outside")
