@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from functools import lru_cache
 
 from aiohttp import hdrs, web
 
@@ -23,9 +22,30 @@ def peer_address(request: web.BaseRequest) -> str:
     return str(peer[0]) if peer else ""
 
 
-@lru_cache(maxsize=4096)
-def is_allowed(networks: tuple[Network, ...], client: str) -> bool:
-    """True if ``client`` (an address string) lies in one of ``networks``."""
+MAX_ADDRESSES_KNOWN = 4096  # answers remembered, so a scan of addresses cannot grow memory
+
+
+class Allowlist:
+    """``allow_clients``: which socket peer addresses may call. Each address's answer is
+    remembered: parsing it and testing every network on every call costs more than
+    the rest of the checks together."""
+
+    def __init__(self, networks: tuple[Network, ...]) -> None:
+        self._networks = networks
+        self._known: dict[str, bool] = {}
+
+    def check(self, client: str) -> None:
+        """403 unless the socket's peer address is in ``allow_clients``."""
+        allowed = self._known.get(client)
+        if allowed is None:
+            allowed = _in_networks(self._networks, client)
+            if len(self._known) < MAX_ADDRESSES_KNOWN:
+                self._known[client] = allowed
+        if not allowed:
+            raise Forbidden(f"client address {client} is not allowed", reason="client_not_allowed")
+
+
+def _in_networks(networks: tuple[Network, ...], client: str) -> bool:
     try:
         address = ipaddress.ip_address(client.split("%", 1)[0])
     except ValueError:
@@ -33,12 +53,6 @@ def is_allowed(networks: tuple[Network, ...], client: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
     return any(address in net for net in networks)
-
-
-def check_client(networks: tuple[Network, ...], client: str) -> None:
-    """403 unless the socket's peer address is in ``allow_clients``."""
-    if not is_allowed(networks, client):
-        raise Forbidden(f"client address {client} is not allowed", reason="client_not_allowed")
 
 
 def check_client_key(keys: Sequence[Secret], request: web.BaseRequest) -> None:

@@ -24,7 +24,7 @@ import structlog
 from aiohttp import hdrs, web
 
 from proxy import events
-from proxy.access import check_client, check_client_key, peer_address
+from proxy.access import Allowlist, check_client_key, peer_address
 from proxy.admin import (
     ADMIN_PREFIX,
     admin_response,
@@ -69,6 +69,7 @@ class ProxyApp:
         this proxy fetches are scrubbed from every log line."""
         self.state = ProxyState(
             config=config,
+            allowlist=Allowlist(config.server.allow_clients),
             router=Router(config.routes),
             metrics=Metrics(),
             redactor=redactor or Redactor(config.secrets),
@@ -221,7 +222,7 @@ def _tokens_session(state: ProxyState) -> aiohttp.ClientSession:
 async def _dispatch(
     request: web.BaseRequest, state: ProxyState, forwarder: Forwarder, call: CallRecord
 ) -> web.StreamResponse:
-    check_client(state.config.server.allow_clients, call.client)
+    state.allowlist.check(call.client)
     if request.method == hdrs.METH_CONNECT:
         raise MethodNotAllowed("CONNECT is not served: this is not a forward proxy")
     check_request(request)

@@ -48,10 +48,7 @@ def configure_logging(
         _add_request_id,
         structlog.processors.add_log_level,
         _Clock(),
-        # Tracebacks as data, but never with local variables: locals can hold secrets.
-        structlog.processors.ExceptionRenderer(
-            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
-        ),
+        _Tracebacks(),
         redact,
     ]
     out = stream if stream is not None else sys.stdout.buffer
@@ -82,6 +79,21 @@ def _add_request_id(_: Any, __: str, event_dict: EventDict) -> EventDict:
     if request_id is not None:
         event_dict.setdefault("request_id", request_id)
     return event_dict
+
+
+class _Tracebacks:
+    """Tracebacks as data, but never with local variables: locals can hold secrets.
+    Lines without ``exc_info`` (nearly all) skip structlog's renderer altogether."""
+
+    def __init__(self) -> None:
+        self._render = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+
+    def __call__(self, logger: Any, method: str, event_dict: EventDict) -> EventDict:
+        if "exc_info" in event_dict:
+            return self._render(logger, method, event_dict)
+        return event_dict
 
 
 class _Clock:

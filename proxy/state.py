@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 
+from proxy.access import Allowlist
 from proxy.config import Config
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
@@ -18,6 +19,7 @@ class ProxyState:
     """Everything a request handler needs, built once at start-up."""
 
     config: Config
+    allowlist: Allowlist
     router: Router
     metrics: Metrics
     redactor: Redactor

@@ -186,3 +186,20 @@ def test_lines_logged_during_a_call_carry_its_request_id(json_lines: io.BytesIO)
 
     assert contextvars.copy_context().run(during_a_call)["request_id"] == "rid-0001"
     assert "request_id" not in logged(json_lines, note="outside")
+
+
+def test_an_exception_is_logged_as_data_without_local_variables(
+    json_lines: io.BytesIO,
+) -> None:
+    """A logged exception carries its type and frames, never the frames' local values."""
+    secret_local = "s3cret-value-in-a-local"  # noqa: F841 - what a traceback must not show
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        structlog.get_logger("t").exception("failed")
+    line = orjson.loads(json_lines.getvalue().splitlines()[-1])
+    (exc,) = line["exception"]
+    assert exc["exc_type"] == "ValueError"
+    assert exc["frames"]
+    assert b"in-a-local" not in json_lines.getvalue()
+    assert all("locals" not in frame for frame in exc["frames"])
