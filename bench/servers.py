@@ -175,7 +175,7 @@ class Fleet:
         """vipps-proxy as production runs it: JSON logs at info to a file, metrics on."""
         port = free_port()
         conf = self.workdir / f"{name}.toml"
-        conf.write_text(_proxy_toml(port, workers, emulator.url, upstream.url))
+        conf.write_text(proxy_toml(port, workers, emulator.url, upstream.url))
         cpus = self.split.proxy if workers == 1 else self.split.shared
         argv = [sys.executable, "-m", "proxy", "--config", str(conf)]
         url = f"http://127.0.0.1:{port}"
@@ -184,7 +184,7 @@ class Fleet:
         return server
 
 
-def _proxy_toml(port: int, workers: int, emulator_url: str, upstream_url: str) -> str:
+def proxy_toml(port: int, workers: int, emulator_url: str, upstream_url: str) -> str:
     unit = DEMO_SALES_UNITS[0]
     return f"""\
 [server]
