@@ -180,7 +180,7 @@ class UpstreamPool:
                     headers[hdrs.TRANSFER_ENCODING] = "chunked"
                     writer.enable_chunking()
                 await writer.write_headers(line, headers)
-                body_task = asyncio.create_task(_send_body(proto, writer, body))
+                body_task = asyncio.create_task(_send_body(proto, writer, body, up.read_timeout))
             head, content = await _read_head(proto)
         except BaseException:
             if body_task is not None:
@@ -330,13 +330,23 @@ async def _read_head(
 
 
 async def _send_body(
-    proto: ResponseHandler, writer: StreamWriter, body: AsyncIterable[bytes]
+    proto: ResponseHandler, writer: StreamWriter, body: AsyncIterable[bytes], stall: float
 ) -> None:
-    """Stream a body; a failure (ours or the client's) fails the call's read too."""
+    """Stream a body; a failure (ours or the client's) fails the call's read too.
+
+    The read timer runs only once the body is sent, so an upstream that stops taking
+    the body is timed here: a write may wait ``stall`` seconds for room, no longer.
+    """
     try:
         async for chunk in body:
-            await writer.write(chunk)
-        await writer.write_eof()
+            await writer.write(chunk, drain=False)
+            if proto.writing_paused:
+                async with asyncio.timeout(stall):
+                    await writer.drain()
+        async with asyncio.timeout(stall):
+            await writer.write_eof()
+    except TimeoutError:
+        proto.set_exception(aiohttp.SocketTimeoutError("the upstream stopped taking the body"))
     except OSError as exc:
         proto.set_exception(aiohttp.ClientOSError(exc.errno, "cannot send the request body"))
     except Exception as exc:

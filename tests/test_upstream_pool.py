@@ -593,6 +593,24 @@ async def test_closed_answer_does_not_return_its_connection(
     await wait_for(upstream.connections[0].eof)
 
 
+async def test_an_upstream_that_stops_reading_a_streamed_body_times_out(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory
+) -> None:
+    """Head taken, body never read, no answer: SocketTimeoutError after read_timeout, no hang."""
+
+    async def large_body() -> AsyncIterator[bytes]:
+        for _ in range(1024):  # 64 MiB: far more than the socket buffers between us hold
+            yield b"x" * 65536
+
+    async def answer(conn: Conn) -> None:
+        await asyncio.Event().wait()  # neither reads nor answers, until the test ends
+
+    upstream = await raw_upstream(answer)
+    pool, up = make_pool(), upstream.upstream(read_timeout=0.3)
+    with pytest.raises(aiohttp.SocketTimeoutError):
+        await start(pool, up, "PUT", "/upload", body=large_body())
+
+
 async def test_early_answer_during_a_streamed_body_is_returned_and_not_reused(
     raw_upstream: UpstreamFactory, make_pool: PoolFactory
 ) -> None:
