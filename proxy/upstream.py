@@ -181,7 +181,7 @@ class UpstreamPool:
                     writer.enable_chunking()
                 await writer.write_headers(line, headers)
                 body_task = asyncio.create_task(_send_body(proto, writer, body, up.read_timeout))
-            head, content = await _read_head(proto)
+            head, content = await _read_head(proto, body_task)
         except BaseException:
             if body_task is not None:
                 body_task.cancel()
@@ -302,7 +302,8 @@ async def _connect(up: Upstream) -> ResponseHandler:
                     lambda: ResponseHandler(loop),
                     sock=sock,
                     ssl=up.tls,
-                    server_hostname=up.host if up.tls is not None else None,
+                    # as aiohttp does: a certificate never names the root's trailing dot
+                    server_hostname=up.host.rstrip(".") if up.tls is not None else None,
                 )
             except BaseException:
                 sock.close()
@@ -317,9 +318,13 @@ async def _connect(up: Upstream) -> ResponseHandler:
 
 
 async def _read_head(
-    proto: ResponseHandler,
+    proto: ResponseHandler, body_task: asyncio.Task[None] | None
 ) -> tuple[aiohttp.http.RawResponseMessage, aiohttp.StreamReader]:
-    """The final answer's head; 1xx interim answers (other than 101) are skipped."""
+    """The final answer's head; 1xx interim answers (other than 101) are skipped.
+
+    aiohttp stops the read timer when an interim answer ends; it is started again for
+    the final head (unless a body is still being sent: that is timed by ``_send_body``).
+    """
     while True:
         try:
             head, content = await proto.read()
@@ -327,6 +332,8 @@ async def _read_head(
             raise MalformedAnswer(f"the upstream answered malformed HTTP: {exc.message}") from None
         if not 100 <= head.code < 200 or head.code == 101:
             return head, content
+        if body_task is None or body_task.done():
+            proto.start_timeout()
 
 
 async def _send_body(
@@ -351,5 +358,6 @@ async def _send_body(
         proto.set_exception(aiohttp.ClientOSError(exc.errno, "cannot send the request body"))
     except Exception as exc:
         proto.set_exception(aiohttp.ClientConnectionError(f"the request body failed: {exc!r}"))
-    else:
-        proto.start_timeout()
+    # Sent or failed, the answer (which may have started early) is timed from here:
+    # set_exception stops aiohttp's read timer, and an answer mid-body needs it.
+    proto.start_timeout()

@@ -611,6 +611,48 @@ async def test_an_upstream_that_stops_reading_a_streamed_body_times_out(
         await start(pool, up, "PUT", "/upload", body=large_body())
 
 
+async def test_an_upstream_silent_after_an_interim_answer_times_out(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory
+) -> None:
+    """103 Early Hints, then nothing: SocketTimeoutError after read_timeout, no hang."""
+
+    async def answer(conn: Conn) -> None:
+        await conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n")
+        await asyncio.Event().wait()
+
+    upstream = await raw_upstream(answer)
+    pool, up = make_pool(), upstream.upstream(read_timeout=0.3)
+    with pytest.raises(aiohttp.SocketTimeoutError):
+        await start(pool, up)
+
+
+async def test_an_early_answer_that_stalls_while_its_upload_stalls_times_out(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory
+) -> None:
+    """An answer that starts before the upload ends, then stalls as the upload does, ends
+    in SocketTimeoutError once read_timeout passes: the relay never waits forever."""
+
+    async def large_body() -> AsyncIterator[bytes]:
+        for _ in range(1024):
+            yield b"x" * 65536
+
+    async def answer(conn: Conn) -> None:
+        await asyncio.sleep(0.1)  # the upload stalls first (64 KiB in, nothing more read)
+        await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+        await asyncio.Event().wait()  # 10 of 100 bytes, and never any more
+
+    upstream = await raw_upstream(answer)
+    pool, up = make_pool(), upstream.upstream(read_timeout=0.3)
+    response = await start(pool, up, "PUT", "/upload", body=large_body())
+    try:
+        assert response.status == 200
+        with pytest.raises(aiohttp.SocketTimeoutError):
+            async with asyncio.timeout(WAIT):
+                await response.content.read()
+    finally:
+        response.close()
+
+
 async def test_early_answer_during_a_streamed_body_is_returned_and_not_reused(
     raw_upstream: UpstreamFactory, make_pool: PoolFactory
 ) -> None:
