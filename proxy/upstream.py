@@ -227,7 +227,7 @@ class UpstreamPool:
         oldest_allowed = time.monotonic() - self.max_idle
         while idle:
             proto, since = idle.pop()
-            if since >= oldest_allowed and proto.is_connected() and not proto.should_close:
+            if _fit_for_a_call(proto, since, oldest_allowed):
                 return proto
             proto.close()
         return None
@@ -264,7 +264,7 @@ class UpstreamPool:
         for key, idle in list(self._idle.items()):
             keep = []
             for proto, since in idle:
-                if since >= oldest_allowed and proto.is_connected():
+                if _fit_for_a_call(proto, since, oldest_allowed):
                     keep.append((proto, since))
                 else:
                     proto.close()
@@ -285,6 +285,12 @@ class UpstreamPool:
             for proto, _ in idle:
                 proto.close()
         self._idle.clear()
+
+
+def _fit_for_a_call(proto: ResponseHandler, since: float, oldest_allowed: float) -> bool:
+    """An idle connection that may carry another call: young enough, open, and with
+    nothing pending on it (no early bytes, no error from a timer or the peer)."""
+    return since >= oldest_allowed and proto.is_connected() and not proto.should_close
 
 
 async def _connect(up: Upstream) -> ResponseHandler:
