@@ -76,15 +76,15 @@ class ProxyApp:
             placeholder="vipps-proxy-placeholder-" + secrets.token_urlsafe(16),
             upstream_ssl=outbound_context(config.tls),
         )
-        self.forwarder = Forwarder(self.state)
+        self.pool = UpstreamPool(limit=POOL_SIZE, max_idle=MAX_IDLE_UPSTREAM)
+        self.forwarder = Forwarder(self.state, self.pool)
         # A bound logger, not the module's lazy proxy: one call's line costs ~5 µs less.
         self._log = structlog.get_logger("proxy.app").bind()
         self._tokens_session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        """One pool for upstream calls, one session for token fetches, a cache per set."""
+        """One session for token fetches and a token cache per credential set."""
         state = self.state
-        state.pool = UpstreamPool(limit=POOL_SIZE, max_idle=MAX_IDLE_UPSTREAM)
         self._tokens_session = _tokens_session(state)
         insecure = not state.config.tls.verify
         bearer_sets = {n for r in state.config.routes if r.auth == "bearer" for n in r.credentials}
@@ -103,8 +103,7 @@ class ProxyApp:
     async def close(self) -> None:
         """After the last call: stop refreshing, close every connection."""
         await asyncio.gather(*(p.close() for p in self.state.tokens.values()))
-        if self.state.pool is not None:
-            await self.state.pool.close()
+        await self.pool.close()
         if self._tokens_session is not None:
             await self._tokens_session.close()
 

@@ -23,7 +23,7 @@ from proxy.headers import upstream_request_headers
 from proxy.inbound import continue_body
 from proxy.state import ProxyState
 from proxy.tokens import Token
-from proxy.upstream import ConnectFailed, Upstream, UpstreamResponse
+from proxy.upstream import ConnectFailed, Upstream, UpstreamPool, UpstreamResponse
 
 PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 REPLAYABLE_BODY: Final = 64 * 1024  # every ordinary Vipps call fits; larger ones stream
@@ -71,8 +71,9 @@ def upstream_error(route: Route, exc: BaseException) -> ProxyError:
 class Forwarder:
     """Sends calls for the routes of one app."""
 
-    def __init__(self, state: ProxyState) -> None:
+    def __init__(self, state: ProxyState, pool: UpstreamPool) -> None:
         self.state = state
+        self.pool = pool
         self.targets = {
             r.prefix: Upstream.of(r.upstream, state.upstream_ssl, r.connect_timeout, r.read_timeout)
             for r in state.config.routes
@@ -104,7 +105,7 @@ class Forwarder:
             if token is not None and attempt == 2:
                 call.replayed = True
             try:
-                upstream = await self.state.upstream_pool().request(
+                upstream = await self.pool.request(
                     up,
                     request.method,
                     request.raw_path,

@@ -11,7 +11,6 @@ from proxy.metrics import Metrics
 from proxy.redact import Redactor
 from proxy.routing import Router
 from proxy.tokens import TokenProvider
-from proxy.upstream import UpstreamPool
 
 
 @dataclass
@@ -24,11 +23,6 @@ class ProxyState:
     metrics: Metrics
     redactor: Redactor
     placeholder: str
-    upstream_ssl: ssl.SSLContext = field(default_factory=ssl.create_default_context)
-    pool: UpstreamPool | None = None
+    upstream_ssl: ssl.SSLContext
     tokens: dict[str, TokenProvider] = field(default_factory=dict)
     draining: bool = False  # set when shutdown begins; calls cut after this say so
-
-    def upstream_pool(self) -> UpstreamPool:
-        assert self.pool is not None, "the upstream pool is made at start-up"
-        return self.pool
