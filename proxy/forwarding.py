@@ -52,14 +52,13 @@ class CallRecord:
 
 
 def upstream_error(route: Route, exc: BaseException) -> ProxyError:
-    """The one place that turns aiohttp's client errors into our 502 and 504."""
+    """The one place that turns upstream failures (the pool's and aiohttp's client
+    errors it raises) into our 502 and 504."""
     where = route.upstream.host
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return GatewayTimeout(f"connecting to {where} timed out", reason="connect_timeout")
-    if isinstance(exc, aiohttp.SocketTimeoutError):
+    if isinstance(exc, TimeoutError):  # aiohttp's SocketTimeoutError is one
         return GatewayTimeout(f"{where} did not answer in time", reason="read_timeout")
-    if isinstance(exc, TimeoutError):
-        return GatewayTimeout(f"{where} did not answer in time", reason="timeout")
     if isinstance(exc, ConnectFailed):
         return BadGateway(f"cannot connect to {where}", reason="connect_failed")
     return BadGateway(
