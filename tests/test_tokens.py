@@ -207,12 +207,13 @@ def test_refresh_comes_ahead_of_expiry(lifetime: float, refresh_at: float) -> No
 async def test_refresh_retries_come_before_the_held_token_expires(
     start_emulator: EmulatorFactory, start_proxy: ProxyFactory
 ) -> None:
-    """While a token is held, every failed refresh is retried before that token expires."""
-    emulator = await start_emulator(token_lifetime=4.0)
+    """While a token is held, every failed refresh is retried before that token expires
+    (tokens with a second or more left: attempts are at most one a second)."""
+    emulator = await start_emulator(token_lifetime=8.0)
     proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
     assert await get_status(proxy) == 404
     emulator.state.faults.token = "error500"
-    await asyncio.sleep(3.5)  # refresh due at 2 s, token good until 3.6 s
+    await asyncio.sleep(6.3)  # refresh due at 4 s, retries a second apart, token good to 7.2 s
     failures = [e for e in proxy.logs.events("token_refresh_failed") if e["holding_valid_token"]]
     assert len(failures) >= 3
     assert all(e["retry_in_s"] < e["token_valid_for_s"] for e in failures)
