@@ -28,7 +28,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -56,6 +56,30 @@ TOKEN_SHAPE: Final = re.compile(r"[\x21-\x7e]+")
 #: The fields that give a lifetime: durations must be above zero, all must be finite.
 DURATIONS: Final = ("expires_in", "ext_expires_in")
 INSTANTS: Final = ("expires_on", "not_before")
+
+
+#: What a 401 from Vipps is about, from its body and ``WWW-Authenticate``: only
+#: ``TOKEN_REFUSED`` makes a fresh token worth fetching; the others are log reasons.
+TOKEN_REFUSED: Final = "token"
+KEY_REFUSED: Final = "upstream_rejected_subscription_key"
+OTHER_REFUSAL: Final = "upstream_unauthorized"
+MAX_REFUSAL_BODY: Final = 8 * 1024  # bytes of a 401 read to tell; gateway bodies are small
+_TOKEN_WORDS: Final = (b"invalid", b"missing", b"expired")
+
+
+def refusal_cause(raw_headers: Iterable[tuple[bytes, bytes]], body: bytes) -> str:
+    """Why Vipps answered 401: its gateway says "invalid token", "missing token",
+    "expired" or ``Bearer error="invalid_token"`` for a token, and "invalid (or missing)
+    subscription key" for the key; anything else is just unauthorized."""
+    for name, value in raw_headers:
+        if name.lower() == b"www-authenticate" and b"invalid_token" in value.lower():
+            return TOKEN_REFUSED
+    text = body.lower()
+    if b"subscription" in text:
+        return KEY_REFUSED
+    if b"expired" in text or (b"token" in text and any(w in text for w in _TOKEN_WORDS)):
+        return TOKEN_REFUSED
+    return OTHER_REFUSAL
 
 
 class TokenFetchError(Exception):
