@@ -31,7 +31,9 @@ LEVELS: Final = {
 
 
 def _dumps(obj: Any, default: Any = None) -> bytes:
-    return orjson.dumps(obj, default=str, option=orjson.OPT_APPEND_NEWLINE)
+    return orjson.dumps(
+        obj, default=str, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+    )
 
 
 def configure_logging(
@@ -48,16 +50,16 @@ def configure_logging(
         _add_request_id,
         structlog.processors.add_log_level,
         _Clock(),
-        _Tracebacks(),
+        _Tracebacks(as_text=fmt == "console"),
         redact,
     ]
     out = stream if stream is not None else sys.stdout.buffer
     if fmt == "console":
         text_out: Any = sys.stdout if stream is None else _TextStream(out)
-        renderer: Processor = structlog.dev.ConsoleRenderer(colors=False)
+        renderer: Processor = _Guarded(structlog.dev.ConsoleRenderer(colors=False), copy=True)
         factory: Any = structlog.PrintLoggerFactory(file=text_out)
     else:
-        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
+        renderer = _Guarded(structlog.processors.JSONRenderer(serializer=_dumps))
         factory = _LineBytesLoggerFactory(out)
     structlog.configure(
         processors=[*shared, renderer],
@@ -82,18 +84,57 @@ def _add_request_id(_: Any, __: str, event_dict: EventDict) -> EventDict:
 
 
 class _Tracebacks:
-    """Tracebacks as data, but never with local variables: locals can hold secrets.
-    Lines without ``exc_info`` (nearly all) skip structlog's renderer altogether."""
+    """Tracebacks as data (as plain text for the console, whose renderer wants a
+    string), but never with local variables: locals can hold secrets. Either way the
+    redactor sees them before they are written. Lines without ``exc_info`` (nearly
+    all) skip structlog's renderer altogether."""
 
-    def __init__(self) -> None:
-        self._render = structlog.processors.ExceptionRenderer(
-            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+    def __init__(self, *, as_text: bool = False) -> None:
+        self._render = (
+            structlog.processors.ExceptionRenderer()  # plain traceback text, no locals
+            if as_text
+            else structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
         )
 
     def __call__(self, logger: Any, method: str, event_dict: EventDict) -> EventDict:
         if "exc_info" in event_dict:
             return self._render(logger, method, event_dict)
         return event_dict
+
+
+class _Guarded:
+    """A renderer that never fails: a line it cannot render (an integer JSON cannot
+    hold, a list where the console wants text) is rendered again with every value
+    made plain. ``copy``: the renderer consumes the line, so it gets a copy."""
+
+    def __init__(self, render: Processor, *, copy: bool = False) -> None:
+        self._render = render
+        self._copy = copy
+
+    def __call__(self, logger: Any, method: str, event_dict: EventDict) -> Any:
+        try:
+            return self._render(logger, method, dict(event_dict) if self._copy else event_dict)
+        except Exception:  # noqa: BLE001 - whatever it was, the line is still written
+            plain = {str(k): _plain(v, top=True) for k, v in event_dict.items()}
+            return self._render(logger, method, plain)
+
+
+def _plain(value: Any, *, top: bool = False) -> Any:
+    """``value`` as JSON's and the console's plain types, other objects as their repr;
+    at the top, lists and dicts too (the console wants text for ``exception``)."""
+    if value is None or isinstance(value, bool | float | str):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if top:
+        return repr(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return repr(value)
 
 
 class _Clock:
@@ -159,10 +200,10 @@ def _route_stdlib(level: str, shared: list[Processor], fmt: str, out: _TextStrea
     """aiohttp and asyncio log through stdlib; render them like our own lines."""
     renderer: Processor
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        renderer = _Guarded(structlog.dev.ConsoleRenderer(colors=False), copy=True)
     else:
-        renderer = _render_json_text
-    formatter = structlog.stdlib.ProcessorFormatter(
+        renderer = _Guarded(_render_json_text)
+    formatter = _SafeFormatter(
         foreign_pre_chain=[*shared[:-1], _name_event],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -179,7 +220,20 @@ def _route_stdlib(level: str, shared: list[Processor], fmt: str, out: _TextStrea
 
 
 def _render_json_text(_: Any, __: str, event_dict: Any) -> str:
-    return orjson.dumps(event_dict, default=str).decode()
+    return orjson.dumps(event_dict, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+class _SafeFormatter(structlog.stdlib.ProcessorFormatter):
+    """A record whose message cannot be formatted (``"%d" % "text"``, from any library)
+    is written with its message and arguments as text, not as ``--- Logging error ---``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            return super().format(record)
+        except Exception:  # noqa: BLE001 - the record is still written
+            plain = logging.makeLogRecord(record.__dict__)
+            plain.msg, plain.args = f"{record.msg!r} % {record.args!r}", None
+            return super().format(plain)
 
 
 def _name_event(_: Any, __: str, event_dict: Any) -> Any:
