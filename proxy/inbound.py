@@ -5,9 +5,9 @@ gaps a gateway cares about, before anything is sent upstream: HTTP versions othe
 1.0 and 1.1, ``Transfer-Encoding`` on HTTP/1.0 (whose framing would then be ambiguous
 downstream), header blocks too large in total, and expectations other than
 ``100-continue``; and on a route that passes the client's own ``Authorization``, the
-proxy's placeholder token there (``refuse_placeholder``). A ``100 Continue`` itself goes out only once the call has passed
-every check and its body is wanted (``continue_body``): a refused call never invites
-the body it will not read.
+proxy's placeholder token there (``refuse_placeholder``). A ``100 Continue`` itself
+goes out only once the call has passed every check and its body is wanted
+(``continue_body``): a refused call never invites the body it will not read.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def refuse_placeholder(request: web.BaseRequest, placeholder: str) -> None:
             raise BadRequest(
                 "this route passes the client's own token upstream and has none of ours: "
                 "the token from the proxy's local token endpoint is a placeholder that "
-                "works only on routes with auth = \"bearer\"",
+                'works only on routes with auth = "bearer"',
                 reason="placeholder_token",
             )
 

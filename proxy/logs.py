@@ -116,7 +116,7 @@ class _Guarded:
     def __call__(self, logger: Any, method: str, event_dict: EventDict) -> Any:
         try:
             return self._render(logger, method, dict(event_dict) if self._copy else event_dict)
-        except Exception:  # noqa: BLE001 - whatever it was, the line is still written
+        except Exception:
             plain = {str(k): _plain(v, top=True) for k, v in event_dict.items()}
             return self._render(logger, method, plain)
 
@@ -230,7 +230,7 @@ class _SafeFormatter(structlog.stdlib.ProcessorFormatter):
     def format(self, record: logging.LogRecord) -> str:
         try:
             return super().format(record)
-        except Exception:  # noqa: BLE001 - the record is still written
+        except Exception:
             plain = logging.makeLogRecord(record.__dict__)
             plain.msg, plain.args = f"{record.msg!r} % {record.args!r}", None
             return super().format(plain)

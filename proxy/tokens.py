@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import math
 import random
 import re
@@ -161,10 +162,8 @@ def _as_number(name: str, value: Any) -> float | None:
         return None
     number = math.nan
     if isinstance(value, int | float | str) and not isinstance(value, bool):
-        try:
+        with contextlib.suppress(ValueError, OverflowError):
             number = float(value.strip() if isinstance(value, str) else value)
-        except (ValueError, OverflowError):
-            pass
     if not math.isfinite(number):
         raise TokenFetchError(f"token response has a lifetime that is not a finite number ({name})")
     return number

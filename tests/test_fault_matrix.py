@@ -251,7 +251,7 @@ async def test_a_401_for_the_subscription_key_is_relayed_without_a_fetch(
     assert await status_of(proxy) == 404
     await asyncio.sleep(MIN_AGE_TO_INVALIDATE)  # old enough that a token 401 would drop it
 
-    status, headers, body = await get(proxy, "/vipps-userinfo-api/userinfo/x")
+    status, _, body = await get(proxy, "/vipps-userinfo-api/userinfo/x")
 
     assert status == 401
     assert orjson.loads(body)["message"].startswith("Access denied due to invalid subscription key")

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from proxy.config import Config
+from proxy.logs import configure_logging
 from proxy.redact import Redactor
 from proxy.server import start
 from proxy.tokens import TokenFetchError, parse_token_response
@@ -33,7 +34,6 @@ from tests.conftest import (
     RunningProxy,
     make_config,
 )
-from proxy.logs import configure_logging
 
 ECHO = "/echo/token-check"
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.split-answer-token.c2lnbmF0dXJl"

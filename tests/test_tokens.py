@@ -228,10 +228,27 @@ INVALID_KEY_BODY = (
     b'Make sure to provide a valid key for an active subscription."}'
 )
 REFUSALS = [
-    pytest.param(b'{"statusCode":401,"message":"Access denied due to invalid token"}', {}, "token", id="invalid-token"),
-    pytest.param(b'{"statusCode":401,"message":"Access denied due to missing token"}', {}, "token", id="missing-token"),
-    pytest.param(b'{"statusCode":401,"message":"Access denied due to expired token"}', {}, "token", id="expired-token"),
-    pytest.param(b"", {"WWW-Authenticate": 'Bearer error="invalid_token"'}, "token", id="www-authenticate"),
+    pytest.param(
+        b'{"statusCode":401,"message":"Access denied due to invalid token"}',
+        {},
+        "token",
+        id="invalid-token",
+    ),
+    pytest.param(
+        b'{"statusCode":401,"message":"Access denied due to missing token"}',
+        {},
+        "token",
+        id="missing-token",
+    ),
+    pytest.param(
+        b'{"statusCode":401,"message":"Access denied due to expired token"}',
+        {},
+        "token",
+        id="expired-token",
+    ),
+    pytest.param(
+        b"", {"WWW-Authenticate": 'Bearer error="invalid_token"'}, "token", id="www-authenticate"
+    ),
     pytest.param(INVALID_KEY_BODY, {}, "upstream_rejected_subscription_key", id="invalid-key"),
     pytest.param(
         b'{"statusCode":401,"message":"Access denied due to missing subscription key."}',
@@ -311,7 +328,11 @@ async def test_a_large_401_is_relayed_whole(
     emulator: RunningEmulator, start_proxy: ProxyFactory, aiohttp_raw_server: Any
 ) -> None:
     """A 401 body larger than what is read to classify it still reaches the client whole."""
-    body = b'{"message":"Access denied due to invalid subscription key","pad":"' + b"x" * 100_000 + b'"}'
+    body = (
+        b'{"message":"Access denied due to invalid subscription key","pad":"'
+        + b"x" * 100_000
+        + b'"}'
+    )
 
     async def handler(request: web.BaseRequest) -> web.Response:
         return web.Response(status=401, body=body)
@@ -320,4 +341,6 @@ async def test_a_large_401_is_relayed_whole(
     proxy = await start_proxy(make_config(emulator.token_url, upstream.make_url("")))
     async with aiohttp.ClientSession() as client, client.get(proxy.at("/a")) as response:
         assert (response.status, await response.read()) == (401, body)
-    assert proxy.logs.events("request_completed")[-1]["error"] == "upstream_rejected_subscription_key"
+    assert (
+        proxy.logs.events("request_completed")[-1]["error"] == "upstream_rejected_subscription_key"
+    )

@@ -45,7 +45,9 @@ async def accesstoken_get(request: web.Request) -> web.StreamResponse:
         return early
     unit = _unit_by_token_key(request)
     _require_client(unit, request.headers.get("client_id"), request.headers.get("client_secret"))
-    return await _send(request, _azure_answer(request_state(request), unit, faults, "accesstoken"), faults)
+    return await _send(
+        request, _azure_answer(request_state(request), unit, faults, "accesstoken"), faults
+    )
 
 
 async def jwt_token(request: web.Request) -> web.StreamResponse:
@@ -60,7 +62,9 @@ async def jwt_token(request: web.Request) -> web.StreamResponse:
             _azure_error(400, "invalid_resource", 500011, "The resource principal was not found.")
         )
     _require_client(unit, client_id, client_secret)
-    return await _send(request, _azure_answer(request_state(request), unit, faults, "jwt-token"), faults)
+    return await _send(
+        request, _azure_answer(request_state(request), unit, faults, "jwt-token"), faults
+    )
 
 
 async def oauth2_token(request: web.Request) -> web.StreamResponse:
