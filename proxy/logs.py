@@ -30,10 +30,15 @@ LEVELS: Final = {
 }
 
 
+_JSON_OPTIONS: Final = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+
+
 def _dumps(obj: Any, default: Any = None) -> bytes:
-    return orjson.dumps(
-        obj, default=str, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
-    )
+    """One JSON line; one JSON cannot hold (a huge int, deep nesting) is written plain."""
+    try:
+        return orjson.dumps(obj, default=str, option=_JSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return orjson.dumps(_plain_line(obj), default=str, option=_JSON_OPTIONS)
 
 
 def configure_logging(
@@ -56,10 +61,10 @@ def configure_logging(
     out = stream if stream is not None else sys.stdout.buffer
     if fmt == "console":
         text_out: Any = sys.stdout if stream is None else _TextStream(out)
-        renderer: Processor = _Guarded(structlog.dev.ConsoleRenderer(colors=False), copy=True)
+        renderer: Processor = _Console()
         factory: Any = structlog.PrintLoggerFactory(file=text_out)
     else:
-        renderer = _Guarded(structlog.processors.JSONRenderer(serializer=_dumps))
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
         factory = _LineBytesLoggerFactory(out)
     structlog.configure(
         processors=[*shared, renderer],
@@ -104,21 +109,22 @@ class _Tracebacks:
         return event_dict
 
 
-class _Guarded:
-    """A renderer that never fails: a line it cannot render (an integer JSON cannot
-    hold, a list where the console wants text) is rendered again with every value
-    made plain. ``copy``: the renderer consumes the line, so it gets a copy."""
+class _Console:
+    """The console renderer, which never fails: a line it cannot render (a list where
+    it wants text, as ``exception``) is rendered again with every value made plain."""
 
-    def __init__(self, render: Processor, *, copy: bool = False) -> None:
-        self._render = render
-        self._copy = copy
+    def __init__(self) -> None:
+        self._render = structlog.dev.ConsoleRenderer(colors=False)
 
-    def __call__(self, logger: Any, method: str, event_dict: EventDict) -> Any:
+    def __call__(self, logger: Any, method: str, event_dict: EventDict) -> str:
         try:
-            return self._render(logger, method, dict(event_dict) if self._copy else event_dict)
-        except Exception:
-            plain = {str(k): _plain(v, top=True) for k, v in event_dict.items()}
-            return self._render(logger, method, plain)
+            return self._render(logger, method, dict(event_dict))  # it pops what it shows
+        except Exception:  # whatever it was, the line is still written
+            return self._render(logger, method, _plain_line(event_dict))
+
+
+def _plain_line(event_dict: Any) -> dict[str, Any]:
+    return {str(k): _plain(v, top=True) for k, v in event_dict.items()}
 
 
 def _plain(value: Any, *, top: bool = False) -> Any:
@@ -198,11 +204,7 @@ class _TextStream:
 
 def _route_stdlib(level: str, shared: list[Processor], fmt: str, out: _TextStream) -> None:
     """aiohttp and asyncio log through stdlib; render them like our own lines."""
-    renderer: Processor
-    if fmt == "console":
-        renderer = _Guarded(structlog.dev.ConsoleRenderer(colors=False), copy=True)
-    else:
-        renderer = _Guarded(_render_json_text)
+    renderer: Processor = _Console() if fmt == "console" else _render_json_text
     formatter = _SafeFormatter(
         foreign_pre_chain=[*shared[:-1], _name_event],
         processors=[
@@ -220,7 +222,7 @@ def _route_stdlib(level: str, shared: list[Processor], fmt: str, out: _TextStrea
 
 
 def _render_json_text(_: Any, __: str, event_dict: Any) -> str:
-    return orjson.dumps(event_dict, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    return _dumps(event_dict)[:-1].decode()  # the handler adds the newline
 
 
 class _SafeFormatter(structlog.stdlib.ProcessorFormatter):
