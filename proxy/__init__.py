@@ -29,6 +29,8 @@ The map, one concept per module:
 - ``redact``: ``Redactor``, scrubs known secret values from every log line
 - ``tls``: outbound and inbound SSL contexts
 - ``server``: listening, workers sharing a port, draining on SIGTERM
+- ``startup``: ``StartupError``, a failure to listen or load a certificate as one line
+  naming the key or flag
 - ``demo``: ``vipps-proxy demo`` and ``vipps-proxy emulator``
 - ``cli``: the command line
 - ``emulator``: a Vipps emulator (its own package map) for offline work and the tests

@@ -98,6 +98,10 @@ class ProxyApp:
                 insecure=insecure,
             )
             state.tokens[name] = provider
+
+    def prefetch(self) -> None:
+        """Fetch every token in the background, once listening: the first call need not wait."""
+        for provider in self.state.tokens.values():
             provider.start()
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from importlib import resources
 
 from proxy.config import Config, ConfigError, describe, load_config, parse_config
+from proxy.startup import EXIT_STARTUP, StartupError
 
 DEFAULT_CONFIG = "config/proxy.toml"
 EXIT_CONFIG = 2
@@ -18,6 +19,14 @@ EXIT_CONFIG = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except StartupError as exc:
+        print(f"vipps-proxy: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+
+
+def _command(args: argparse.Namespace) -> int:
     command = args.command or "run"
     if command == "emulator":
         return _emulator(args.host, args.port, args.admin_port, args.token_lifetime)

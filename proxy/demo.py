@@ -14,20 +14,29 @@ from proxy.emulator import EmulatorSettings, create_admin_app, create_emulator, 
 from proxy.logs import configure_logging
 from proxy.redact import Redactor
 from proxy.server import loop_factory, serve
+from proxy.startup import StartupError, listen
 
 _log = structlog.get_logger("proxy.demo")
 
 
 async def _start_emulator(
-    host: str, port: int, admin_port: int, lifetime: float
+    host: str, port: int, admin_port: int, lifetime: float, port_flag: str = "--port"
 ) -> list[web.AppRunner]:
+    """The emulator (and its admin app if ``admin_port``); a port it cannot have raises
+    `StartupError` naming ``port_flag`` or ``--admin-port``."""
     app = create_emulator(EmulatorSettings(token_lifetime=lifetime))
     runners = [web.AppRunner(app, access_log=None)]
     if admin_port:
         runners.append(web.AppRunner(create_admin_app(emulator_state(app)), access_log=None))
-    for runner, p in zip(runners, (port, admin_port), strict=False):
-        await runner.setup()
-        await web.TCPSite(runner, host, p).start()
+    keys = (port_flag, "--admin-port")
+    try:
+        for runner, p, key in zip(runners, (port, admin_port), keys, strict=False):
+            await runner.setup()
+            await listen(web.TCPSite(runner, host, p), key, host, p)
+    except StartupError:
+        for runner in runners:
+            await runner.cleanup()
+        raise
     _log.info(
         events.EMULATOR_STARTED,
         url=f"http://{host}:{port}",
@@ -61,7 +70,9 @@ def run_demo(config: Config, emulator_port: int, curl: str) -> int:
     configure_logging(config.log.level, config.log.format, redactor)
 
     async def main() -> None:
-        runners = await _start_emulator("127.0.0.1", emulator_port, 0, 3600.0)
+        runners = await _start_emulator(
+            "127.0.0.1", emulator_port, 0, 3600.0, port_flag="--emulator-port"
+        )
 
         async def announce(_: web.BaseRunner) -> None:
             port = config.server.port
@@ -73,7 +84,7 @@ def run_demo(config: Config, emulator_port: int, curl: str) -> int:
             print("\nCtrl-C stops the demo.\n", flush=True)
 
         try:
-            await serve(config, redactor, ready=announce)
+            await serve(config, redactor, ready=announce, port_key="--port")
         finally:
             for runner in runners:
                 await runner.cleanup()

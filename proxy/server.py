@@ -24,6 +24,7 @@ from proxy.app import ProxyApp, ProxyRunner
 from proxy.config import Config
 from proxy.logs import configure_logging
 from proxy.redact import Redactor
+from proxy.startup import EXIT_STARTUP, StartupError, listen, listen_error
 from proxy.tls import inbound_context
 
 _log = structlog.get_logger("proxy.server")
@@ -57,13 +58,14 @@ async def serve(
     *,
     reuse_port: bool = False,
     ready: Callable[[web.BaseRunner], Awaitable[None]] | None = None,
+    port_key: str = "server.port",
 ) -> None:
     """Serve ``config`` until a stop signal, then drain. ``ready`` runs once listening."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = await start(config, redactor, reuse_port=reuse_port)
+    runner = await start(config, redactor, reuse_port=reuse_port, port_key=port_key)
     if ready is not None:
         await ready(runner)
     await stop.wait()
@@ -72,9 +74,16 @@ async def serve(
     _log.info(events.SHUTDOWN)
 
 
-async def start(config: Config, redactor: Redactor, *, reuse_port: bool = False) -> ProxyRunner:
-    """Start listening; the caller calls ``runner.cleanup()`` to drain and stop."""
+async def start(
+    config: Config, redactor: Redactor, *, reuse_port: bool = False, port_key: str = "server.port"
+) -> ProxyRunner:
+    """Start listening; the caller calls ``runner.cleanup()`` to drain and stop.
+
+    A port that cannot be listened on, or a certificate that cannot be loaded, raises
+    `StartupError` naming ``port_key`` or the certificate's key, with nothing left open.
+    """
     server = config.server
+    ssl_context = inbound_context(server)
     runner = ProxyRunner(
         ProxyApp(config, redactor),
         access_log=None,
@@ -92,11 +101,16 @@ async def start(config: Config, redactor: Redactor, *, reuse_port: bool = False)
         runner,
         server.host,
         server.port,
-        ssl_context=inbound_context(server),
+        ssl_context=ssl_context,
         reuse_port=reuse_port or None,
         backlog=1024,
     )
-    await site.start()
+    try:
+        await listen(site, port_key, server.host, server.port, "server.host")
+    except StartupError:
+        await runner.cleanup()
+        raise
+    runner.proxy.prefetch()
     _log.info(
         events.STARTUP,
         listening=site.name,
@@ -113,6 +127,7 @@ async def start(config: Config, redactor: Redactor, *, reuse_port: bool = False)
 def _run_workers(config: Config) -> int:
     """Start N worker processes on one port; forward stop signals; wait for all."""
     configure_logging(config.log.level, config.log.format, Redactor(config.secrets))
+    _preflight(config)
     context = multiprocessing.get_context("spawn")
     workers = [
         context.Process(target=_worker_main, args=(config,), name=f"vipps-proxy-worker-{i}")
@@ -137,6 +152,32 @@ def _run_workers(config: Config) -> int:
     return status
 
 
+def _preflight(config: Config) -> None:
+    """What every worker would fail on, found once by the parent: certificate, port."""
+    server = config.server
+    inbound_context(server)
+
+    async def probe() -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            listener = await loop.create_server(
+                asyncio.Protocol, server.host, server.port, reuse_port=True
+            )
+        except OSError as exc:
+            raise listen_error(
+                "server.port", server.host, server.port, exc, "server.host"
+            ) from None
+        listener.close()
+        await listener.wait_closed()
+
+    asyncio.run(probe())
+
+
 def _worker_main(config: Config) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
-    sys.exit(_serve_process(config, reuse_port=True))
+    try:
+        status = _serve_process(config, reuse_port=True)
+    except StartupError as exc:
+        print(f"vipps-proxy: {exc}", file=sys.stderr, flush=True)
+        status = EXIT_STARTUP
+    sys.exit(status)

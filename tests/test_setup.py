@@ -34,7 +34,13 @@ def test_make_test_installs_the_sdk_checks_node_packages() -> None:
     assert "npm ci --prefix tests/clients" in commands
 
 
-OUTSIDE_THE_REPOSITORY = ("VIPPS_SPECS_DIR", "shared/vipps-specs", '"shared"', "parents[2]", "/work/")
+OUTSIDE_THE_REPOSITORY = (
+    "VIPPS_SPECS_DIR",
+    "shared/vipps-specs",
+    '"shared"',
+    "parents[2]",
+    "/work/",
+)
 
 
 def test_no_test_reads_files_outside_the_repository() -> None:
