@@ -35,7 +35,8 @@ def _command(args: argparse.Namespace) -> int:
     try:
         config = load_config(_config_path(args.config))
     except ConfigError as exc:
-        print(f"vipps-proxy: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"vipps-proxy: {line}", file=sys.stderr)
         return EXIT_CONFIG
     if command == "check":
         return _check(config)
