@@ -203,3 +203,28 @@ def test_an_exception_is_logged_as_data_without_local_variables(
     assert exc["frames"]
     assert b"in-a-local" not in json_lines.getvalue()
     assert all("locals" not in frame for frame in exc["frames"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/accesstoken/get", 200),  # a legacy token call, answered with a placeholder
+        ("GET", "/nowhere", 404),  # no route
+        ("CONNECT", "/echo/x", 405),  # a problem answer
+    ],
+)
+async def test_answers_the_proxy_makes_itself_log_their_real_size(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, method: str, path: str, status: int
+) -> None:
+    """bytes_out of a token, 404 or problem answer is the body the client received."""
+    config = make_config(emulator.token_url, emulator.url, route={"prefix": "/echo/"})
+    proxy = await start_proxy(config)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.request(method, proxy.at(path)) as response,
+    ):
+        assert response.status == status
+        size = len(await response.read())
+    (line,) = proxy.logs.events("request_completed")
+    assert size > 0
+    assert line["bytes_out"] == size
