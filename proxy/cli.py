@@ -17,6 +17,7 @@ from proxy.startup import EXIT_STARTUP, StartupError
 
 DEFAULT_CONFIG = "config/proxy.toml"
 EXIT_CONFIG = 2
+DEMO_AUTO_APPROVE = 5.0
 CONFIG_HELP = f"config file (default: $VIPPS_PROXY_CONFIG, else {DEFAULT_CONFIG})"
 DEMO_HELP = "the built-in Vipps emulator with the proxy in front"
 DEMO_TEXT = (
@@ -47,9 +48,9 @@ def _command(args: argparse.Namespace) -> int:
         print(f"vipps-proxy: --config does not apply to {command}", file=sys.stderr)
         return EXIT_CONFIG
     if command == "emulator":
-        return _emulator(args.host, args.port, args.admin_port, args.token_lifetime)
+        return _emulator(args)
     if command == "demo":
-        return _demo(args.port, args.emulator_port, args.log_format)
+        return _demo(args.port, args.emulator_port, args.log_format, args.auto_approve)
     try:
         config = load_config(_config_path(args.config))
     except ConfigError as exc:
@@ -88,6 +89,14 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
         help="the emulator's port on 127.0.0.1 (default: 8081)",
     )
     demo.add_argument(
+        "--auto-approve",
+        type=float,
+        default=DEMO_AUTO_APPROVE,
+        metavar="SECONDS",
+        help="the emulator approves each payment this long after its creation, as if the "
+        f"user said yes in the app (default: {DEMO_AUTO_APPROVE:g})",
+    )
+    demo.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
         default="console",
@@ -110,6 +119,14 @@ def _emulator_options(emu: argparse.ArgumentParser) -> None:
         default=3600.0,
         help="seconds an issued access token works (default: 3600)",
     )
+    emu.add_argument(
+        "--auto-approve",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="approve each payment this long after its creation (default: none: payments "
+        "stay CREATED until POST /epayment/v1/test/payments/{reference}/approve)",
+    )
 
 
 def _config_path(given: str | None) -> str:
@@ -122,7 +139,7 @@ def _check(config: Config) -> int:
     return 0
 
 
-def _demo(port: int, emulator_port: int, log_format: str) -> int:
+def _demo(port: int, emulator_port: int, log_format: str, auto_approve: float) -> int:
     emulator_url = f"http://127.0.0.1:{emulator_port}"
     text = resources.files("proxy").joinpath("demo.toml").read_text(encoding="utf-8")
     import tomllib
@@ -133,7 +150,7 @@ def _demo(port: int, emulator_port: int, log_format: str) -> int:
     config = replace(config, server=server, log=replace(config.log, format=log_format))
     from proxy.demo import run_demo
 
-    return run_demo(config, emulator_port, curl_line(port))
+    return run_demo(config, emulator_port, auto_approve, curl_line(port))
 
 
 def curl_line(port: int) -> str:
@@ -151,7 +168,9 @@ def curl_line(port: int) -> str:
     )
 
 
-def _emulator(host: str, port: int, admin_port: int, lifetime: float) -> int:
+def _emulator(args: argparse.Namespace) -> int:
     from proxy.demo import run_emulator
+    from proxy.emulator import EmulatorSettings
 
-    return run_emulator(host, port, admin_port, lifetime)
+    settings = EmulatorSettings(token_lifetime=args.token_lifetime, auto_approve=args.auto_approve)
+    return run_emulator(args.host, args.port, args.admin_port, settings)

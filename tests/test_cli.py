@@ -14,12 +14,18 @@ from .conftest import free_port
 from .test_config import run_cli
 
 OPTIONS = {
-    "demo": {"--port": "8080", "--emulator-port": "8081", "--log-format": "console"},
+    "demo": {
+        "--port": "8080",
+        "--emulator-port": "8081",
+        "--log-format": "console",
+        "--auto-approve": "5",
+    },
     "emulator": {
         "--host": "127.0.0.1",
         "--port": "8081",
         "--admin-port": "0",
         "--token-lifetime": "3600",
+        "--auto-approve": "none",
     },
 }
 

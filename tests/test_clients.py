@@ -31,7 +31,6 @@ from .conftest import (
     DEMO_MSN,
     DEMO_SUBSCRIPTION_KEY,
     TOKEN_FIELDS,
-    EmulatorFactory,
     ProxyFactory,
     RunningEmulator,
     RunningProxy,
@@ -165,12 +164,6 @@ def assert_no_client_credentials(received: ReceivedRequest, *client_values: str)
     for name, value in received.headers:
         for secret in client_values:
             assert secret not in value, f"{name} carries the client's own {secret!r}"
-
-
-@pytest.fixture
-async def emulator(start_emulator: EmulatorFactory) -> RunningEmulator:
-    """The emulator with payments waiting for approval, as in Vipps's test environment."""
-    return await start_emulator(auto_authorize=False)
 
 
 SYSTEM_DEFAULTS = {
