@@ -6,7 +6,10 @@ import asyncio
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import aiohttp
 import orjson
 import pytest
 
@@ -61,8 +64,9 @@ def test_config_is_refused_where_it_would_be_ignored(command: str) -> None:
     assert result.stderr.splitlines() == [f"vipps-proxy: --config does not apply to {command}"]
 
 
-async def test_demo_logs_json_lines_with_log_format_json() -> None:
-    """`demo --log-format json`: the proxy's start-up line is one JSON object."""
+@asynccontextmanager
+async def running_demo(*options: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """`vipps-proxy demo` on free ports with ``options``; its process and the proxy's port."""
     port, emulator_port = free_port(), free_port()
     demo = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -73,18 +77,51 @@ async def test_demo_logs_json_lines_with_log_format_json() -> None:
         str(port),
         "--emulator-port",
         str(emulator_port),
-        "--log-format",
-        "json",
+        *options,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    assert demo.stdout is not None
     try:
-        line = b""
-        while b"proxy_started" not in line:
-            line = await asyncio.wait_for(demo.stdout.readline(), 20)
-            assert line, "demo exited before it started the proxy"
-        assert orjson.loads(line)["event"] == "proxy_started"
+        yield demo, port
     finally:
         demo.send_signal(signal.SIGTERM)
         await asyncio.wait_for(demo.wait(), 20)
+
+
+async def read_until(demo: asyncio.subprocess.Process, marker: bytes) -> bytes:
+    """The demo's first output line holding ``marker``."""
+    assert demo.stdout is not None
+    line = b""
+    while marker not in line:
+        line = await asyncio.wait_for(demo.stdout.readline(), 20)
+        assert line, f"demo exited before it printed {marker!r}"
+    return line
+
+
+async def test_demo_logs_json_lines_with_log_format_json() -> None:
+    """`demo --log-format json`: the proxy's start-up line is one JSON object."""
+    async with running_demo("--log-format", "json") as (demo, _):
+        line = await read_until(demo, b"proxy_started")
+    assert orjson.loads(line)["event"] == "proxy_started"
+
+
+async def test_demo_payments_are_approved_after_auto_approve_seconds() -> None:
+    """The demo's emulator approves a payment by itself (here at once: --auto-approve 0)."""
+    async with (
+        running_demo("--auto-approve", "0") as (demo, port),
+        aiohttp.ClientSession() as client,
+    ):
+        await read_until(demo, b"Ctrl-C stops the demo")
+        payments = f"http://127.0.0.1:{port}/epayment/v1/payments"
+        body = {
+            "amount": {"currency": "NOK", "value": 4900},
+            "paymentMethod": {"type": "WALLET"},
+            "reference": "demo-approved-1",
+            "userFlow": "WEB_REDIRECT",
+            "returnUrl": "https://example.com/return",
+        }
+        headers = {"Idempotency-Key": "demo-approved-1"}
+        async with client.post(payments, json=body, headers=headers) as created:
+            assert created.status == 201
+        async with client.get(f"{payments}/demo-approved-1") as fetched:
+            assert (await fetched.json())["state"] == "AUTHORIZED"
