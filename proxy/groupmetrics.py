@@ -29,6 +29,8 @@ from typing import Any, Final
 import orjson
 from prometheus_client import Metric
 
+from proxy.startup import StartupError
+
 SHARE_INTERVAL: Final = 1.0
 
 # One family as written: name, help text, type, and samples (name, labels, value).
@@ -38,7 +40,13 @@ Snapshot = list[tuple[str, str, str, list[tuple[str, dict[str, str], float]]]]
 @contextmanager
 def metrics_folder() -> Iterator[Path]:
     """A private folder for one run's worker snapshots, removed when the run ends."""
-    folder = Path(tempfile.mkdtemp(prefix="vipps-proxy-metrics-"))
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="vipps-proxy-metrics-"))
+    except OSError as exc:  # no writable temporary directory at all
+        raise StartupError(
+            f"server.workers: cannot make a folder for the workers' metrics (TMPDIR): "
+            f"{exc.strerror or exc}"
+        ) from None
     try:
         yield folder
     finally:
