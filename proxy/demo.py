@@ -32,7 +32,7 @@ async def _start_emulator(
     try:
         for runner, p, key in zip(runners, (port, admin_port), keys, strict=False):
             await runner.setup()
-            await listen(web.TCPSite(runner, host, p), key, host, p)
+            await listen(web.TCPSite(runner, host, p), key, host, p, "--host")
     except StartupError:
         for runner in runners:
             await runner.cleanup()

@@ -41,7 +41,7 @@ def listen_error(
     if exc.errno == errno.EACCES:
         return StartupError(f"{key}: {where}: permission denied (ports below 1024 need privileges)")
     if exc.errno == errno.EADDRNOTAVAIL:
-        return StartupError(f"{key}: {where}: not an address of this machine")
+        return StartupError(f"{host_key or key}: {where}: not an address of this machine")
     return StartupError(f"{key}: cannot listen on {where}: {exc.strerror or exc}")
 
 

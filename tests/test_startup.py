@@ -135,3 +135,11 @@ def test_a_low_port_without_privileges_says_permission_denied() -> None:
     assert result.stderr.splitlines() == [
         "vipps-proxy: --port: 127.0.0.1:80: permission denied (ports below 1024 need privileges)"
     ]
+
+
+def test_an_address_not_of_this_machine_names_the_host_flag() -> None:
+    """`emulator --host` with an address no interface has (TEST-NET-1): one line, exit 1.
+
+    Binding fails on this machine; nothing is sent anywhere."""
+    result = run_cli("emulator", "--host", "192.0.2.1", "--port", "0")
+    assert_one_line(result, "vipps-proxy: --host: 192.0.2.1:0: not an address of this machine")
