@@ -25,10 +25,14 @@ The map, one concept per module:
   line), and ``ProxyRunner``, which serves it on aiohttp's low-level server
 - ``state``: ``ProxyState``, what every part of a call reads
 - ``metrics``: Prometheus metrics, one registry per app
+- ``groupmetrics``: with several workers, each one's metrics shared through the run's
+  folder, so that one scrape shows the whole group
 - ``logs``: structlog JSON lines (orjson), aiohttp's logs rendered alike
 - ``redact``: ``Redactor``, scrubs known secret values from every log line
 - ``tls``: outbound and inbound SSL contexts
 - ``server``: listening, workers sharing a port, draining on SIGTERM
+- ``startup``: ``StartupError``, a failure to listen or load a certificate as one line
+  naming the key or flag
 - ``demo``: ``vipps-proxy demo`` and ``vipps-proxy emulator``
 - ``cli``: the command line
 - ``emulator``: a Vipps emulator (its own package map) for offline work and the tests

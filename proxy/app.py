@@ -98,6 +98,10 @@ class ProxyApp:
                 insecure=insecure,
             )
             state.tokens[name] = provider
+
+    def prefetch(self) -> None:
+        """Fetch every token in the background, once listening: the first call need not wait."""
+        for provider in self.state.tokens.values():
             provider.start()
 
     async def close(self) -> None:
@@ -119,7 +123,7 @@ class ProxyApp:
         )
         CALL_ID.set(call.request_id)
         state.metrics.active += 1
-        response: web.StreamResponse
+        response: web.StreamResponse | None = None
         try:
             response = await _dispatch(request, state, self.forwarder, call)
         except ProxyError as err:
@@ -143,6 +147,8 @@ class ProxyApp:
             response = problem_response(bug, call.request_id)
         finally:
             state.metrics.active -= 1
+            if response is not None and not response.prepared:  # an answer of our own
+                call.bytes_out = _body_size(response)
             self._finish(call, started)
         if not response.prepared:  # a streamed answer got its id before its headers went
             response.headers[REQUEST_ID] = call.request_id
@@ -201,6 +207,14 @@ class ProxyRunner(web.ServerRunner):
 
     async def _cleanup_server(self) -> None:
         await self.proxy.close()
+
+
+def _body_size(response: web.StreamResponse) -> int:
+    """The body bytes of an answer the proxy made itself (not yet sent)."""
+    body = response.body if isinstance(response, web.Response) else None
+    if isinstance(body, bytes | bytearray):
+        return len(body)
+    return getattr(body, "size", None) or 0
 
 
 def _tokens_session(state: ProxyState) -> aiohttp.ClientSession:

@@ -297,3 +297,28 @@ async def test_a_token_endpoint_failing_at_start_logs_no_asyncio_error(
     assert proxy.logs.events("token_refresh_failed")
     assert "never retrieved" not in proxy.logs.text()
     assert [line for line in proxy.logs.lines() if line["level"] == "error"] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/accesstoken/get", 200),  # a legacy token call, answered with a placeholder
+        ("GET", "/nowhere", 404),  # no route
+        ("CONNECT", "/echo/x", 405),  # a problem answer
+    ],
+)
+async def test_answers_the_proxy_makes_itself_log_their_real_size(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, method: str, path: str, status: int
+) -> None:
+    """bytes_out of a token, 404 or problem answer is the body the client received."""
+    config = make_config(emulator.token_url, emulator.url, route={"prefix": "/echo/"})
+    proxy = await start_proxy(config)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.request(method, proxy.at(path)) as response,
+    ):
+        assert response.status == status
+        size = len(await response.read())
+    (line,) = proxy.logs.events("request_completed")
+    assert size > 0
+    assert line["bytes_out"] == size
