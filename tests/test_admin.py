@@ -108,4 +108,4 @@ async def test_the_placeholder_never_leaves_on_a_route_that_passes_the_clients_t
     assert placeholder not in body.decode()
     sent = [v for r in emulator.state.received for v in r.values("Authorization")]
     assert sent == ["Bearer users-own"]  # the user's own token passes; ours never
-    assert own_status == 200
+    assert own_status == 401  # judged by the upstream itself: it never issued that token
