@@ -162,6 +162,8 @@ class ProxyApp:
         extra = {"error": call.error} if call.error else {}
         if call.replayed:
             extra["replayed"] = "true"
+        if call.retried_stale_connection:
+            extra["retried_stale_connection"] = "true"
         log(
             events.REQUEST_COMPLETED,
             method=call.method,

@@ -1,8 +1,10 @@
 """Forwarding one call: body in, upstream request, answer streamed back.
 
-The only retry: an upstream 401 for a call that carried our token, whose body was small
-enough to hold, is replayed once with a fresh token. Everything else goes out once;
-Vipps writes are idempotent only by the client's own ``Idempotency-Key``.
+The only retries: the pool's one resend of a GET, HEAD, OPTIONS, PUT or DELETE whose
+pooled connection the upstream had closed before answering (``proxy.upstream``), and an
+upstream 401 for a call that carried our token, whose body was small enough to hold,
+replayed once with a fresh token. Everything else goes out once; Vipps writes are
+idempotent only by the client's own ``Idempotency-Key``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class CallRecord:
     bytes_out: int = 0
     error: str = ""
     replayed: bool = False
+    retried_stale_connection: bool = False
     credentials: str = ""
 
 
@@ -113,6 +116,8 @@ class Forwarder:
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._not_sent(route, call, exc) from None
+            if upstream.retried:
+                call.retried_stale_connection = True
             if upstream.status == 401 and token is not None and creds is not None:
                 fresh_token_may_help = self._token_rejected(creds, token)
                 if replayable and attempt == 1 and fresh_token_may_help:

@@ -8,7 +8,10 @@ connection protocol (``ResponseHandler``: the llhttp response parser, flow contr
 read time-outs, payload errors) and its ``StreamWriter``, and does the rest itself:
 a pool per host, the request head, 1xx answers, and when a connection may be reused.
 
-Nothing here ever resends a call: a connection that fails fails the call.
+A call is resent only as HTTP/1.1 allows (RFC 9112 §9.3.1) and aiohttp's connector did:
+once, on a new connection, when the pooled connection it went out on failed before a
+byte of answer came back (the upstream had closed it while idle), its method is
+idempotent and its body was held. POST and PATCH are never resent.
 """
 
 from __future__ import annotations
@@ -35,6 +38,16 @@ READ_BUFSIZE: Final = 2**18  # what a download is read in, at most, per wake-up
 #: Methods whose requests carry a body: without one they get Content-Length: 0,
 #: as aiohttp's client sends (some gateways answer 411 otherwise).
 BODY_METHODS: Final = frozenset({hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH})
+#: Methods a call may be resent with when its pooled connection turned out closed.
+RESENDABLE: Final = frozenset(
+    {hdrs.METH_GET, hdrs.METH_HEAD, hdrs.METH_OPTIONS, hdrs.METH_PUT, hdrs.METH_DELETE}
+)
+#: How a connection the upstream closed while idle fails the call written on it.
+STALE_CONNECTION_ERRORS: Final = (
+    aiohttp.ServerDisconnectedError,  # its FIN: closed, nothing came
+    aiohttp.ClientOSError,  # its RST, as aiohttp reports it when reading
+    ConnectionResetError,  # writing on a transport that closed meanwhile
+)
 
 Key = tuple[str, int, bool]
 Body = bytes | AsyncIterable[bytes] | None
@@ -80,6 +93,21 @@ class Upstream:
         return (self.host, self.port, self.tls is not None)
 
 
+class _Connection(ResponseHandler):
+    """aiohttp's client protocol, noting whether any byte of the current answer came."""
+
+    answered = False
+
+    def data_received(self, data: bytes) -> None:
+        self.answered = True
+        super().data_received(data)
+
+
+def _held(body: Body) -> bool:
+    """A body the pool has whole, so it can be sent again (not a stream)."""
+    return body is None or isinstance(body, bytes)
+
+
 class UpstreamResponse:
     """An answer's head, its body as an aiohttp ``StreamReader``, and its connection."""
 
@@ -91,6 +119,7 @@ class UpstreamResponse:
         "content",
         "raw_headers",
         "reason",
+        "retried",
         "status",
     )
 
@@ -98,17 +127,19 @@ class UpstreamResponse:
         self,
         pool: UpstreamPool,
         key: Key,
-        proto: ResponseHandler,
+        proto: _Connection,
         head: aiohttp.http.RawResponseMessage,
         content: aiohttp.StreamReader,
         body_task: asyncio.Task[None] | None,
     ) -> None:
         self._pool, self._key, self._body_task = pool, key, body_task
-        self._proto: ResponseHandler | None = proto
+        self._proto: _Connection | None = proto
         self.status: int = head.code
         self.reason: str = head.reason
         self.raw_headers = head.raw_headers
         self.content = content
+        #: Sent a second time, on a new connection: the pooled one was found closed.
+        self.retried = False
 
     def release(self) -> None:
         """Done with it: the connection goes back to the pool if it can carry another call.
@@ -140,7 +171,7 @@ class UpstreamPool:
         self.max_idle = max_idle
         self._busy = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._idle: dict[Key, list[tuple[ResponseHandler, float]]] = {}
+        self._idle: dict[Key, list[tuple[_Connection, float]]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -152,12 +183,38 @@ class UpstreamPool:
         headers: CIMultiDict[str],
         body: Body,
     ) -> UpstreamResponse:
-        """Send the call once and return the answer's head; the body is left to stream."""
+        """Send the call and return the answer's head; the body is left to stream.
+
+        A call that met a connection the upstream had closed while idle is sent again,
+        once, on a new connection, if that is safe (see the module's docstring).
+        """
         proto = self._take_idle(up.key) if self._busy < self.limit else None
         if proto is None:
             proto = await self._acquire(up)
         else:  # the common case, without a coroutine
             self._busy += 1
+            try:
+                return await self._send(up, proto, method, target, headers, body)
+            except STALE_CONNECTION_ERRORS:
+                if proto.answered or method not in RESENDABLE or not _held(body):
+                    raise
+            proto = await self._acquire(up, fresh=True)
+            response = await self._send(up, proto, method, target, headers, body)
+            response.retried = True
+            return response
+        return await self._send(up, proto, method, target, headers, body)
+
+    async def _send(
+        self,
+        up: Upstream,
+        proto: _Connection,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: Body,
+    ) -> UpstreamResponse:
+        """Send the call once on ``proto``; on failure the connection is closed."""
+        proto.answered = False
         body_task = None
         try:
             proto.set_response_params(
@@ -189,12 +246,13 @@ class UpstreamPool:
             raise
         return UpstreamResponse(self, up.key, proto, head, content, body_task)
 
-    async def _acquire(self, up: Upstream) -> ResponseHandler:
-        """A connection for one call: an idle one if there is, else a new one."""
+    async def _acquire(self, up: Upstream, fresh: bool = False) -> _Connection:
+        """A connection for one call: an idle one if there is (and not ``fresh``), else
+        a new one."""
         if self._busy >= self.limit:
             await self._wait_for_slot(up)
         self._busy += 1
-        proto = self._take_idle(up.key)
+        proto = None if fresh else self._take_idle(up.key)
         if proto is not None:
             return proto
         try:
@@ -222,7 +280,7 @@ class UpstreamPool:
                 f"no free connection to {up.host} within {up.connect_timeout} s"
             ) from None
 
-    def _take_idle(self, key: Key) -> ResponseHandler | None:
+    def _take_idle(self, key: Key) -> _Connection | None:
         idle = self._idle.get(key)
         oldest_allowed = time.monotonic() - self.max_idle
         while idle:
@@ -232,7 +290,7 @@ class UpstreamPool:
             proto.close()
         return None
 
-    def give_back(self, key: Key, proto: ResponseHandler, reusable: bool) -> None:
+    def give_back(self, key: Key, proto: _Connection, reusable: bool) -> None:
         """Pool the connection if it is clean and the pool is open; else close it."""
         self._free_slot()
         if reusable and not self._closed and proto.is_connected() and not proto.should_close:
@@ -287,13 +345,13 @@ class UpstreamPool:
         self._idle.clear()
 
 
-def _fit_for_a_call(proto: ResponseHandler, since: float, oldest_allowed: float) -> bool:
+def _fit_for_a_call(proto: _Connection, since: float, oldest_allowed: float) -> bool:
     """An idle connection that may carry another call: young enough, open, and with
     nothing pending on it (no early bytes, no error from a timer or the peer)."""
     return since >= oldest_allowed and proto.is_connected() and not proto.should_close
 
 
-async def _connect(up: Upstream) -> ResponseHandler:
+async def _connect(up: Upstream) -> _Connection:
     """A new connection: every address the name has, raced RFC 8305 style (as aiohttp's
     connector does), so an unreachable IPv6 address costs 250 ms, not connect_timeout."""
     loop = asyncio.get_running_loop()
@@ -305,7 +363,7 @@ async def _connect(up: Upstream) -> ResponseHandler:
             )
             try:
                 _, proto = await loop.create_connection(
-                    lambda: ResponseHandler(loop),
+                    lambda: _Connection(loop),
                     sock=sock,
                     ssl=up.tls,
                     # as aiohttp does: a certificate never names the root's trailing dot

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -93,10 +95,12 @@ Answer = Callable[[Conn], Awaitable[None]]
 
 
 async def answer_ok(conn: Conn) -> None:
-    """200 with a body naming the connection and the call on it, e.g. ``conn 0 call 1``."""
+    """200 with a body naming the connection and the call on it, e.g. ``conn 0 call 1``
+    (to a HEAD, only the head)."""
     await conn.read_body()
     body = f"conn {conn.index} call {len(conn.requests)}".encode()
-    await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    await conn.send(head if conn.requests[-1].head.startswith(b"HEAD ") else head + body)
 
 
 class RawUpstream:
@@ -774,3 +778,150 @@ async def test_early_answer_to_a_streamed_body_logs_no_error_in_the_proxy(
         writer.close()
     errors = [line for line in proxy.logs.lines() if line.get("level") == "error"]
     assert errors == []
+
+
+# --- a pooled connection the upstream closed just before reuse ---------------------------
+
+
+async def hang_up_on_second_call(conn: Conn) -> None:
+    """Conn 0 answers its first call keep-alive, then reads the next and closes unanswered."""
+    if conn.index == 0 and len(conn.requests) == 2:
+        await conn.read_body()
+        conn.writer.close()
+        return
+    await answer_ok(conn)
+
+
+async def reset_on_second_call(conn: Conn) -> None:
+    """As ``hang_up_on_second_call``, with a TCP reset (SO_LINGER 0) instead of a FIN."""
+    if conn.index == 0 and len(conn.requests) == 2:
+        await conn.read_body()
+        sock = conn.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.writer.transport.abort()
+        return
+    await answer_ok(conn)
+
+
+@pytest.mark.parametrize("answer", [hang_up_on_second_call, reset_on_second_call])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"])
+async def test_idempotent_call_on_a_stale_connection_is_resent_once_on_a_new_one(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory, answer: Answer, method: str
+) -> None:
+    """The reused connection fails before a byte of answer: the call goes again, on conn 1."""
+    upstream = await raw_upstream(answer)
+    pool, up = make_pool(), upstream.upstream()
+    assert await call(pool, up) == (200, b"conn 0 call 1")
+    body = b"same" if method == "PUT" else None
+    headers = host_headers(up)
+    if body is not None:
+        headers["Content-Length"] = str(len(body))
+    response = await start(pool, up, method, headers=headers, body=body)
+    try:
+        assert response.status == 200
+        assert response.retried
+        if method != "HEAD":
+            async with asyncio.timeout(WAIT):
+                assert await response.content.read() == b"conn 1 call 1"
+    finally:
+        response.release()
+    second, resent = upstream.connections[0].requests[1], upstream.connections[1].requests[0]
+    assert resent.head == second.head
+    assert resent.body == second.body == (body or b"")
+
+
+async def test_upstream_closing_an_idle_connection_just_before_reuse_is_resent(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory
+) -> None:
+    """The upstream closes its idle side and the next call is written before the pool
+    hears of it (no turn of the event loop between): the call is resent on conn 1."""
+    upstream = await raw_upstream(answer_ok)
+    pool, up = make_pool(), upstream.upstream()
+    assert await call(pool, up) == (200, b"conn 0 call 1")
+    upstream.connections[0].writer.close()
+    assert await call(pool, up) == (200, b"conn 1 call 1")
+    assert len(upstream.connections) == 2
+
+
+async def partial_answer_on_second_call(conn: Conn) -> None:
+    """Conn 0's second call gets the start of a status line, then the connection closes."""
+    if conn.index == 0 and len(conn.requests) == 2:
+        await conn.read_body()
+        await conn.send(b"HTTP/1.1 20")
+        conn.writer.close()
+        return
+    await answer_ok(conn)
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "answer"),
+    [
+        ("POST", b'{"amount": 100}', hang_up_on_second_call),
+        ("POST", None, hang_up_on_second_call),
+        ("PATCH", b'{"amount": 100}', reset_on_second_call),
+        ("PUT", "streamed", hang_up_on_second_call),
+        ("GET", None, partial_answer_on_second_call),
+    ],
+    ids=["POST", "POST-no-body", "PATCH", "PUT-streamed", "GET-answer-begun"],
+)
+async def test_a_call_that_may_not_be_repeated_is_not_resent_on_a_stale_connection(
+    raw_upstream: UpstreamFactory,
+    make_pool: PoolFactory,
+    method: str,
+    body: bytes | str | None,
+    answer: Answer,
+) -> None:
+    """POST and PATCH, a streamed body, or an answer already begun: the failure stands,
+    and the upstream received the call once."""
+    upstream = await raw_upstream(answer)
+    pool, up = make_pool(), upstream.upstream()
+    assert await call(pool, up) == (200, b"conn 0 call 1")
+    sent = chunks(b"not ", b"twice") if body == "streamed" else body
+    assert not isinstance(sent, str)
+    with pytest.raises(aiohttp.ClientError):
+        await start(pool, up, method, body=sent)
+    assert [r.head.split(b" ")[0] for r in upstream.requests] == [b"GET", method.encode()]
+    assert len(upstream.connections) == 1
+
+
+async def test_through_the_proxy_a_get_on_a_stale_connection_is_answered_and_logged(
+    raw_upstream: UpstreamFactory, emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """The client gets the upstream's 200, and the call's one line says it was resent."""
+    upstream = await raw_upstream(hang_up_on_second_call)
+    config = make_config(
+        emulator.token_url, f"http://127.0.0.1:{upstream.port}", route={"auth": "none"}
+    )
+    proxy = await start_proxy(config)
+    async with aiohttp.ClientSession() as client:
+        for path in ("/first", "/second"):
+            async with client.get(proxy.at(path)) as response:
+                assert response.status == 200
+    assert upstream.connections[1].requests[0].head.startswith(b"GET /second ")
+    lines = proxy.logs.events("request_completed")
+    assert [line.get("retried_stale_connection") for line in lines] == [None, "true"]
+    assert all("error" not in line and line["level"] == "info" for line in lines)
+
+
+async def test_through_the_proxy_a_post_on_a_stale_connection_is_not_resent(
+    raw_upstream: UpstreamFactory, emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """A POST on a connection the upstream dropped gets 502; the upstream saw it once."""
+    upstream = await raw_upstream(hang_up_on_second_call)
+    config = make_config(
+        emulator.token_url, f"http://127.0.0.1:{upstream.port}", route={"auth": "none"}
+    )
+    proxy = await start_proxy(config)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(proxy.at("/first")) as response:
+            assert response.status == 200
+        async with client.post(proxy.at("/pay"), data=b'{"amount": 100}') as response:
+            assert response.status == 502
+            assert response.content_type == "application/problem+json"
+    assert [r.head.split(b" ")[:2] for r in upstream.requests] == [
+        [b"GET", b"/first"],
+        [b"POST", b"/pay"],
+    ]
+    (_, post_line) = proxy.logs.events("request_completed")
+    assert post_line["error"] == "upstream_ServerDisconnectedError"
+    assert "retried_stale_connection" not in post_line
