@@ -38,6 +38,7 @@ from proxy.errors import (
     InternalError,
     MethodNotAllowed,
     ProxyError,
+    UpstreamBusy,
     problem_response,
 )
 from proxy.forwarding import CallRecord, Forwarder
@@ -55,7 +56,7 @@ from proxy.upstream import UpstreamPool
 MAX_REQUEST_ID: Final = 128
 #: Answers after which the connection is closed: the request was malformed or hostile.
 CLOSE_AFTER: Final = frozenset({400, 405, 431, 505})
-POOL_SIZE: Final = 256
+POOL_SIZE: Final = 256  # upstream connections in use at once, per upstream origin
 MAX_IDLE_UPSTREAM: Final = 15.0  # seconds a pooled upstream connection may sit idle
 
 _log = structlog.get_logger("proxy.app")
@@ -125,7 +126,7 @@ class ProxyApp:
         except ProxyError as err:
             call.status = err.status
             call.error = call.error or err.reason
-            if isinstance(err, BadGateway | GatewayTimeout):
+            if isinstance(err, BadGateway | GatewayTimeout | UpstreamBusy):
                 state.metrics.upstream_errors.labels(call.route, call.error).inc()
             response = problem_response(err, call.request_id)
             if err.status in CLOSE_AFTER:

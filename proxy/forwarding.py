@@ -19,17 +19,31 @@ from aiohttp import hdrs, web
 
 from proxy import events
 from proxy.config import Credentials, Route
-from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge, ProxyError
+from proxy.errors import (
+    BadGateway,
+    BadRequest,
+    GatewayTimeout,
+    PayloadTooLarge,
+    ProxyError,
+    UpstreamBusy,
+)
 from proxy.headers import response_headers as clean_response_headers
 from proxy.headers import upstream_request_headers
 from proxy.inbound import continue_body
 from proxy.state import ProxyState
 from proxy.tokens import Token
-from proxy.upstream import ConnectFailed, Upstream, UpstreamPool, UpstreamResponse
+from proxy.upstream import (
+    ConnectFailed,
+    NoFreeConnection,
+    Upstream,
+    UpstreamPool,
+    UpstreamResponse,
+)
 
 PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 REPLAYABLE_BODY: Final = 64 * 1024  # every ordinary Vipps call fits; larger ones stream
 NO_BODY_STATUSES: Final = frozenset({204, 304})
+UPSTREAM_BUSY_RETRY_AFTER: Final = 1.0  # seconds: a connection frees as soon as a call ends
 
 _log = structlog.get_logger("proxy.forwarding")
 
@@ -56,8 +70,13 @@ class CallRecord:
 
 def upstream_error(route: Route, exc: BaseException) -> ProxyError:
     """The one place that turns upstream failures (the pool's and aiohttp's client
-    errors it raises) into our 502 and 504."""
+    errors it raises) into our 502, 503 and 504."""
     where = route.upstream.host
+    if isinstance(exc, NoFreeConnection):
+        return UpstreamBusy(
+            f"every connection to {where} stayed in use for {route.connect_timeout} s",
+            retry_after=UPSTREAM_BUSY_RETRY_AFTER,
+        )
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return GatewayTimeout(f"connecting to {where} timed out", reason="connect_timeout")
     if isinstance(exc, TimeoutError):  # aiohttp's SocketTimeoutError is one

@@ -22,7 +22,16 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.upstream import ConnectFailed, MalformedAnswer, Upstream, UpstreamPool, UpstreamResponse
+from proxy.app import POOL_SIZE
+from proxy.resolver import Resolver
+from proxy.upstream import (
+    ConnectFailed,
+    MalformedAnswer,
+    NoFreeConnection,
+    Upstream,
+    UpstreamPool,
+    UpstreamResponse,
+)
 from tests.conftest import ProxyFactory, RunningEmulator, free_port, make_config
 
 pytestmark = pytest.mark.timeout(10)
@@ -468,15 +477,16 @@ async def test_call_over_the_limit_waits_until_one_is_released(
         second.cancel()
 
 
-async def test_call_over_the_limit_times_out_after_connect_timeout(
+async def test_call_over_the_limit_fails_after_connect_timeout_as_no_free_connection(
     raw_upstream: UpstreamFactory, make_pool: PoolFactory
 ) -> None:
-    """With limit=1 held and never released, a second call fails: ConnectionTimeoutError."""
+    """With limit=1 held and never released, a second call fails: NoFreeConnection, not a
+    connect time-out (nothing was connecting)."""
     upstream = await raw_upstream(answer_ok)
     pool, up = make_pool(limit=1), upstream.upstream(connect_timeout=0.3)
     first = await start(pool, up)
     try:
-        with pytest.raises(aiohttp.ConnectionTimeoutError):
+        with pytest.raises(NoFreeConnection):
             await start(pool, up)
         assert len(upstream.requests) == 1
     finally:
@@ -495,10 +505,95 @@ async def test_releasing_twice_frees_one_slot_only(
     first.release()
     second = await start(pool, up)
     try:
-        with pytest.raises(aiohttp.ConnectionTimeoutError):
+        with pytest.raises(NoFreeConnection):
             await start(pool, up)
     finally:
         second.release()
+
+
+async def test_an_origin_at_its_limit_does_not_hold_up_another_origin(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory
+) -> None:
+    """The limit is per origin: with one upstream's only connection held, another's call
+    is answered, and the held one's next call still waits for its own."""
+    held, other = await raw_upstream(answer_ok), await raw_upstream(answer_ok)
+    pool = make_pool(limit=1)
+    busy_up = held.upstream(connect_timeout=0.3)
+    first = await start(pool, busy_up)
+    try:
+        assert await call(pool, other.upstream(connect_timeout=0.3)) == (200, b"conn 0 call 1")
+        with pytest.raises(NoFreeConnection):
+            await start(pool, busy_up)
+    finally:
+        first.release()
+
+
+class CountedLookUps:
+    """Every name look-up the event loop is asked for, counted by name; each is made."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.names: list[str] = []
+        self._real = loop.getaddrinfo
+
+    async def getaddrinfo(self, host: str, *args: object, **kwargs: object) -> object:
+        self.names.append(host)
+        return await self._real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def look_ups(monkeypatch: pytest.MonkeyPatch) -> CountedLookUps:
+    """Counts the look-ups this test's event loop makes (the system resolver still answers)."""
+    loop = asyncio.get_running_loop()
+    counted = CountedLookUps(loop)
+    monkeypatch.setattr(loop, "getaddrinfo", counted.getaddrinfo)
+    return counted
+
+
+async def test_concurrent_cold_calls_to_one_name_make_one_look_up(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory, look_ups: CountedLookUps
+) -> None:
+    """50 calls at once to ``localhost``, none pooled yet: one look-up, 50 answers."""
+    upstream = await raw_upstream(answer_ok)
+    url = URL(f"http://localhost:{upstream.port}{BASE}")
+    up = Upstream.of(url, ssl.create_default_context(), WAIT, WAIT)
+    pool = make_pool(limit=100)
+    answers = await asyncio.gather(*(call(pool, up) for _ in range(50)))
+    assert [status for status, _ in answers] == [200] * 50
+    assert len(upstream.connections) == 50
+    assert look_ups.names == ["localhost"]
+
+
+async def test_a_name_is_looked_up_again_once_its_answer_is_older_than_the_ttl(
+    raw_upstream: UpstreamFactory, look_ups: CountedLookUps
+) -> None:
+    """Within the ttl new connections use the kept answer; after it, the name is asked again."""
+    upstream = await raw_upstream(answer_ok)
+    url = URL(f"http://localhost:{upstream.port}{BASE}")
+    up = Upstream.of(url, ssl.create_default_context(), WAIT, WAIT)
+    pool = UpstreamPool(limit=10, max_idle=0.0, resolver=Resolver(ttl=0.3))
+    try:
+        await call(pool, up)
+        await call(pool, up)  # max_idle 0: a new connection, the kept answer
+        assert look_ups.names == ["localhost"]
+        await asyncio.sleep(0.5)
+        await call(pool, up)
+        assert look_ups.names == ["localhost", "localhost"]
+        assert len(upstream.connections) == 3
+    finally:
+        await pool.close()
+
+
+async def test_a_failed_look_up_is_not_kept(
+    make_pool: PoolFactory, look_ups: CountedLookUps
+) -> None:
+    """A name that does not resolve fails each call with its own look-up: no negative cache."""
+    url = URL(f"http://no-such-host.invalid:80{BASE}")
+    up = Upstream.of(url, ssl.create_default_context(), WAIT, WAIT)
+    pool = make_pool()
+    for _ in range(2):
+        with pytest.raises(ConnectFailed):
+            await start(pool, up)
+    assert look_ups.names == ["no-such-host.invalid"] * 2
 
 
 # --- failures ------------------------------------------------------------------------
@@ -925,3 +1020,51 @@ async def test_through_the_proxy_a_post_on_a_stale_connection_is_not_resent(
     (_, post_line) = proxy.logs.events("request_completed")
     assert post_line["error"] == "upstream_ServerDisconnectedError"
     assert "retried_stale_connection" not in post_line
+
+
+async def test_through_the_proxy_a_saturated_upstream_gives_503_busy_and_spares_others(
+    raw_upstream: UpstreamFactory, emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """POOL_SIZE calls stuck on one upstream: a call to another route is answered 200, and
+    one more to the stuck upstream gets 503 ``upstream_busy`` with Retry-After."""
+    all_stuck, let_go = asyncio.Event(), asyncio.Event()
+
+    async def stall(conn: Conn) -> None:
+        await conn.read_body()
+        if len(slow.requests) == POOL_SIZE:
+            all_stuck.set()
+        await let_go.wait()
+        await answer_ok(conn)
+
+    slow, fast = await raw_upstream(stall), await raw_upstream(answer_ok)
+    limits = {"auth": "none", "connect_timeout": 0.5, "read_timeout": 30}
+    routes = [
+        {"prefix": "/slow", "upstream": f"http://127.0.0.1:{slow.port}", **limits},
+        {"prefix": "/fast", "upstream": f"http://127.0.0.1:{fast.port}", **limits},
+    ]
+    proxy = await start_proxy(make_config(emulator.token_url, extra={"routes": routes}))
+    clients = []
+    try:
+        for n in range(POOL_SIZE):
+            _, writer = await asyncio.open_connection(*proxy.address)
+            writer.write(b"GET /slow/%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
+            clients.append(writer)
+        await wait_for(all_stuck)
+        async with aiohttp.ClientSession() as client:
+            async with client.get(proxy.at("/fast/ok")) as response:
+                assert response.status == 200
+                assert await response.read() == b"conn 0 call 1"
+            async with client.get(proxy.at("/slow/one-more")) as response:
+                assert response.status == 503
+                assert response.content_type == "application/problem+json"
+                assert response.headers["Retry-After"] == "1"
+                assert (await response.json(content_type=None))["status"] == 503
+    finally:
+        let_go.set()
+        for writer in clients:
+            writer.close()
+    busy = [line for line in proxy.logs.events("request_completed") if line["status"] == 503]
+    assert [(line["path"], line["error"], line["level"]) for line in busy] == [
+        ("/slow/one-more", "upstream_busy", "warning")
+    ]
+    assert len(slow.requests) == POOL_SIZE
