@@ -22,6 +22,8 @@ from typing import Any, Final
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from proxy import events
 from proxy.access import Allowlist, check_client_key, peer_address
@@ -43,7 +45,7 @@ from proxy.errors import (
 )
 from proxy.forwarding import CallRecord, Forwarder
 from proxy.headers import MERCHANT_SERIAL_NUMBER, REQUEST_ID
-from proxy.inbound import check_request
+from proxy.inbound import check_request, parser_refusal
 from proxy.logs import CALL_ID
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
@@ -149,6 +151,25 @@ class ProxyApp:
             response.headers[REQUEST_ID] = call.request_id
         return response
 
+    def refused(self, request: web.BaseRequest, exc: HttpProcessingError) -> web.Response:
+        """A request aiohttp's parser refused: a problem answer, the connection closed,
+        one warning line. Nothing of the request is known but its peer, and nothing of
+        what the parser saw (it quotes header lines) is logged or answered."""
+        started = time.perf_counter()
+        call = CallRecord(request_id=_new_id(), method="", path="", client=peer_address(request))
+        CALL_ID.set(call.request_id)
+        try:
+            self.state.allowlist.check(call.client)
+            error = parser_refusal(exc)
+        except ProxyError as forbidden:  # from outside allow_clients: as any call from there
+            error = forbidden
+        call.status, call.error = error.status, error.reason
+        self._finish(call, started)
+        response = problem_response(error, call.request_id)
+        response.headers[REQUEST_ID] = call.request_id
+        response.force_close()
+        return response
+
     def _finish(self, call: CallRecord, started: float) -> None:
         """The call's metrics and its one log line."""
         seconds = time.perf_counter() - started
@@ -191,7 +212,7 @@ class ProxyRunner(web.ServerRunner):
     """
 
     def __init__(self, proxy: ProxyApp, *, shutdown_timeout: float, **handler: Any) -> None:
-        server = web.Server(proxy.handle, handler_cancellation=True, **handler)
+        server = _ProxyServer(proxy, handler_cancellation=True, **handler)
         super().__init__(server, shutdown_timeout=shutdown_timeout)
         self.proxy = proxy
 
@@ -204,6 +225,37 @@ class ProxyRunner(web.ServerRunner):
 
     async def _cleanup_server(self) -> None:
         await self.proxy.close()
+
+
+class _ProxyServer(web.Server):
+    """aiohttp's low-level server, whose connections answer refused requests the proxy's
+    way (``ProxyApp.refused``) instead of aiohttp's text/plain 400 and ERROR traceback."""
+
+    def __init__(self, proxy: ProxyApp, **kwargs: Any) -> None:
+        super().__init__(proxy.handle, **kwargs)
+        self.proxy = proxy
+
+    def __call__(self) -> RequestHandler:
+        return _ConnectionHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _ConnectionHandler(RequestHandler):
+    """One client connection; a request its parser refused goes to ``ProxyApp.refused``."""
+
+    def __init__(self, manager: _ProxyServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._refused = manager.proxy.refused
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, HttpProcessingError):
+            return self._refused(request, exc)
+        return super().handle_error(request, status, exc, message)
 
 
 def _tokens_session(state: ProxyState) -> aiohttp.ClientSession:
@@ -254,4 +306,8 @@ def _request_id(request: web.BaseRequest) -> str:
     given = request.headers.get(REQUEST_ID, "")
     if 0 < len(given) <= MAX_REQUEST_ID and given.isprintable() and given.isascii():
         return given
+    return _new_id()
+
+
+def _new_id() -> str:
     return f"{random.getrandbits(128):032x}"
