@@ -21,7 +21,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -100,13 +100,19 @@ class Upstream:
 
 
 class _Connection(ResponseHandler):
-    """aiohttp's client protocol, noting whether any byte of the current answer came."""
+    """aiohttp's client protocol, noting whether it has been pooled (so carried a call
+    before) and whether any byte of the current call's answer came."""
 
+    reused = False
     answered = False
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(
+        self,
+        data: bytes,
+        _receive: Callable[[ResponseHandler, bytes], None] = ResponseHandler.data_received,
+    ) -> None:
         self.answered = True
-        super().data_received(data)
+        _receive(self, data)
 
 
 def _held(body: Body) -> bool:
@@ -213,16 +219,15 @@ class UpstreamPool:
             proto = await self._acquire(up, origin)
         else:  # the common case, without a coroutine
             origin.busy += 1
-            try:
-                return await self._send(up, proto, method, target, headers, body)
-            except STALE_CONNECTION_ERRORS:
-                if proto.answered or method not in RESENDABLE or not _held(body):
-                    raise
-            proto = await self._acquire(up, origin, fresh=True)
-            response = await self._send(up, proto, method, target, headers, body)
-            response.retried = True
-            return response
-        return await self._send(up, proto, method, target, headers, body)
+        try:
+            return await self._send(up, proto, method, target, headers, body)
+        except STALE_CONNECTION_ERRORS:
+            if not proto.reused or proto.answered or method not in RESENDABLE or not _held(body):
+                raise
+        proto = await self._acquire(up, origin, fresh=True)
+        response = await self._send(up, proto, method, target, headers, body)
+        response.retried = True
+        return response
 
     async def _send(
         self,
@@ -321,6 +326,7 @@ class UpstreamPool:
             # idle in the pool, that timer must not fail the connection's next call.
             proto.read_timeout = None
             proto.start_timeout()
+            proto.reused = True
             origin.idle.append((proto, time.monotonic()))
             if self._sweeper is None:
                 self._sweeper = asyncio.get_running_loop().call_later(self.max_idle, self._sweep)

@@ -938,6 +938,28 @@ async def test_upstream_closing_an_idle_connection_just_before_reuse_is_resent(
     assert len(upstream.connections) == 2
 
 
+async def test_a_call_that_waited_for_a_stale_connection_is_resent_too(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory
+) -> None:
+    """At the limit, a call waits and is then given the released connection, which the
+    upstream closes unanswered: that call is resent on a new connection as well."""
+    upstream = await raw_upstream(hang_up_on_second_call)
+    pool, up = make_pool(limit=1), upstream.upstream()
+    first = await start(pool, up)
+    second = asyncio.create_task(call(pool, up))
+    try:
+        done, _ = await asyncio.wait({second}, timeout=0.3)
+        assert not done, "the second call did not wait for the held connection"
+        async with asyncio.timeout(WAIT):
+            assert await first.content.read() == b"conn 0 call 1"
+        first.release()
+        async with asyncio.timeout(WAIT):
+            assert await second == (200, b"conn 1 call 1")
+    finally:
+        second.cancel()
+    assert upstream.connections[1].requests[0].head == upstream.connections[0].requests[1].head
+
+
 async def partial_answer_on_second_call(conn: Conn) -> None:
     """Conn 0's second call gets the start of a status line, then the connection closes."""
     if conn.index == 0 and len(conn.requests) == 2:
