@@ -14,6 +14,8 @@ import contextlib
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import ProxyFactory, RunningEmulator, RunningProxy, make_config
 from tests.test_security import PROBLEM_JSON, Answer, read_answer
@@ -167,3 +169,30 @@ async def test_a_refused_request_from_outside_the_allowlist_gets_403_quietly(
     assert answer.headers["Content-Type"] == PROBLEM_JSON
     assert after == b""
     assert_logged_once_quietly(proxy, 403, "client_not_allowed")
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(value=st.binary(max_size=40).filter(lambda v: b"\r" not in v and b"\n" not in v))
+async def test_any_bytes_in_a_header_value_are_forwarded_or_refused_quietly(
+    proxy: RunningProxy, value: bytes
+) -> None:
+    """Whatever bytes a field value holds: a forwarded answer or a problem, one log line,
+    never an error line or a traceback, and never the client's other header values."""
+    logged_before = len(proxy.logs.data)
+    request = START + SECRET_FIELDS + b"X-Gen: " + value + b"\r\nConnection: close\r\n\r\n"
+    answer, _ = await send_raw(proxy, request)
+    assert answer.status is not None
+    if answer.status >= 400:
+        assert answer.headers["Content-Type"] == PROBLEM_JSON, answer.raw[:300]
+    new = proxy.logs.data[logged_before:]
+    lines = [orjson.loads(line) for line in new.splitlines() if line.strip()]
+    assert [line["event"] for line in lines if line["event"] == "request_completed"] == [
+        "request_completed"
+    ]
+    assert [line for line in lines if line.get("level") in ("error", "critical")] == []
+    for secret in VALUES:
+        assert secret.encode() not in new
