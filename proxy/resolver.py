@@ -20,11 +20,11 @@ Name = tuple[str, int]
 
 
 class Resolver:
-    """Addresses of a host and port for TCP; ``lookups`` counts those asked of the system."""
+    """Addresses of a host and port for TCP, asked of the system (``getaddrinfo``) at
+    most once per ``ttl`` and never twice at the same time."""
 
     def __init__(self, ttl: float = TTL) -> None:
         self.ttl = ttl
-        self.lookups = 0
         self._answers: dict[Name, tuple[float, list[AddrInfo]]] = {}
         self._pending: dict[Name, asyncio.Task[list[AddrInfo]]] = {}
 
@@ -45,7 +45,6 @@ class Resolver:
         return await asyncio.shield(task)
 
     async def _look_up(self, name: Name) -> list[AddrInfo]:
-        self.lookups += 1
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(*name, type=socket.SOCK_STREAM)
         self._answers[name] = (time.monotonic() + self.ttl, infos)

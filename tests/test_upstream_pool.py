@@ -583,6 +583,23 @@ async def test_a_name_is_looked_up_again_once_its_answer_is_older_than_the_ttl(
         await pool.close()
 
 
+async def test_a_caller_cancelled_during_a_shared_look_up_leaves_it_to_the_others(
+    look_ups: CountedLookUps,
+) -> None:
+    """Two callers share a look-up; the first is cancelled; the second still gets the
+    addresses, from the one look-up."""
+    resolver = Resolver()
+    first = asyncio.create_task(resolver.resolve("localhost", 80))
+    second = asyncio.create_task(resolver.resolve("localhost", 80))
+    await asyncio.sleep(0)  # both are waiting on the look-up now
+    first.cancel()
+    async with asyncio.timeout(WAIT):
+        addresses = await second
+    assert first.cancelled()
+    assert any(info[4][0] in ("127.0.0.1", "::1") for info in addresses)
+    assert look_ups.names == ["localhost"]
+
+
 async def test_a_failed_look_up_is_not_kept(
     make_pool: PoolFactory, look_ups: CountedLookUps
 ) -> None:
