@@ -45,7 +45,7 @@ from proxy.errors import (
 )
 from proxy.forwarding import CallRecord, Forwarder
 from proxy.headers import MERCHANT_SERIAL_NUMBER, REQUEST_ID
-from proxy.inbound import check_request, parser_refusal
+from proxy.inbound import check_request, parser_refusal, refuse_placeholder
 from proxy.logs import CALL_ID
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
@@ -298,6 +298,8 @@ async def _dispatch(
         route, state.config.credentials, request.headers.get(MERCHANT_SERIAL_NUMBER)
     )
     call.credentials = creds.name if creds else ""
+    if route.auth == "none" or creds is None:  # the client's Authorization goes upstream
+        refuse_placeholder(request, state.placeholder)
     return await forwarder.forward(request, route, creds, call)
 
 

@@ -2,9 +2,10 @@
 
 The only retries: the pool's one resend of a GET, HEAD, OPTIONS, PUT or DELETE whose
 pooled connection the upstream had closed before answering (``proxy.upstream``), and an
-upstream 401 for a call that carried our token, whose body was small enough to hold,
-replayed once with a fresh token. Everything else goes out once; Vipps writes are
-idempotent only by the client's own ``Idempotency-Key``.
+upstream 401 that says our token was refused, for a call whose body was small enough to
+hold, replayed once with a fresh token; any other 401 is relayed as it came, its reason
+logged. Everything else goes out once; Vipps writes are idempotent only by the client's
+own ``Idempotency-Key``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from proxy.headers import response_headers as clean_response_headers
 from proxy.headers import upstream_request_headers
 from proxy.inbound import continue_body
 from proxy.state import ProxyState
-from proxy.tokens import Token
+from proxy.tokens import MAX_REFUSAL_BODY, OTHER_REFUSAL, TOKEN_REFUSED, Token, refusal_cause
 from proxy.upstream import (
     ConnectFailed,
     NoFreeConnection,
@@ -137,13 +138,33 @@ class Forwarder:
                 raise self._not_sent(route, call, exc) from None
             if upstream.retried:
                 call.retried_stale_connection = True
-            if upstream.status == 401 and token is not None and creds is not None:
-                fresh_token_may_help = self._token_rejected(creds, token)
-                if replayable and attempt == 1 and fresh_token_may_help:
-                    upstream.release()
-                    continue
-            return await self._relay(request, upstream, route, call)
+            held = b""
+            if upstream.status == 401 and creds is not None and route.auth != "none":
+                held = await self._refusal_body(route, upstream)
+                cause = refusal_cause(upstream.raw_headers, held)
+                if cause == TOKEN_REFUSED and token is not None:
+                    fresh_token_may_help = self._token_rejected(creds, token)
+                    if replayable and attempt == 1 and fresh_token_may_help:
+                        upstream.release()
+                        continue
+                else:  # our key or something else: a new token would not help
+                    call.error = OTHER_REFUSAL if cause == TOKEN_REFUSED else cause
+            return await self._relay(request, upstream, route, call, held)
         raise AssertionError("unreachable: the second attempt always returns")
+
+    async def _refusal_body(self, route: Route, upstream: UpstreamResponse) -> bytes:
+        """The start of a 401's body (all of it, for the gateway's small ones), to tell
+        what was refused; relayed ahead of the rest if the 401 goes to the client."""
+        held = bytearray()
+        try:
+            while len(held) < MAX_REFUSAL_BODY and (
+                chunk := await upstream.content.read(MAX_REFUSAL_BODY - len(held))
+            ):
+                held += chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            upstream.close()
+            raise upstream_error(route, exc) from None
+        return bytes(held)
 
     def _not_sent(self, route: Route, call: CallRecord, exc: BaseException) -> ProxyError:
         """Our error for a failed upstream call; a streamed body over the limit is a 413."""
@@ -191,8 +212,10 @@ class Forwarder:
         upstream: UpstreamResponse,
         route: Route,
         call: CallRecord,
+        held: bytes = b"",
     ) -> web.StreamResponse:
-        """Stream the upstream's answer to the client; after headers, faults abort."""
+        """Stream the upstream's answer to the client (``held``: its start, already
+        read); after headers, faults abort."""
         call.status = upstream.status
         response = web.StreamResponse(
             status=upstream.status,
@@ -202,6 +225,9 @@ class Forwarder:
         try:
             await response.prepare(request)
             if request.method != hdrs.METH_HEAD and upstream.status not in NO_BODY_STATUSES:
+                if held:
+                    await response.write(held)
+                    call.bytes_out += len(held)
                 content = upstream.content
                 if content.is_eof():  # a small answer is whole by now: no iterator
                     chunk = content.read_nowait()

@@ -5,9 +5,10 @@ aiohttp (llhttp) already rejects the classic smuggling shapes. These checks clos
 gaps a gateway cares about, before anything is sent upstream: HTTP versions other than
 1.0 and 1.1, ``Transfer-Encoding`` on HTTP/1.0 (whose framing would then be ambiguous
 downstream), header blocks too large in total, and expectations other than
-``100-continue``. A ``100 Continue`` itself goes out only once the call has passed
-every check and its body is wanted (``continue_body``): a refused call never invites
-the body it will not read.
+``100-continue``; and on a route that passes the client's own ``Authorization``, the
+proxy's placeholder token there (``refuse_placeholder``). A ``100 Continue`` itself
+goes out only once the call has passed every check and its body is wanted
+(``continue_body``): a refused call never invites the body it will not read.
 """
 
 from __future__ import annotations
@@ -47,6 +48,19 @@ def check_request(request: web.BaseRequest) -> None:
     expect = request.headers.get(hdrs.EXPECT)
     if expect is not None and expect.lower() != "100-continue":
         raise ExpectationFailed("only Expect: 100-continue is understood", reason="expect")
+
+
+def refuse_placeholder(request: web.BaseRequest, placeholder: str) -> None:
+    """On a route that passes the client's own ``Authorization`` upstream, a client
+    carrying the proxy's placeholder token is told so: the placeholder never leaves."""
+    for value in request.headers.getall(hdrs.AUTHORIZATION, ()):
+        if placeholder in value:
+            raise BadRequest(
+                "this route passes the client's own token upstream and has none of ours: "
+                "the token from the proxy's local token endpoint is a placeholder that "
+                'works only on routes with auth = "bearer"',
+                reason="placeholder_token",
+            )
 
 
 async def continue_body(request: web.BaseRequest) -> None:

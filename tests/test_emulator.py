@@ -43,7 +43,13 @@ INVALID_KEY = (
     "Access denied due to invalid subscription key. "
     "Make sure to provide a valid key for an active subscription."
 )
-INVALID_TOKEN = "Unauthorized. Access token is missing or invalid."
+MISSING_KEY = (
+    "Access denied due to missing subscription key. "
+    "Make sure to include subscription key when making requests to an API."
+)
+INVALID_TOKEN = "Access denied due to invalid token"
+MISSING_TOKEN = "Access denied due to missing token"
+EXPIRED_TOKEN = "Access denied due to expired token"
 OLD_ESTATE = SalesUnit(
     client_id="old-client-id",
     client_secret="old-client-secret",
@@ -312,7 +318,7 @@ async def test_token_really_expires(make_client: MakeClient) -> None:
     after = await client.get("/epayment/v1/payments/order-000000", headers=headers)
     assert before.status == 404
     assert after.status == 401
-    assert await after.json() == {"statusCode": 401, "message": INVALID_TOKEN}
+    assert await after.json() == {"statusCode": 401, "message": EXPIRED_TOKEN}
 
 
 async def test_api_without_token_gets_401(client: Client) -> None:
@@ -320,7 +326,24 @@ async def test_api_without_token_gets_401(client: Client) -> None:
     headers = {"Ocp-Apim-Subscription-Key": DEMO_SUBSCRIPTION_KEY}
     response = await client.get("/epayment/v1/payments/order-000000", headers=headers)
     assert response.status == 401
-    assert (await response.json())["message"] == INVALID_TOKEN
+    assert (await response.json())["message"] == MISSING_TOKEN
+
+
+async def test_api_with_an_unknown_token_gets_401(client: Client) -> None:
+    """A token the gateway never issued gets the invalid-token 401, as Vipps words it."""
+    headers = api_headers("eyJ-never-issued-by-this-emulator")
+    response = await client.get("/epayment/v1/payments/order-000000", headers=headers)
+    assert response.status == 401
+    assert await response.json() == {"statusCode": 401, "message": INVALID_TOKEN}
+
+
+async def test_api_without_a_subscription_key_gets_401(client: Client) -> None:
+    """No subscription key at all gets the gateway's missing-key 401."""
+    headers = api_headers(await fetch_token(client))
+    del headers["Ocp-Apim-Subscription-Key"]
+    response = await client.get("/epayment/v1/payments/order-000000", headers=headers)
+    assert response.status == 401
+    assert await response.json() == {"statusCode": 401, "message": MISSING_KEY}
 
 
 async def test_api_with_unknown_key_gets_401(client: Client) -> None:
@@ -338,6 +361,7 @@ async def test_token_of_another_unit_is_refused(client: Client) -> None:
     headers = api_headers(token, DEMO_SALES_UNIT_2)
     response = await client.get("/epayment/v1/payments/order-000000", headers=headers)
     assert response.status == 401
+    assert (await response.json())["message"] == INVALID_TOKEN
 
 
 async def test_foreign_merchant_serial_number_gets_403(client: Client) -> None:

@@ -6,7 +6,7 @@ it refuses a request that carries ``Ocp-Apim-Subscription-Key``.
 
 from aiohttp import web
 
-from .answers import INVALID_ACCESS_TOKEN, INVALID_SUBSCRIPTION_KEY, apim_error
+from .answers import INVALID_SUBSCRIPTION_KEY, MISSING_TOKEN, apim_error
 from .credentials import SUBSCRIPTION_KEY, bearer_token
 
 LOGIN_PREFIX = "/access-management-1.0/access"
@@ -38,7 +38,7 @@ async def userinfo(request: web.Request) -> web.StreamResponse:
     if SUBSCRIPTION_KEY in request.headers:
         return apim_error(401, INVALID_SUBSCRIPTION_KEY)
     if bearer_token(request) is None:
-        return apim_error(401, INVALID_ACCESS_TOKEN)
+        return apim_error(401, MISSING_TOKEN)
     sub = request.match_info.get("sub", "c06c4afe-d9e1-4c5d-939a-177d752a0944")
     return web.json_response(
         {
