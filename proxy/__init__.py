@@ -17,7 +17,9 @@ The map, one concept per module:
 - ``forwarding``: ``Forwarder``: body in, upstream call, answer streamed back, the one
   safe replay; the one place upstream errors become 502/504
 - ``upstream``: ``UpstreamPool``: keep-alive HTTP/1.1 connections to upstreams over
-  aiohttp's client protocol (its parser, flow control, read time-outs)
+  aiohttp's client protocol (its parser, flow control, read time-outs), limited per
+  origin; the one safe resend on a connection found closed
+- ``resolver``: ``Resolver``: upstream name look-ups shared while under way, kept 10 s
 - ``errors``: the proxy's own errors and their problem+json answers
 - ``admin``: ``/-/health``, ``/-/ready``, ``/-/metrics``, legacy token calls answered
   with a placeholder

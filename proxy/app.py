@@ -22,6 +22,8 @@ from typing import Any, Final
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from proxy import events
 from proxy.access import Allowlist, check_client_key, peer_address
@@ -38,11 +40,12 @@ from proxy.errors import (
     InternalError,
     MethodNotAllowed,
     ProxyError,
+    UpstreamBusy,
     problem_response,
 )
 from proxy.forwarding import CallRecord, Forwarder
 from proxy.headers import MERCHANT_SERIAL_NUMBER, REQUEST_ID
-from proxy.inbound import check_request, refuse_placeholder
+from proxy.inbound import check_request, parser_refusal, refuse_placeholder
 from proxy.logs import CALL_ID
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
@@ -55,7 +58,7 @@ from proxy.upstream import UpstreamPool
 MAX_REQUEST_ID: Final = 128
 #: Answers after which the connection is closed: the request was malformed or hostile.
 CLOSE_AFTER: Final = frozenset({400, 405, 431, 505})
-POOL_SIZE: Final = 256
+POOL_SIZE: Final = 256  # upstream connections in use at once, per upstream origin
 MAX_IDLE_UPSTREAM: Final = 15.0  # seconds a pooled upstream connection may sit idle
 
 _log = structlog.get_logger("proxy.app")
@@ -129,7 +132,7 @@ class ProxyApp:
         except ProxyError as err:
             call.status = err.status
             call.error = call.error or err.reason
-            if isinstance(err, BadGateway | GatewayTimeout):
+            if isinstance(err, BadGateway | GatewayTimeout | UpstreamBusy):
                 state.metrics.upstream_errors.labels(call.route, call.error).inc()
             response = problem_response(err, call.request_id)
             if err.status in CLOSE_AFTER:
@@ -154,6 +157,26 @@ class ProxyApp:
             response.headers[REQUEST_ID] = call.request_id
         return response
 
+    def refused(self, request: web.BaseRequest, exc: HttpProcessingError) -> web.Response:
+        """A request aiohttp's parser refused: a problem answer, the connection closed,
+        one warning line. Nothing of the request is known but its peer, and nothing of
+        what the parser saw (it quotes header lines) is logged or answered."""
+        started = time.perf_counter()
+        call = CallRecord(request_id=_new_id(), method="", path="", client=peer_address(request))
+        CALL_ID.set(call.request_id)
+        try:
+            self.state.allowlist.check(call.client)
+            error = parser_refusal(exc)
+        except ProxyError as forbidden:  # from outside allow_clients: as any call from there
+            error = forbidden
+        call.status, call.error = error.status, error.reason
+        response = problem_response(error, call.request_id)
+        response.headers[REQUEST_ID] = call.request_id
+        call.bytes_out = _body_size(response)
+        self._finish(call, started)
+        response.force_close()
+        return response
+
     def _finish(self, call: CallRecord, started: float) -> None:
         """The call's metrics and its one log line."""
         seconds = time.perf_counter() - started
@@ -168,6 +191,8 @@ class ProxyApp:
         extra = {"error": call.error} if call.error else {}
         if call.replayed:
             extra["replayed"] = "true"
+        if call.retried_stale_connection:
+            extra["retried_stale_connection"] = "true"
         log(
             events.REQUEST_COMPLETED,
             method=call.method,
@@ -194,7 +219,7 @@ class ProxyRunner(web.ServerRunner):
     """
 
     def __init__(self, proxy: ProxyApp, *, shutdown_timeout: float, **handler: Any) -> None:
-        server = web.Server(proxy.handle, handler_cancellation=True, **handler)
+        server = _ProxyServer(proxy, handler_cancellation=True, **handler)
         super().__init__(server, shutdown_timeout=shutdown_timeout)
         self.proxy = proxy
 
@@ -215,6 +240,37 @@ def _body_size(response: web.StreamResponse) -> int:
     if isinstance(body, bytes | bytearray):
         return len(body)
     return getattr(body, "size", None) or 0
+
+
+class _ProxyServer(web.Server):
+    """aiohttp's low-level server, whose connections answer refused requests the proxy's
+    way (``ProxyApp.refused``) instead of aiohttp's text/plain 400 and ERROR traceback."""
+
+    def __init__(self, proxy: ProxyApp, **kwargs: Any) -> None:
+        super().__init__(proxy.handle, **kwargs)
+        self.proxy = proxy
+
+    def __call__(self) -> RequestHandler:
+        return _ConnectionHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _ConnectionHandler(RequestHandler):
+    """One client connection; a request its parser refused goes to ``ProxyApp.refused``."""
+
+    def __init__(self, manager: _ProxyServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._refused = manager.proxy.refused
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, HttpProcessingError):
+            return self._refused(request, exc)
+        return super().handle_error(request, status, exc, message)
 
 
 def _tokens_session(state: ProxyState) -> aiohttp.ClientSession:
@@ -267,4 +323,8 @@ def _request_id(request: web.BaseRequest) -> str:
     given = request.headers.get(REQUEST_ID, "")
     if 0 < len(given) <= MAX_REQUEST_ID and given.isprintable() and given.isascii():
         return given
+    return _new_id()
+
+
+def _new_id() -> str:
     return f"{random.getrandbits(128):032x}"

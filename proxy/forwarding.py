@@ -1,9 +1,11 @@
 """Forwarding one call: body in, upstream request, answer streamed back.
 
-The only retry: an upstream 401 that says our token was refused, for a call whose body
-was small enough to hold, is replayed once with a fresh token; any other 401 is
-relayed as it came, its reason logged. Everything else goes out once;
-Vipps writes are idempotent only by the client's own ``Idempotency-Key``.
+The only retries: the pool's one resend of a GET, HEAD, OPTIONS, PUT or DELETE whose
+pooled connection the upstream had closed before answering (``proxy.upstream``), and an
+upstream 401 that says our token was refused, for a call whose body was small enough to
+hold, replayed once with a fresh token; any other 401 is relayed as it came, its reason
+logged. Everything else goes out once; Vipps writes are idempotent only by the client's
+own ``Idempotency-Key``.
 """
 
 from __future__ import annotations
@@ -18,17 +20,31 @@ from aiohttp import hdrs, web
 
 from proxy import events
 from proxy.config import Credentials, Route
-from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge, ProxyError
+from proxy.errors import (
+    BadGateway,
+    BadRequest,
+    GatewayTimeout,
+    PayloadTooLarge,
+    ProxyError,
+    UpstreamBusy,
+)
 from proxy.headers import response_headers as clean_response_headers
 from proxy.headers import upstream_request_headers
 from proxy.inbound import continue_body
 from proxy.state import ProxyState
 from proxy.tokens import MAX_REFUSAL_BODY, OTHER_REFUSAL, TOKEN_REFUSED, Token, refusal_cause
-from proxy.upstream import ConnectFailed, Upstream, UpstreamPool, UpstreamResponse
+from proxy.upstream import (
+    ConnectFailed,
+    NoFreeConnection,
+    Upstream,
+    UpstreamPool,
+    UpstreamResponse,
+)
 
 PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 REPLAYABLE_BODY: Final = 64 * 1024  # every ordinary Vipps call fits; larger ones stream
 NO_BODY_STATUSES: Final = frozenset({204, 304})
+UPSTREAM_BUSY_RETRY_AFTER: Final = 1.0  # seconds: a connection frees as soon as a call ends
 
 _log = structlog.get_logger("proxy.forwarding")
 
@@ -49,13 +65,19 @@ class CallRecord:
     bytes_out: int = 0
     error: str = ""
     replayed: bool = False
+    retried_stale_connection: bool = False
     credentials: str = ""
 
 
 def upstream_error(route: Route, exc: BaseException) -> ProxyError:
     """The one place that turns upstream failures (the pool's and aiohttp's client
-    errors it raises) into our 502 and 504."""
+    errors it raises) into our 502, 503 and 504."""
     where = route.upstream.host
+    if isinstance(exc, NoFreeConnection):
+        return UpstreamBusy(
+            f"every connection to {where} stayed in use for {route.connect_timeout} s",
+            retry_after=UPSTREAM_BUSY_RETRY_AFTER,
+        )
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return GatewayTimeout(f"connecting to {where} timed out", reason="connect_timeout")
     if isinstance(exc, TimeoutError):  # aiohttp's SocketTimeoutError is one
@@ -114,6 +136,8 @@ class Forwarder:
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._not_sent(route, call, exc) from None
+            if upstream.retried:
+                call.retried_stale_connection = True
             held = b""
             if upstream.status == 401 and creds is not None and route.auth != "none":
                 held = await self._refusal_body(route, upstream)
