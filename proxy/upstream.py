@@ -169,17 +169,13 @@ class UpstreamPool:
             )
             writer = StreamWriter(proto, asyncio.get_running_loop())
             line = f"{method} {up.base_path}{target} HTTP/1.1"
+            _frame(headers, method, body)
+            await writer.write_headers(line, headers)
             if body is None or isinstance(body, bytes):
-                if body is None and method in BODY_METHODS and hdrs.CONTENT_LENGTH not in headers:
-                    headers[hdrs.CONTENT_LENGTH] = "0"
-                await writer.write_headers(line, headers)
                 await writer.write_eof(body or b"")
                 proto.start_timeout()
             else:
-                if hdrs.CONTENT_LENGTH not in headers:
-                    headers[hdrs.TRANSFER_ENCODING] = "chunked"
-                    writer.enable_chunking()
-                await writer.write_headers(line, headers)
+                writer.enable_chunking()
                 body_task = asyncio.create_task(_send_body(proto, writer, body, up.read_timeout))
             head, content = await _read_head(proto, body_task)
         except BaseException:
@@ -285,6 +281,21 @@ class UpstreamPool:
             for proto, _ in idle:
                 proto.close()
         self._idle.clear()
+
+
+def _frame(headers: CIMultiDict[str], method: str, body: Body) -> None:
+    """The request's framing, from the body the pool sends and nothing else: a held body
+    gets its length, a streamed one is chunked, none gets neither (``Content-Length: 0``
+    for a method that carries a body). Framing fields in ``headers`` are replaced: a
+    length the body does not have would let a request ride inside another."""
+    headers.popall(hdrs.CONTENT_LENGTH, None)
+    headers.popall(hdrs.TRANSFER_ENCODING, None)
+    if isinstance(body, bytes):
+        headers[hdrs.CONTENT_LENGTH] = str(len(body))
+    elif body is not None:
+        headers[hdrs.TRANSFER_ENCODING] = "chunked"
+    elif method in BODY_METHODS:
+        headers[hdrs.CONTENT_LENGTH] = "0"
 
 
 def _fit_for_a_call(proto: ResponseHandler, since: float, oldest_allowed: float) -> bool:
