@@ -18,9 +18,9 @@ from aiohttp import hdrs, web
 from proxy import events
 from proxy.config import Credentials, Route
 from proxy.errors import BadGateway, BadRequest, GatewayTimeout, PayloadTooLarge, ProxyError
-from proxy.headers import response_headers as clean_response_headers
 from proxy.headers import upstream_request_headers
 from proxy.inbound import continue_body
+from proxy.relay import RelayedResponse, interim_relay
 from proxy.state import ProxyState
 from proxy.tokens import Token
 from proxy.upstream import ConnectFailed, Upstream, UpstreamPool, UpstreamResponse
@@ -110,6 +110,7 @@ class Forwarder:
                     request.raw_path,
                     headers,
                     body if replayable else self._stream(request, call),
+                    interim=interim_relay(request),
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._not_sent(route, call, exc) from None
@@ -170,21 +171,18 @@ class Forwarder:
     ) -> web.StreamResponse:
         """Stream the upstream's answer to the client; after headers, faults abort."""
         call.status = upstream.status
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=clean_response_headers(upstream.raw_headers, call.request_id),
-        )
+        response = RelayedResponse(upstream.head, call.request_id)
         try:
             await response.prepare(request)
             if request.method != hdrs.METH_HEAD and upstream.status not in NO_BODY_STATUSES:
                 content = upstream.content
-                if content.is_eof():  # a small answer is whole by now: no iterator
+                if content.is_eof():  # a small answer is whole by now: one send, no iterator
                     chunk = content.read_nowait()
                     if chunk:
                         await response.write(chunk)
                         call.bytes_out += len(chunk)
                 else:
+                    response.send_head()  # the client learns of the answer without waiting
                     async for chunk in content.iter_any():
                         await response.write(chunk)
                         call.bytes_out += len(chunk)

@@ -123,10 +123,9 @@ def upstream_request_headers(
     return out
 
 
-def response_headers(
-    raw: Iterable[tuple[bytes, bytes]], request_id: str | None = None
-) -> list[tuple[str, str]]:
-    """The upstream's response headers for the client, from the raw wire pairs.
+def response_fields(raw: Iterable[tuple[bytes, bytes]], request_id: str | None = None) -> bytes:
+    """The upstream's answer fields for the client, as wire bytes: each ``name: value``
+    line as received (latin-1 round-trips every byte), less hop-by-hop ones.
 
     With ``request_id``, the upstream's own ``X-Request-Id`` gives way to it.
     """
@@ -134,4 +133,4 @@ def response_headers(
     kept = filtered([(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw], drop)
     if request_id is not None:
         kept.append((REQUEST_ID, request_id))
-    return kept
+    return "".join([f"{name}: {value}\r\n" for name, value in kept]).encode("latin-1")

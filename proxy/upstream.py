@@ -14,11 +14,12 @@ Nothing here ever resends a call: a connection that fails fails the call.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -26,10 +27,12 @@ import aiohappyeyeballs
 import aiohttp
 from aiohttp import hdrs
 from aiohttp.client_proto import ResponseHandler
-from aiohttp.http import HttpProcessingError, StreamWriter
+from aiohttp.http import HttpProcessingError, RawResponseMessage, StreamWriter
 from multidict import CIMultiDict
 from yarl import URL
 
+#: Control characters, CR and LF aside (those are counted: one pair per line).
+_CONTROLS: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 HAPPY_EYEBALLS_DELAY: Final = 0.25  # RFC 8305's recommended wait before the next address
 READ_BUFSIZE: Final = 2**18  # what a download is read in, at most, per wake-up
 #: Methods whose requests carry a body: without one they get Content-Length: 0,
@@ -38,6 +41,7 @@ BODY_METHODS: Final = frozenset({hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH}
 
 Key = tuple[str, int, bool]
 Body = bytes | AsyncIterable[bytes] | None
+Interim = Callable[[RawResponseMessage], None]
 
 
 class ConnectFailed(aiohttp.ClientConnectionError):
@@ -89,6 +93,7 @@ class UpstreamResponse:
         "_pool",
         "_proto",
         "content",
+        "head",
         "raw_headers",
         "reason",
         "status",
@@ -99,12 +104,13 @@ class UpstreamResponse:
         pool: UpstreamPool,
         key: Key,
         proto: ResponseHandler,
-        head: aiohttp.http.RawResponseMessage,
+        head: RawResponseMessage,
         content: aiohttp.StreamReader,
         body_task: asyncio.Task[None] | None,
     ) -> None:
         self._pool, self._key, self._body_task = pool, key, body_task
         self._proto: ResponseHandler | None = proto
+        self.head = head
         self.status: int = head.code
         self.reason: str = head.reason
         self.raw_headers = head.raw_headers
@@ -151,8 +157,12 @@ class UpstreamPool:
         target: str,
         headers: CIMultiDict[str],
         body: Body,
+        interim: Interim | None = None,
     ) -> UpstreamResponse:
-        """Send the call once and return the answer's head; the body is left to stream."""
+        """Send the call once and return the answer's head; the body is left to stream.
+
+        ``interim`` is given each interim (1xx) answer's head as it comes.
+        """
         proto = self._take_idle(up.key) if self._busy < self.limit else None
         if proto is None:
             proto = await self._acquire(up)
@@ -168,16 +178,20 @@ class UpstreamPool:
                 read_bufsize=READ_BUFSIZE,
             )
             writer = StreamWriter(proto, asyncio.get_running_loop())
-            line = f"{method} {up.base_path}{target} HTTP/1.1"
             _frame(headers, method, body)
-            await writer.write_headers(line, headers)
+            request_head = _request_head(f"{method} {up.base_path}{target} HTTP/1.1", headers)
             if body is None or isinstance(body, bytes):
-                await writer.write_eof(body or b"")
+                # One write; the read timer (started now) bounds an upstream that takes
+                # neither the body nor answers.
+                await writer.write(request_head + body if body else request_head, drain=False)
                 proto.start_timeout()
             else:
+                # Held as StreamWriter.write_headers holds its own, to go with the first
+                # chunk: a body that fails before it has sent nothing upstream.
+                writer._headers_buf, writer._headers_written = request_head, False
                 writer.enable_chunking()
                 body_task = asyncio.create_task(_send_body(proto, writer, body, up.read_timeout))
-            head, content = await _read_head(proto, body_task)
+            head, content = await _read_head(proto, body_task, interim)
         except BaseException:
             if body_task is not None:
                 body_task.cancel()
@@ -298,6 +312,24 @@ def _frame(headers: CIMultiDict[str], method: str, body: Body) -> None:
         headers[hdrs.CONTENT_LENGTH] = "0"
 
 
+def _request_head(line: str, headers: CIMultiDict[str]) -> bytes:
+    """The request head, each value the very bytes the client sent.
+
+    aiohttp's server parser decodes header bytes as UTF-8 with ``surrogateescape``, so
+    encoding back the same way restores them, obs-text included (aiohttp's serializer
+    would drop such bytes). No field may hold a control character or a line break of
+    its own: that would be a header (or a request) of its own.
+    """
+    text = "\r\n".join([line, *[f"{name}: {value}" for name, value in headers.items()]])
+    if (
+        text.count("\n") != len(headers)
+        or text.count("\r") != len(headers)
+        or _CONTROLS.search(text)
+    ):
+        raise ValueError("a request header holds a control character")
+    return (text + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
 def _fit_for_a_call(proto: ResponseHandler, since: float, oldest_allowed: float) -> bool:
     """An idle connection that may carry another call: young enough, open, and with
     nothing pending on it (no early bytes, no error from a timer or the peer)."""
@@ -335,20 +367,25 @@ async def _connect(up: Upstream) -> ResponseHandler:
 
 
 async def _read_head(
-    proto: ResponseHandler, body_task: asyncio.Task[None] | None
-) -> tuple[aiohttp.http.RawResponseMessage, aiohttp.StreamReader]:
-    """The final answer's head; 1xx interim answers (other than 101) are skipped.
+    proto: ResponseHandler, body_task: asyncio.Task[None] | None, interim: Interim | None
+) -> tuple[RawResponseMessage, aiohttp.StreamReader]:
+    """The final answer's head; each 1xx interim answer before it goes to ``interim``.
 
-    aiohttp stops the read timer when an interim answer ends; it is started again for
-    the final head (unless a body is still being sent: that is timed by ``_send_body``).
+    The proxy never asks to switch protocols, so a 101 is a broken upstream. aiohttp
+    stops the read timer when an interim answer ends; it is started again for the final
+    head (unless a body is still being sent: that is timed by ``_send_body``).
     """
     while True:
         try:
             head, content = await proto.read()
         except HttpProcessingError as exc:
             raise MalformedAnswer(f"the upstream answered malformed HTTP: {exc.message}") from None
-        if not 100 <= head.code < 200 or head.code == 101:
+        if head.code == 101:
+            raise MalformedAnswer("the upstream switched protocols unasked (101)")
+        if not 100 <= head.code < 200:
             return head, content
+        if interim is not None:
+            interim(head)
         if body_task is None or body_task.done():
             proto.start_timeout()
 

@@ -18,9 +18,12 @@ import contextlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import h11
+import orjson
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -504,3 +507,182 @@ async def test_every_client_request_arrives_upstream_once_as_sent_framed_by_its_
         assert_framed_by_the_body(call, seen)
         assert_ours_once(seen, emulator)
     assert set(upstream.ends) == {"clean"}
+
+
+async def test_an_upstream_connection_option_never_names_away_the_answers_length(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    clients: Callable[[RunningProxy], Awaitable[Client]],
+) -> None:
+    """The answer's Content-Length is the message's, whatever its Connection names."""
+    reply = b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 2\r\n\r\nok"
+    proxy = await proxy_to(emulator, start_proxy, await h11_upstream(lambda _: reply))
+    client = await clients(proxy)
+    await client.send(request("GET", "/x"))
+    answer = await client.answer()
+    assert (answer.values(b"Content-Length"), answer.body) == ([b"2"], b"ok")
+    assert answer.values(b"Transfer-Encoding") == []
+
+
+# --------------------------------------------------------------------------- 2. bytes
+
+
+async def relay_one(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    clients: Callable[[RunningProxy], Awaitable[Client]],
+    reply: bytes,
+    client_request: bytes = b"GET /x HTTP/1.1\r\nHost: proxy.test\r\n\r\n",
+) -> tuple[Answer, Client]:
+    """One call through the proxy to an upstream that answers ``reply``."""
+    proxy = await proxy_to(emulator, start_proxy, await h11_upstream(lambda _: reply))
+    client = await clients(proxy)
+    await client.send(client_request)
+    return await client.answer(client_request.split(b" ", 1)[0].decode()), client
+
+
+async def test_request_header_bytes_reach_the_upstream_unchanged(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    clients: Callable[[RunningProxy], Awaitable[Client]],
+) -> None:
+    """obs-text in a value (and in X-Request-Id) arrives byte for byte, not dropped."""
+    upstream = await h11_upstream(echo_target)
+    proxy = await proxy_to(emulator, start_proxy, upstream)
+    client = await clients(proxy)
+    await client.send(
+        request(
+            "GET",
+            "/x",
+            b"X-Note: caf\xe9 \xff",
+            b"X-Request-Id: id-caf\xe9",
+            b"X-Utf8: caf\xc3\xa9",
+        )
+    )
+    assert (await client.answer()).status == 200
+    (seen,) = upstream.requests
+    assert seen.values(b"X-Note") == [b"caf\xe9 \xff"]
+    assert seen.values(b"X-Request-Id") == [b"id-caf\xe9"]
+    assert seen.values(b"X-Utf8") == [b"caf\xc3\xa9"]
+
+
+async def test_answer_header_bytes_and_reason_reach_the_client_unchanged(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    clients: Callable[[RunningProxy], Awaitable[Client]],
+) -> None:
+    """obs-text in an answer's value and reason phrase is relayed, not re-encoded."""
+    reply = b"HTTP/1.1 200 Gr\xe9at\r\nX-Note: caf\xe9 \xff\r\nContent-Length: 2\r\n\r\nok"
+    answer, client = await relay_one(emulator, start_proxy, h11_upstream, clients, reply)
+    assert answer.response.reason == b"Gr\xe9at"
+    assert answer.values(b"X-Note") == [b"caf\xe9 \xff"]
+    assert client.raw.startswith(b"HTTP/1.1 200 Gr\xe9at\r\nX-Note: caf\xe9 \xff\r\n")
+
+
+async def test_a_token_with_a_line_break_never_splits_the_upstream_request(
+    aiohttp_server: Any,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    clients: Callable[[RunningProxy], Awaitable[Client]],
+) -> None:
+    """The head is written by the proxy, so it checks what aiohttp's serializer checked:
+    a value with CR LF (here a hostile token endpoint's token) is refused, never sent."""
+
+    async def token(_: web.Request) -> web.Response:
+        access = "t0ken\r\nX-Injected: yes\r\n\r\nGET /smuggled HTTP/1.1"
+        return web.json_response({"access_token": access, "expires_in": 3600})
+
+    app = web.Application()
+    app.router.add_post("/accesstoken/get", token)
+    token_server = await aiohttp_server(app, host="127.0.0.1")
+    upstream = await h11_upstream(echo_target)
+    config = make_config(token_server.make_url("/accesstoken/get"), upstream.url)
+    client = await clients(await start_proxy(config))
+    await client.send(request("GET", "/x"))
+    assert (await client.answer()).status == 500
+    assert upstream.requests == []
+
+
+# --------------------------------------------------------------------------- 3. answers
+
+
+async def test_a_relayed_answer_gains_no_server_date_or_content_type(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    clients: Callable[[RunningProxy], Awaitable[Client]],
+) -> None:
+    """What the upstream sent, plus X-Request-Id: nothing else is made up."""
+    answer, _ = await relay_one(emulator, start_proxy, h11_upstream, clients, OK_ANSWER)
+    assert answer.names() == {b"content-length", b"x-request-id"}
+    assert answer.body == b"ok"
+
+
+async def test_a_304_keeps_its_content_length(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    clients: Callable[[RunningProxy], Awaitable[Client]],
+) -> None:
+    """A 304's Content-Length (the length of what the client holds) is relayed; no body
+    follows, so the next call on the connection gets its own answer."""
+    reply = b'HTTP/1.1 304 Not Modified\r\nETag: "v1"\r\nContent-Length: 1234\r\n\r\n'
+    answer, client = await relay_one(emulator, start_proxy, h11_upstream, clients, reply)
+    assert (answer.status, answer.body) == (304, b"")
+    assert answer.values(b"Content-Length") == [b"1234"]
+    assert answer.values(b"ETag") == [b'"v1"']
+    await client.send(request("GET", "/again"))
+    assert (await client.answer()).status == 304
+
+
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+
+
+async def test_early_hints_are_relayed_before_the_final_answer(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    clients: Callable[[RunningProxy], Awaitable[Client]],
+) -> None:
+    """A 1xx other than 101 reaches an HTTP/1.1 client first (RFC 9110 §15.2)."""
+    reply = EARLY_HINTS + OK_ANSWER
+    answer, _ = await relay_one(emulator, start_proxy, h11_upstream, clients, reply)
+    assert [(i.status_code, list(i.headers.raw_items())) for i in answer.interim] == [
+        (103, [(b"Link", b"</style.css>; rel=preload")])
+    ]
+    assert (answer.status, answer.body) == (200, b"ok")
+
+
+async def test_no_interim_answer_goes_to_an_http10_client(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    clients: Callable[[RunningProxy], Awaitable[Client]],
+) -> None:
+    """HTTP/1.0 has no 1xx: such a client gets the final answer only."""
+    reply = EARLY_HINTS + OK_ANSWER
+    client_request = b"GET /x HTTP/1.0\r\nHost: proxy.test\r\n\r\n"
+    answer, client = await relay_one(
+        emulator, start_proxy, h11_upstream, clients, reply, client_request
+    )
+    assert answer.interim == []
+    assert client.raw.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert (answer.status, answer.body) == (200, b"ok")
+
+
+async def test_an_unsolicited_101_is_a_502_problem(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    clients: Callable[[RunningProxy], Awaitable[Client]],
+) -> None:
+    """The proxy never asks to switch protocols: a 101 is a broken upstream, not an answer."""
+    reply = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    answer, _ = await relay_one(emulator, start_proxy, h11_upstream, clients, reply)
+    assert answer.status == 502
+    assert answer.values(b"Content-Type") == [b"application/problem+json"]
+    assert orjson.loads(answer.body)["status"] == 502
