@@ -17,7 +17,10 @@ The map, one concept per module:
 - ``forwarding``: ``Forwarder``: body in, upstream call, answer streamed back, the one
   safe replay; the one place upstream errors become 502/504
 - ``upstream``: ``UpstreamPool``: keep-alive HTTP/1.1 connections to upstreams over
-  aiohttp's client protocol (its parser, flow control, read time-outs)
+  aiohttp's client protocol (its parser, flow control, read time-outs); the request
+  head and its framing, written by the pool
+- ``relay``: ``RelayedResponse``: the upstream's answer to the client, its head as
+  received; interim 1xx answers relayed first
 - ``errors``: the proxy's own errors and their problem+json answers
 - ``admin``: ``/-/health``, ``/-/ready``, ``/-/metrics``, legacy token calls answered
   with a placeholder

@@ -36,6 +36,7 @@ from tests.conftest import (
     RunningProxy,
     make_config,
 )
+from tests.test_fault_matrix import metric
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -674,15 +675,30 @@ async def test_no_interim_answer_goes_to_an_http10_client(
     assert (answer.status, answer.body) == (200, b"ok")
 
 
-async def test_an_unsolicited_101_is_a_502_problem(
+async def test_an_unsolicited_101_is_a_502_problem_and_heals(
     emulator: RunningEmulator,
     start_proxy: ProxyFactory,
     h11_upstream: UpstreamFactory,
     clients: Callable[[RunningProxy], Awaitable[Client]],
 ) -> None:
-    """The proxy never asks to switch protocols: a 101 is a broken upstream, not an answer."""
-    reply = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-    answer, _ = await relay_one(emulator, start_proxy, h11_upstream, clients, reply)
+    """The proxy never asks to switch protocols: a 101 is a broken upstream, not an
+    answer; its connection is dropped and the next call is served."""
+    switch = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    upstream = await h11_upstream(lambda seen: switch if seen.target == b"/up" else OK_ANSWER)
+    proxy = await proxy_to(emulator, start_proxy, upstream)
+    client = await clients(proxy)
+    await client.send(request("GET", "/up"))
+    answer = await client.answer()
     assert answer.status == 502
     assert answer.values(b"Content-Type") == [b"application/problem+json"]
     assert orjson.loads(answer.body)["status"] == 502
+    (line,) = proxy.logs.events("request_completed")
+    assert (line["status"], line["error"]) == (502, "upstream_MalformedAnswer")
+    kind = {"kind": "upstream_MalformedAnswer"}
+    assert await metric(proxy, "vipps_proxy_upstream_errors_total", **kind) == 1
+
+    healed = await clients(proxy)
+    await healed.send(request("GET", "/next"))
+    assert ((await healed.answer()).status, len(upstream.writers)) == (200, 2)
