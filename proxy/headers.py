@@ -133,4 +133,6 @@ def response_fields(raw: Iterable[tuple[bytes, bytes]], request_id: str | None =
     kept = filtered([(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw], drop)
     if request_id is not None:
         kept.append((REQUEST_ID, request_id))
-    return "".join([f"{name}: {value}\r\n" for name, value in kept]).encode("latin-1")
+    if not kept:
+        return b""
+    return ("\r\n".join(map(": ".join, kept)) + "\r\n").encode("latin-1")
