@@ -608,6 +608,50 @@ async def test_a_token_with_a_line_break_never_splits_the_upstream_request(
     assert upstream.requests == []
 
 
+#: What a field value or reason phrase may hold: HTAB, SP, VCHAR, obs-text (RFC 9110 §5.5).
+FIELD_BYTE = st.sampled_from([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
+FIELD_VALUE = (
+    st.lists(FIELD_BYTE, min_size=1, max_size=40)
+    .map(bytes)
+    .map(
+        lambda v: v.strip(b" \t") or b"v"  # a value neither starts nor ends with whitespace
+    )
+)
+
+
+def reflect(seen: Seen) -> bytes:
+    """The request's X-Value back as the answer's, its X-Reason as the reason phrase."""
+    (value,), (reason,) = seen.values(b"X-Value"), seen.values(b"X-Reason")
+    return b"HTTP/1.1 200 %s\r\nX-Value: %s\r\nContent-Length: 2\r\n\r\nok" % (reason, value)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(value=FIELD_VALUE, reason=FIELD_VALUE)
+async def test_field_and_reason_bytes_cross_unchanged_both_ways(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    value: bytes,
+    reason: bytes,
+) -> None:
+    """Any bytes a field value may hold reach the upstream as sent, and come back in the
+    answer (and as its reason phrase) as the upstream sent them: latin-1 round-trips."""
+    upstream = await h11_upstream(reflect)
+    proxy = await proxy_to(emulator, start_proxy, upstream)
+    client = await Client.open(proxy)
+    try:
+        await client.send(request("GET", "/v", b"X-Value: " + value, b"X-Reason: " + reason))
+        answer = await client.answer()
+    finally:
+        await client.close()
+        await proxy.runner.cleanup()
+    (seen,) = upstream.requests
+    assert (seen.values(b"X-Value"), seen.values(b"X-Reason")) == ([value], [reason])
+    assert (answer.values(b"X-Value"), answer.response.reason) == ([value], reason)
+
+
 # --------------------------------------------------------------------------- 3. answers
 
 
