@@ -343,6 +343,8 @@ CONNECTION_TOKENS = [
     "Merchant-Serial-Number",
     "X-Request-Id",
     "X-A",
+    "Content-Type",
+    "Expect",
     "keep-alive",
 ]
 BODY_METHODS = {"POST", "PUT", "PATCH"}
