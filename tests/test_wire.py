@@ -182,7 +182,7 @@ async def proxy_to(
 
 @dataclass
 class Answer:
-    """One answer as h11 parsed it at the client, and the raw bytes of its head."""
+    """One answer as h11 parsed it at the client: interim answers, final head, body."""
 
     interim: list[h11.InformationalResponse]
     response: h11.Response
@@ -274,19 +274,20 @@ async def clients() -> AsyncIterator[Callable[[RunningProxy], Awaitable[Client]]
 
 
 def request(
-    method: str, target: str, *headers: bytes, body: bytes | None = None, chunked: bool = False
+    method: str, target: str, *headers: bytes, body: bytes | None = None, chunk: int = 0
 ) -> bytes:
-    """A raw HTTP/1.1 request: ``headers`` as given, then the body's framing, then the body."""
+    """A raw HTTP/1.1 request: ``headers`` as given, then the body framed by its
+    length (``chunk`` 0) or chunked in pieces of ``chunk`` bytes."""
     lines = [f"{method} {target} HTTP/1.1".encode(), b"Host: proxy.test", *headers]
-    if body is not None and chunked:
-        lines.append(b"Transfer-Encoding: chunked")
-        payload = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
-    elif body is not None:
+    if body is None:
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+    if not chunk:
         lines.append(b"Content-Length: %d" % len(body))
-        payload = body
-    else:
-        payload = b""
-    return b"\r\n".join(lines) + b"\r\n\r\n" + payload
+        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+    lines.append(b"Transfer-Encoding: chunked")
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces)
+    return b"\r\n".join(lines) + b"\r\n\r\n" + chunks + b"0\r\n\r\n"
 
 
 # --------------------------------------------------------------------------- 1. framing
@@ -366,16 +367,7 @@ class ClientCall:
             self.body_repr = f"{len(self.body)} bytes: {self.body[:40]!r}..."
 
     def wire(self, target: str) -> bytes:
-        head = [f"{self.method} {target} HTTP/1.1".encode(), b"Host: proxy.test", *self.headers]
-        if self.body is None:
-            return b"\r\n".join(head) + b"\r\n\r\n"
-        if not self.chunk:
-            head.append(b"Content-Length: %d" % len(self.body))
-            return b"\r\n".join(head) + b"\r\n\r\n" + self.body
-        head.append(b"Transfer-Encoding: chunked")
-        pieces = [self.body[i : i + self.chunk] for i in range(0, len(self.body), self.chunk)]
-        chunks = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces)
-        return b"\r\n".join(head) + b"\r\n\r\n" + chunks + b"0\r\n\r\n"
+        return request(self.method, target, *self.headers, body=self.body, chunk=self.chunk)
 
     @property
     def has_body(self) -> bool:
