@@ -316,9 +316,10 @@ def _request_head(line: str, headers: CIMultiDict[str]) -> bytes:
 
     aiohttp's server parser decodes header bytes as UTF-8 with ``surrogateescape``, so
     encoding back the same way restores them, obs-text included (aiohttp's serializer
-    drops such bytes, its pure-Python twin refuses them). As that serializer did, a control character or a line break
-    inside a field (which would make a header, or a request, of its own) is refused:
-    once the allowed bytes are taken out, only the line ends may be left.
+    drops such bytes; its pure-Python twin refuses them). As that serializer did, a
+    control character or a line break inside a field (which would make a header, or a
+    request, of its own) is refused: once the allowed bytes are taken out, only the
+    line ends may be left.
     """
     fields = list(map(": ".join, headers.items()))  # no f-string per field: ~40 % cheaper
     head = ("\r\n".join([line, *fields]) + "\r\n\r\n").encode("utf-8", "surrogateescape")
