@@ -18,8 +18,11 @@ The map, one concept per module:
   safe replay; the one place upstream errors become 502/504
 - ``upstream``: ``UpstreamPool``: keep-alive HTTP/1.1 connections to upstreams over
   aiohttp's client protocol (its parser, flow control, read time-outs), limited per
-  origin; the one safe resend on a connection found closed
+  origin; the request head and its framing, written by the pool; the one safe resend on
+  a connection found closed
 - ``resolver``: ``Resolver``: upstream name look-ups shared while under way, kept 10 s
+- ``relay``: ``RelayedResponse``: the upstream's answer to the client, its head as
+  received; interim 1xx answers relayed first
 - ``errors``: the proxy's own errors and their problem+json answers
 - ``admin``: ``/-/health``, ``/-/ready``, ``/-/metrics``, legacy token calls answered
   with a placeholder

@@ -28,9 +28,9 @@ from proxy.errors import (
     ProxyError,
     UpstreamBusy,
 )
-from proxy.headers import response_headers as clean_response_headers
 from proxy.headers import upstream_request_headers
 from proxy.inbound import continue_body
+from proxy.relay import RelayedResponse, interim_relay
 from proxy.state import ProxyState
 from proxy.tokens import MAX_REFUSAL_BODY, OTHER_REFUSAL, TOKEN_REFUSED, Token, refusal_cause
 from proxy.upstream import (
@@ -133,6 +133,7 @@ class Forwarder:
                     request.raw_path,
                     headers,
                     body if replayable else self._stream(request, call),
+                    interim=interim_relay(request),
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._not_sent(route, call, exc) from None
@@ -217,11 +218,7 @@ class Forwarder:
         """Stream the upstream's answer to the client (``held``: its start, already
         read); after headers, faults abort."""
         call.status = upstream.status
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=clean_response_headers(upstream.raw_headers, call.request_id),
-        )
+        response = RelayedResponse(upstream.head, call.request_id)
         try:
             await response.prepare(request)
             if request.method != hdrs.METH_HEAD and upstream.status not in NO_BODY_STATUSES:
@@ -229,12 +226,13 @@ class Forwarder:
                     await response.write(held)
                     call.bytes_out += len(held)
                 content = upstream.content
-                if content.is_eof():  # a small answer is whole by now: no iterator
+                if content.is_eof():  # a small answer is whole by now: one send, no iterator
                     chunk = content.read_nowait()
                     if chunk:
                         await response.write(chunk)
                         call.bytes_out += len(chunk)
                 else:
+                    response.send_head()  # the client learns of the answer without waiting
                     async for chunk in content.iter_any():
                         await response.write(chunk)
                         call.bytes_out += len(chunk)

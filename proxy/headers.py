@@ -40,9 +40,10 @@ CLIENT_CREDENTIALS: Final = _lower(
 )
 
 #: Request headers the proxy itself answers or sets: `Host` comes from the upstream URL,
+#: the framing (`Content-Length`, `Transfer-Encoding`) from the body the proxy sends,
 #: `Expect: 100-continue` is answered by the proxy (a forwarded one would make the
 #: upstream wait for a second 100 that never comes).
-REQUEST_DROP: Final = HOP_BY_HOP | _lower(hdrs.HOST, hdrs.EXPECT)
+REQUEST_DROP: Final = HOP_BY_HOP | _lower(hdrs.HOST, hdrs.CONTENT_LENGTH, hdrs.EXPECT)
 #: What an authenticated route removes: also every credential the client sent.
 AUTHENTICATED_DROP: Final = REQUEST_DROP | CLIENT_CREDENTIALS
 MERCHANT_SERIAL_NUMBER: Final = "Merchant-Serial-Number"
@@ -57,12 +58,18 @@ RESPONSE_DROP: Final = HOP_BY_HOP
 RESPONSE_ID_DROP: Final = RESPONSE_DROP | _lower(REQUEST_ID)
 
 
+#: What a `Connection` option never removes: the framing and the authority are the
+#: message's, not the hop's (a dropped length once let a body ride as a request).
+NEVER_CONNECTION_NAMED: Final = _lower(hdrs.HOST, hdrs.CONTENT_LENGTH, hdrs.TRANSFER_ENCODING)
+
+
 def _tokens(value: str) -> Iterator[str]:
     return (t.strip().lower() for t in value.split(",") if t.strip())
 
 
 def filtered(headers: Headers, drop: frozenset[str]) -> list[tuple[str, str]]:
-    """``headers`` in order, repeats kept, less ``drop`` and the Connection-named ones.
+    """``headers`` in order, repeats kept, less ``drop`` and the Connection-named ones
+    (never ``NEVER_CONNECTION_NAMED``; what the proxy adds comes after, out of reach).
 
     One pass over the headers; a second one over what was kept only when a
     `Connection` field names something not already dropped (rare).
@@ -77,6 +84,7 @@ def filtered(headers: Headers, drop: frozenset[str]) -> list[tuple[str, str]]:
         if lower not in drop:
             kept.append((name, value))
     if named and not named <= drop:
+        named -= NEVER_CONNECTION_NAMED
         kept = [(k, v) for k, v in kept if k.lower() not in named]
     return kept
 
@@ -115,10 +123,9 @@ def upstream_request_headers(
     return out
 
 
-def response_headers(
-    raw: Iterable[tuple[bytes, bytes]], request_id: str | None = None
-) -> list[tuple[str, str]]:
-    """The upstream's response headers for the client, from the raw wire pairs.
+def response_fields(raw: Iterable[tuple[bytes, bytes]], request_id: str | None = None) -> bytes:
+    """The upstream's answer fields for the client, as wire bytes: each ``name: value``
+    line as received (latin-1 round-trips every byte), less hop-by-hop ones.
 
     With ``request_id``, the upstream's own ``X-Request-Id`` gives way to it.
     """
@@ -126,4 +133,6 @@ def response_headers(
     kept = filtered([(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw], drop)
     if request_id is not None:
         kept.append((REQUEST_ID, request_id))
-    return kept
+    if not kept:
+        return b""
+    return ("\r\n".join(map(": ".join, kept)) + "\r\n").encode("latin-1")

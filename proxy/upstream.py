@@ -29,12 +29,14 @@ import aiohappyeyeballs
 import aiohttp
 from aiohttp import hdrs
 from aiohttp.client_proto import ResponseHandler
-from aiohttp.http import HttpProcessingError, StreamWriter
+from aiohttp.http import HttpProcessingError, RawResponseMessage, StreamWriter
 from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.resolver import Resolver
 
+#: What a request head may hold besides its line ends: HTAB, SP, visible ASCII, obs-text.
+_FIELD_BYTES: Final = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 HAPPY_EYEBALLS_DELAY: Final = 0.25  # RFC 8305's recommended wait before the next address
 READ_BUFSIZE: Final = 2**18  # what a download is read in, at most, per wake-up
 #: Methods whose requests carry a body: without one they get Content-Length: 0,
@@ -53,6 +55,7 @@ STALE_CONNECTION_ERRORS: Final = (
 
 Key = tuple[str, int, bool]
 Body = bytes | AsyncIterable[bytes] | None
+Interim = Callable[[RawResponseMessage], None]
 
 
 class ConnectFailed(aiohttp.ClientConnectionError):
@@ -129,6 +132,7 @@ class UpstreamResponse:
         "_pool",
         "_proto",
         "content",
+        "head",
         "raw_headers",
         "reason",
         "retried",
@@ -140,12 +144,13 @@ class UpstreamResponse:
         pool: UpstreamPool,
         key: Key,
         proto: _Connection,
-        head: aiohttp.http.RawResponseMessage,
+        head: RawResponseMessage,
         content: aiohttp.StreamReader,
         body_task: asyncio.Task[None] | None,
     ) -> None:
         self._pool, self._key, self._body_task = pool, key, body_task
         self._proto: _Connection | None = proto
+        self.head = head
         self.status: int = head.code
         self.reason: str = head.reason
         self.raw_headers = head.raw_headers
@@ -207,11 +212,13 @@ class UpstreamPool:
         target: str,
         headers: CIMultiDict[str],
         body: Body,
+        interim: Interim | None = None,
     ) -> UpstreamResponse:
         """Send the call and return the answer's head; the body is left to stream.
 
         A call that met a connection the upstream had closed while idle is sent again,
         once, on a new connection, if that is safe (see the module's docstring).
+        ``interim`` is given each interim (1xx) answer's head as it comes.
         """
         origin = self._origins.get(up.key) or self._origins.setdefault(up.key, _Origin())
         proto = self._take_idle(origin) if origin.busy < self.limit else None
@@ -220,12 +227,12 @@ class UpstreamPool:
         else:  # the common case, without a coroutine
             origin.busy += 1
         try:
-            return await self._send(up, proto, method, target, headers, body)
+            return await self._send(up, proto, method, target, headers, body, interim)
         except STALE_CONNECTION_ERRORS:
             if not proto.reused or proto.answered or method not in RESENDABLE or not _held(body):
                 raise
         proto = await self._acquire(up, origin, fresh=True)
-        response = await self._send(up, proto, method, target, headers, body)
+        response = await self._send(up, proto, method, target, headers, body, interim)
         response.retried = True
         return response
 
@@ -237,6 +244,7 @@ class UpstreamPool:
         target: str,
         headers: CIMultiDict[str],
         body: Body,
+        interim: Interim | None,
     ) -> UpstreamResponse:
         """Send the call once on ``proto``; on failure the connection is closed."""
         proto.answered = False
@@ -250,20 +258,20 @@ class UpstreamPool:
                 read_bufsize=READ_BUFSIZE,
             )
             writer = StreamWriter(proto, asyncio.get_running_loop())
-            line = f"{method} {up.base_path}{target} HTTP/1.1"
+            _frame(headers, method, body)
+            request_head = _request_head(f"{method} {up.base_path}{target} HTTP/1.1", headers)
             if body is None or isinstance(body, bytes):
-                if body is None and method in BODY_METHODS and hdrs.CONTENT_LENGTH not in headers:
-                    headers[hdrs.CONTENT_LENGTH] = "0"
-                await writer.write_headers(line, headers)
-                await writer.write_eof(body or b"")
+                # One write; the read timer (started now) bounds an upstream that takes
+                # neither the body nor answers.
+                await writer.write(request_head + body if body else request_head, drain=False)
                 proto.start_timeout()
             else:
-                if hdrs.CONTENT_LENGTH not in headers:
-                    headers[hdrs.TRANSFER_ENCODING] = "chunked"
-                    writer.enable_chunking()
-                await writer.write_headers(line, headers)
+                # Held as StreamWriter.write_headers holds its own, to go with the first
+                # chunk: a body that fails before it has sent nothing upstream.
+                writer._headers_buf, writer._headers_written = request_head, False
+                writer.enable_chunking()
                 body_task = asyncio.create_task(_send_body(proto, writer, body, up.read_timeout))
-            head, content = await _read_head(proto, body_task)
+            head, content = await _read_head(proto, body_task, interim)
         except BaseException:
             if body_task is not None:
                 body_task.cancel()
@@ -372,6 +380,38 @@ def _wake_next(origin: _Origin) -> None:
             return
 
 
+def _frame(headers: CIMultiDict[str], method: str, body: Body) -> None:
+    """The request's framing, from the body the pool sends and nothing else: a held body
+    gets its length, a streamed one is chunked, none gets neither (``Content-Length: 0``
+    for a method that carries a body). Framing fields in ``headers`` are replaced: a
+    length the body does not have would let a request ride inside another."""
+    headers.popall(hdrs.CONTENT_LENGTH, None)
+    headers.popall(hdrs.TRANSFER_ENCODING, None)
+    if isinstance(body, bytes):
+        headers[hdrs.CONTENT_LENGTH] = str(len(body))
+    elif body is not None:
+        headers[hdrs.TRANSFER_ENCODING] = "chunked"
+    elif method in BODY_METHODS:
+        headers[hdrs.CONTENT_LENGTH] = "0"
+
+
+def _request_head(line: str, headers: CIMultiDict[str]) -> bytes:
+    """The request head, each value the very bytes the client sent.
+
+    aiohttp's server parser decodes header bytes as UTF-8 with ``surrogateescape``, so
+    encoding back the same way restores them, obs-text included (aiohttp's serializer
+    drops such bytes; its pure-Python twin refuses them). As that serializer did, a
+    control character or a line break inside a field (which would make a header, or a
+    request, of its own) is refused: once the allowed bytes are taken out, only the
+    line ends may be left.
+    """
+    fields = list(map(": ".join, headers.items()))  # no f-string per field: ~40 % cheaper
+    head = ("\r\n".join([line, *fields]) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+    if head.translate(None, _FIELD_BYTES) != b"\r\n" * (len(fields) + 2):
+        raise ValueError("a request header holds a control character")
+    return head
+
+
 def _fit_for_a_call(proto: _Connection, since: float, oldest_allowed: float) -> bool:
     """An idle connection that may carry another call: young enough, open, and with
     nothing pending on it (no early bytes, no error from a timer or the peer)."""
@@ -409,20 +449,25 @@ async def _connect(up: Upstream, resolver: Resolver) -> _Connection:
 
 
 async def _read_head(
-    proto: ResponseHandler, body_task: asyncio.Task[None] | None
-) -> tuple[aiohttp.http.RawResponseMessage, aiohttp.StreamReader]:
-    """The final answer's head; 1xx interim answers (other than 101) are skipped.
+    proto: _Connection, body_task: asyncio.Task[None] | None, interim: Interim | None
+) -> tuple[RawResponseMessage, aiohttp.StreamReader]:
+    """The final answer's head; each 1xx interim answer before it goes to ``interim``.
 
-    aiohttp stops the read timer when an interim answer ends; it is started again for
-    the final head (unless a body is still being sent: that is timed by ``_send_body``).
+    The proxy never asks to switch protocols, so a 101 is a broken upstream. aiohttp
+    stops the read timer when an interim answer ends; it is started again for the final
+    head (unless a body is still being sent: that is timed by ``_send_body``).
     """
     while True:
         try:
             head, content = await proto.read()
         except HttpProcessingError as exc:
             raise MalformedAnswer(f"the upstream answered malformed HTTP: {exc.message}") from None
-        if not 100 <= head.code < 200 or head.code == 101:
+        if head.code == 101:
+            raise MalformedAnswer("the upstream switched protocols unasked (101)")
+        if not 100 <= head.code < 200:
             return head, content
+        if interim is not None:
+            interim(head)
         if body_task is None or body_task.done():
             proto.start_timeout()
 

@@ -24,7 +24,7 @@ from yarl import URL
 
 from proxy.config import AuthMode, Credentials, Route
 from proxy.errors import BadRequest, ProxyError
-from proxy.headers import filtered, upstream_request_headers
+from proxy.headers import NEVER_CONNECTION_NAMED, filtered, upstream_request_headers
 from proxy.routing import Router, normalise_path, under
 from proxy.secret import Secret
 
@@ -309,7 +309,9 @@ HOP_BY_HOP = [
     "Transfer-Encoding",
     "Upgrade",
 ]
-DROPPED_ALWAYS = {n.lower() for n in [*HOP_BY_HOP, "Proxy-Authorization", "Host", "Expect"]}
+DROPPED_ALWAYS = {
+    n.lower() for n in [*HOP_BY_HOP, "Proxy-Authorization", "Host", "Content-Length", "Expect"]
+}
 CREDENTIALS = {n.lower() for n in CREDENTIAL_NAMES}
 MSN = "merchant-serial-number"
 SYSTEM = "vipps-system-name"
@@ -339,7 +341,15 @@ OTHER_NAME = st.one_of(
     st.text(st.sampled_from("abcXYZ019-_"), min_size=1, max_size=8),
 )
 POLICY_NAME = any_case(
-    [*CREDENTIAL_NAMES, *HOP_BY_HOP, "Host", "Expect", "Merchant-Serial-Number", SYSTEM]
+    [
+        *CREDENTIAL_NAMES,
+        *HOP_BY_HOP,
+        "Host",
+        "Content-Length",
+        "Expect",
+        "Merchant-Serial-Number",
+        SYSTEM,
+    ]
 )
 
 
@@ -379,8 +389,9 @@ def kept(headers: list[tuple[str, str]], drop: set[str]) -> list[tuple[str, str]
 def test_filtering_keeps_every_other_header_in_order_with_repeats(
     headers: list[tuple[str, str]], drop: set[str]
 ) -> None:
-    """``filtered`` removes exactly the dropped and Connection-named names, nothing else."""
-    expected = kept(headers, drop | connection_named(headers))
+    """``filtered`` removes exactly the dropped and Connection-named names, nothing else;
+    a Connection option never names away the framing or Host."""
+    expected = kept(headers, drop | connection_named(headers) - NEVER_CONNECTION_NAMED)
     assert filtered(headers, frozenset(drop)) == expected
 
 

@@ -416,19 +416,20 @@ async def test_streamed_body_without_length_goes_chunked(
     assert request.body == b"hello world"
 
 
-async def test_streamed_body_with_content_length_goes_as_is(
+async def test_framing_fields_given_are_replaced_by_the_bodys_own(
     raw_upstream: UpstreamFactory, make_pool: PoolFactory
 ) -> None:
-    """A streamed body with a Content-Length goes out by that length, not chunked."""
+    """Framing comes from the body sent, never from the headers given: a streamed body
+    goes chunked whatever Content-Length came with it (issue 11)."""
     upstream = await raw_upstream(answer_ok)
     pool, up = make_pool(), upstream.upstream()
-    headers = CIMultiDict([("Host", up.host_header), ("Content-Length", "11")])
+    headers = CIMultiDict([("Host", up.host_header), ("Content-Length", "5")])
     response = await start(pool, up, "PUT", "/s", headers, chunks(b"hello", b" world"))
     response.release()
     (request,) = upstream.requests
-    assert request.head.endswith(b"\r\nContent-Length: 11\r\n\r\n")
-    assert b"transfer-encoding" not in request.head.lower()
-    assert request.raw_body == b"hello world"
+    assert request.head.endswith(b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert b"content-length" not in request.head.lower()
+    assert request.body == b"hello world"
 
 
 async def test_head_answer_with_content_length_leaves_the_connection_reusable(
