@@ -26,8 +26,10 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from multidict import CIMultiDict
 
 from proxy.forwarding import REPLAYABLE_BODY
+from proxy.upstream import _request_head
 from tests.conftest import (
     DEMO_MSN,
     DEMO_SUBSCRIPTION_KEY,
@@ -580,8 +582,8 @@ async def test_a_token_with_a_line_break_never_splits_the_upstream_request(
     h11_upstream: UpstreamFactory,
     clients: Callable[[RunningProxy], Awaitable[Client]],
 ) -> None:
-    """The head is written by the proxy, so it checks what aiohttp's serializer checked:
-    a value with CR LF (here a hostile token endpoint's token) is refused, never sent."""
+    """A hostile token endpoint's token with CR LF is a failed fetch (503), never sent:
+    the token is checked when fetched, and the head writer checks again (below)."""
 
     async def token(_: web.Request) -> web.Response:
         access = "t0ken\r\nX-Injected: yes\r\n\r\nGET /smuggled HTTP/1.1"
@@ -594,8 +596,17 @@ async def test_a_token_with_a_line_break_never_splits_the_upstream_request(
     config = make_config(token_server.make_url("/accesstoken/get"), upstream.url)
     client = await clients(await start_proxy(config))
     await client.send(request("GET", "/x"))
-    assert (await client.answer()).status == 500
+    assert (await client.answer()).status == 503
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Injected: yes", "a\nb", "a\rb", "a\x00b", "a\x7fb"])
+def test_the_request_head_writer_refuses_a_value_that_would_split_the_head(value: str) -> None:
+    """The proxy writes the upstream head itself, so it keeps the check aiohttp's
+    serializer made: a field value with a line break or control character is refused."""
+    headers = CIMultiDict({"Host": "h", "X-Note": value})
+    with pytest.raises(ValueError, match="control character"):
+        _request_head("GET / HTTP/1.1", headers)
 
 
 #: What a field value or reason phrase may hold: HTAB, SP, VCHAR, obs-text (RFC 9110 §5.5).
