@@ -1,4 +1,4 @@
-"""The command line: run, check, demo, emulator. Only loads config and starts things."""
+"""The command line: run, check, demo, emulator, webhooks. Only loads config and starts things."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if command == "check":
         return _check(config)
+    if command == "webhooks":
+        from proxy.webhooks import commands
+
+        return commands.run(config, args)
     from proxy.server import run
 
     return run(config)
@@ -54,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     emu.add_argument("--port", type=int, default=8081)
     emu.add_argument("--admin-port", type=int, default=0, help="fault switches (0: off)")
     emu.add_argument("--token-lifetime", type=float, default=3600.0)
+    from proxy.webhooks.commands import add_parser
+
+    add_parser(sub)
     return parser
 
 

@@ -86,9 +86,7 @@ async def test_an_acknowledged_event_survives_kill_9_and_is_delivered_after_rest
     assert event.state == "delivered"
 
 
-async def test_two_workers_deliver_each_event_once(
-    tmp_path: Path, aiohttp_server: Any
-) -> None:
+async def test_two_workers_deliver_each_event_once(tmp_path: Path, aiohttp_server: Any) -> None:
     port, app_port = free_port(), free_port()
     config = relay_config(tmp_path, port, app_port, workers=2)
     app = LegacyApp()
