@@ -320,3 +320,27 @@ async def test_the_webhook_secret_never_appears_in_the_logs(relay: Relay) -> Non
     await relay.send(b"{}", Authorization=SECRET)
     await eventually(lambda: stored(relay.store, "delivered") != [], "delivery")
     assert SECRET not in relay.proxy.logs.text()
+
+
+async def test_an_ecom_callback_is_acknowledged_and_re_sent_until_the_app_is_up(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    """eCom v2 tries a callback once: the proxy answers at once and keeps trying."""
+    port = free_port()
+    hooks = [{"path": ECOM, "kind": "ecom-callback", "deliver_to": f"http://127.0.0.1:{port}/cb"}]
+    relay = await start_relay(emulator, start_proxy, tmp_path, port, hooks=hooks)
+    body = b'{"orderId":"o-77","transactionInfo":{"status":"RESERVED"}}'
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(
+            relay.proxy.at(ECOM + "/v2/payments/o-77"),
+            data=body,
+            headers={"Authorization": "app-auth-token"},
+        ) as response,
+    ):
+        assert response.status == 200
+    await eventually(lambda: relay.proxy.logs.events("webhook_retry") != [], "a failed attempt")
+    await start_app(aiohttp_server, relay.app, port)
+    await eventually(lambda: stored(relay.store, "delivered") != [], "delivery")
+    (got,) = relay.app.received
+    assert (got.body, got.header("Authorization")) == (body, "app-auth-token")
