@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "emulator":
         return _emulator(args.host, args.port, args.admin_port, args.token_lifetime)
     if command == "demo":
-        return _demo(args.port, args.emulator_port)
+        return _demo(args.port, args.emulator_port, args.app_port)
     try:
         config = load_config(_config_path(args.config))
     except ConfigError as exc:
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the built-in Vipps emulator with the proxy in front")
     demo.add_argument("--port", type=int, default=8080)
     demo.add_argument("--emulator-port", type=int, default=8081)
+    demo.add_argument("--app-port", type=int, default=0, help="the demo app (0: any free)")
     emu = sub.add_parser("emulator", help="the Vipps emulator alone, for offline work")
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--port", type=int, default=8081)
@@ -74,18 +75,30 @@ def _check(config: Config) -> int:
     return 0
 
 
-def _demo(port: int, emulator_port: int) -> int:
+def _demo(port: int, emulator_port: int, app_port: int) -> int:
     emulator_url = f"http://127.0.0.1:{emulator_port}"
     text = resources.files("proxy").joinpath("demo.toml").read_text(encoding="utf-8")
+    import tempfile
     import tomllib
 
-    env = {**os.environ, "DEMO_EMULATOR_URL": emulator_url}
+    from proxy.demo import DemoWebhooks, free_port, run_demo
+
+    hooks = DemoWebhooks(
+        app_port=app_port or free_port(),
+        secret=secrets.token_urlsafe(32),
+        store=os.path.join(tempfile.mkdtemp(prefix="vipps-proxy-demo-"), "webhooks.sqlite3"),
+    )
+    env = {
+        **os.environ,
+        "DEMO_EMULATOR_URL": emulator_url,
+        "DEMO_APP_URL": f"http://127.0.0.1:{hooks.app_port}",
+        "DEMO_WEBHOOK_SECRET": hooks.secret,
+        "DEMO_STORE": hooks.store,
+    }
     config = parse_config(tomllib.loads(text), env, source="demo.toml")
     server = config.server.__class__(**{**config.server.__dict__, "port": port})
     config = config.__class__(**{**config.__dict__, "server": server})
-    from proxy.demo import run_demo
-
-    return run_demo(config, emulator_port, curl_line(port))
+    return run_demo(config, emulator_port, curl_line(port), hooks)
 
 
 def curl_line(port: int) -> str:

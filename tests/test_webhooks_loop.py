@@ -5,6 +5,7 @@ emulator's signed ePayment events through the proxy to the legacy app; and the C
 from __future__ import annotations
 
 import asyncio
+import signal
 import stat
 import subprocess
 import sys
@@ -192,3 +193,38 @@ path = "var/events.sqlite3"
     assert stored(tmp_path / "var" / "events.sqlite3", "failed") == []
     assert len(stored(tmp_path / "var" / "events.sqlite3", "pending")) == 3
     assert cli(config, "retry", "no-such-id").returncode == 1
+
+
+async def test_the_demo_shows_the_webhook_loop() -> None:
+    """`vipps-proxy demo`: a payment made with the printed curl line comes back to the
+    demo app as webhooks through the proxy, and the app prints them."""
+    port, emulator_port = free_port(), free_port()
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "demo",
+        "--port",
+        str(port),
+        "--emulator-port",
+        str(emulator_port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert demo.stdout is not None
+    try:
+        line = b""
+        while not line.startswith(b"curl "):
+            line = await asyncio.wait_for(demo.stdout.readline(), 20)
+            assert line, "demo exited before printing the curl line"
+        await asyncio.to_thread(
+            subprocess.run, ["bash", "-c", line.decode()], capture_output=True, timeout=20
+        )
+        while b"demo app received AUTHORIZED for payment demo-" not in line:
+            line = await asyncio.wait_for(demo.stdout.readline(), 20)
+            assert line, "demo exited before the app printed the event"
+            print(line[:300])
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(demo.wait(), 20)
+    assert demo.returncode == 0

@@ -3,6 +3,7 @@ app standing in for the legacy app."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
+from proxy.app import ProxyRunner
 from tests.conftest import (
     ProxyFactory,
     RunningEmulator,
@@ -344,3 +346,16 @@ async def test_an_ecom_callback_is_acknowledged_and_re_sent_until_the_app_is_up(
     await eventually(lambda: stored(relay.store, "delivered") != [], "delivery")
     (got,) = relay.app.received
     assert (got.body, got.header("Authorization")) == (body, "app-auth-token")
+
+
+async def test_closing_the_relay_just_as_the_deliverer_is_woken_stops_it(relay: Relay) -> None:
+    """A wake-up and the cancel at shutdown in the same loop turn: the cancel must win
+    (Python 3.11's wait_for lost it, and the proxy hung for good at SIGTERM)."""
+    runner = relay.proxy.runner
+    assert isinstance(runner, ProxyRunner)
+    webhooks = runner.proxy.state.webhooks
+    assert webhooks is not None
+    await eventually(lambda: webhooks.deliverer.lease.held, "the deliverer started")
+    await asyncio.sleep(0.1)  # it is waiting for work now
+    webhooks.deliverer.wake()
+    await asyncio.wait_for(webhooks.close(), 5)

@@ -133,8 +133,11 @@ class Deliverer:
                 following = await self.store.run(self.store.next_attempt_at)
                 if following is not None:
                     wait = min(POLL, max(0.0, following - time.time()))
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that
+            # lands as the wake-up does, and the loop would outlive its app.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task.get_name(), None)

@@ -7,7 +7,6 @@ eCom callback hook); ``start`` and ``close`` run with the app's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 from typing import Final
 
@@ -76,9 +75,9 @@ class WebhookRelay:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # gather, not `await task` under suppress(CancelledError): that would also
+        # swallow a cancel of close() itself.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.receiver.session is not None:
             await self.receiver.session.close()
         await asyncio.to_thread(self.store.close)
