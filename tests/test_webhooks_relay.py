@@ -194,6 +194,26 @@ async def test_events_of_one_reference_arrive_in_order(
     assert relay.app.bodies() == bodies
 
 
+async def test_a_later_event_waits_while_an_earlier_one_of_its_reference_is_retried(
+    relay: Relay,
+) -> None:
+    """The app refuses the payment's events for a while: nothing of that payment after
+    the first is even tried until the first is delivered."""
+    relay.app.failing.add("order-8")
+    bodies = [payment_event("order-8", name, n) for n, name in enumerate(
+        ["CREATED", "AUTHORIZED", "CAPTURED"]
+    )]  # fmt: skip
+    for body in bodies:
+        assert (await relay.send(body))[0] == 200
+    await eventually(lambda: relay.app.bodies().count(bodies[0]) >= 2, "the first retried")
+    relay.app.failing.clear()
+    await eventually(lambda: len(stored(relay.store, "delivered")) == 3, "all delivered")
+    seen = relay.app.bodies()
+    first_delivered = len(seen) - 1 - seen[::-1].index(bodies[0])
+    assert seen[first_delivered:] == bodies
+    assert set(seen[:first_delivered]) == {bodies[0]}
+
+
 async def test_a_stuck_reference_does_not_hold_back_another(relay: Relay) -> None:
     relay.app.failing.add("stuck")
     stuck_1, stuck_2 = payment_event("stuck", "CREATED"), payment_event("stuck", "AUTHORIZED")
