@@ -120,3 +120,12 @@ def test_another_process_sees_a_committed_event(store: Store) -> None:
         assert other.execute("SELECT id FROM events").fetchall() == [(event_id,)]
     finally:
         other.close()
+
+
+def test_prune_forgets_old_delivered_events_only(store: Store) -> None:
+    old, old_failed, new = add(store, b"a", now=10), add(store, b"b", now=10), add(store, b"c")
+    store.mark_delivered(old, 1)
+    store.mark_failed(old_failed, 3, "timeout")
+    store.mark_delivered(new, 1)
+    assert store.prune(before=50) == 1
+    assert {e.id for e in store.events()} == {old_failed, new}

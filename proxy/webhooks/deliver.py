@@ -37,6 +37,10 @@ FIRST_BACKOFF: Final = 1.0
 MAX_BACKOFF: Final = 300.0
 POLL: Final = 0.5  # seconds between looks at the store (events other workers took in)
 LEASE_RETRY: Final = 2.0  # seconds between tries to take the lease over
+#: Delivered events are kept this long (twice Vipps' 7 days of retries), so a late
+#: duplicate from Vipps is still recognised; then pruned, hourly. Failed ones stay.
+KEEP_DELIVERED: Final = 14 * 86400.0
+PRUNE_EVERY: Final = 3600.0
 EVENT_ID: Final = "Vipps-Proxy-Event-Id"
 ATTEMPT: Final = "Vipps-Proxy-Attempt"
 #: What never goes to the app: connection fields, and what aiohttp sets for this hop.
@@ -120,9 +124,13 @@ class Deliverer:
         )
 
     async def _deliver_forever(self, session: aiohttp.ClientSession) -> None:
+        pruned_at = 0.0
         while True:
             self._wake.clear()
             now = time.time()
+            if now - pruned_at > PRUNE_EVERY:
+                await self.store.run(self.store.prune, now - KEEP_DELIVERED)
+                pruned_at = now
             for event in await self.store.run(self.store.due, now):
                 if event.id not in self._in_flight:
                     task = asyncio.create_task(self._attempt(session, event), name=event.id)

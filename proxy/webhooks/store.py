@@ -211,6 +211,14 @@ class Store:
                 cursor = db.execute(update + "id = ?", (now, now, event_id))
         return cursor.rowcount
 
+    def prune(self, before: float) -> int:
+        """Forget delivered events that arrived before ``before``; failed ones stay."""
+        with self.db as db:
+            cursor = db.execute(
+                "DELETE FROM events WHERE state = 'delivered' AND created_at < ?", (before,)
+            )
+        return cursor.rowcount
+
     def pending(self) -> list[Pending]:
         rows = self.db.execute(
             "SELECT hook, count(*), min(created_at) FROM events WHERE state = 'pending' "
