@@ -8,7 +8,7 @@
 
 from aiohttp import web
 
-from . import checkout, echo, epayment, login, tokens, webhooks
+from . import checkout, echo, ecom, epayment, login, tokens, webhooks
 from .answers import Rejection, problem
 from .credentials import authenticate_api
 from .injection import Handler, with_api_faults
@@ -24,6 +24,7 @@ def create_emulator(settings: EmulatorSettings = DEFAULT_SETTINGS) -> web.Applic
     app = web.Application(middlewares=[record_requests, webhooks.notify_changes, answer_rejections])
     app[STATE_KEY] = EmulatorState(settings)
     webhooks.add_webhook_routes(app)
+    ecom.add_ecom_routes(app)
     add_token_routes(app.router)
     add_epayment_routes(app.router)
     add_other_api_routes(app.router)
