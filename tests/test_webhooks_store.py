@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,12 @@ def test_the_file_is_created_with_wal_and_full_sync(store: Store) -> None:
     assert store.path.is_file()
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_the_store_files_are_readable_by_their_owner_only(store: Store) -> None:
+    add(store, b"x")
+    for path in store.path.parent.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
 
 
 def test_an_event_is_kept_byte_for_byte_with_its_headers(store: Store) -> None:
