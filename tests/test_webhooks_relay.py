@@ -4,6 +4,7 @@ app standing in for the legacy app."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,3 +380,22 @@ async def test_closing_the_relay_just_as_the_deliverer_is_woken_stops_it(relay: 
     await asyncio.sleep(0.1)  # it is waiting for work now
     webhooks.deliverer.wake()
     await asyncio.wait_for(webhooks.close(), 5)
+
+
+async def test_delivery_outlives_a_store_failure(relay: Relay) -> None:
+    """The store's table vanishes for a while: the failure is logged, and delivery goes
+    on once it is back."""
+    other = sqlite3.connect(relay.store)
+    try:
+        other.execute("ALTER TABLE events RENAME TO events_away")
+        other.commit()
+        await eventually(
+            lambda: relay.proxy.logs.events("webhook_store_failed") != [], "a logged failure"
+        )
+        other.execute("ALTER TABLE events_away RENAME TO events")
+        other.commit()
+    finally:
+        other.close()
+    body = payment_event("order-after-failure")
+    assert (await relay.send(body))[0] == 200
+    await eventually(lambda: relay.app.bodies() == [body], "delivery after the failure")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import ssl
 import time
 from collections.abc import Mapping
@@ -41,6 +42,7 @@ LEASE_RETRY: Final = 2.0  # seconds between tries to take the lease over
 #: duplicate from Vipps is still recognised; then pruned, hourly. Failed ones stay.
 KEEP_DELIVERED: Final = 14 * 86400.0
 PRUNE_EVERY: Final = 3600.0
+STORE_RETRY: Final = 1.0  # seconds before trying again after the store failed
 EVENT_ID: Final = "Vipps-Proxy-Event-Id"
 ATTEMPT: Final = "Vipps-Proxy-Attempt"
 #: What never goes to the app: connection fields, and what aiohttp sets for this hop.
@@ -127,29 +129,43 @@ class Deliverer:
         pruned_at = 0.0
         while True:
             self._wake.clear()
-            now = time.time()
-            if now - pruned_at > PRUNE_EVERY:
-                await self.store.run(self.store.prune, now - KEEP_DELIVERED)
-                pruned_at = now
-            for event in await self.store.run(self.store.due, now):
-                if event.id not in self._in_flight:
-                    task = asyncio.create_task(self._attempt(session, event), name=event.id)
-                    self._in_flight[event.id] = task
-                    task.add_done_callback(self._done)
-            wait = POLL
-            if not self._in_flight:
-                following = await self.store.run(self.store.next_attempt_at)
-                if following is not None:
-                    wait = min(POLL, max(0.0, following - time.time()))
+            try:
+                pruned_at = await self._start_due(session, pruned_at)
+                wait = await self._idle_time()
+            except sqlite3.Error:  # a full disk, a broken file: keep trying, loudly
+                _log.exception(events.WEBHOOK_STORE_FAILED, store=str(self.store.path))
+                wait = STORE_RETRY
             # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that
             # lands as the wake-up does, and the loop would outlive its app.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
 
+    async def _start_due(self, session: aiohttp.ClientSession, pruned_at: float) -> float:
+        """Start an attempt for each due event not already under way; prune hourly."""
+        now = time.time()
+        if now - pruned_at > PRUNE_EVERY:
+            await self.store.run(self.store.prune, now - KEEP_DELIVERED)
+            pruned_at = now
+        for event in await self.store.run(self.store.due, now):
+            if event.id not in self._in_flight:
+                task = asyncio.create_task(self._attempt(session, event), name=event.id)
+                self._in_flight[event.id] = task
+                task.add_done_callback(self._done)
+        return pruned_at
+
+    async def _idle_time(self) -> float:
+        """Until the next event is due, at most POLL; attempts ending wake us sooner."""
+        if self._in_flight:
+            return POLL
+        following = await self.store.run(self.store.next_attempt_at)
+        return POLL if following is None else min(POLL, max(0.0, following - time.time()))
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task.get_name(), None)
         self._wake.set()
+        if not task.cancelled() and (error := task.exception()) is not None:
+            _log.error(events.WEBHOOK_STORE_FAILED, event_id=task.get_name(), exc_info=error)
 
     async def _attempt(self, session: aiohttp.ClientSession, event: Event) -> None:
         hook = self.hooks.get(event.hook)

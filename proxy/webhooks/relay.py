@@ -7,13 +7,16 @@ eCom callback hook); ``start`` and ``close`` run with the app's.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import ssl
 from typing import Final
 
 import aiohttp
+import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from proxy import events
 from proxy.access import Allowlist
 from proxy.config import Config, Webhook
 from proxy.forwarding import CallRecord
@@ -23,6 +26,7 @@ from proxy.webhooks.receive import Receiver
 from proxy.webhooks.store import Store
 
 PENDING_REFRESH: Final = 5.0  # seconds between readings of the pending gauges
+_log = structlog.get_logger("proxy.webhooks")
 
 
 class WebhookRelay:
@@ -84,5 +88,8 @@ class WebhookRelay:
 
     async def _refresh_pending(self) -> None:
         while True:
-            self.metrics.set_pending(await self.store.run(self.store.pending))
+            try:
+                self.metrics.set_pending(await self.store.run(self.store.pending))
+            except sqlite3.Error:
+                _log.exception(events.WEBHOOK_STORE_FAILED, store=str(self.store.path))
             await asyncio.sleep(PENDING_REFRESH)
