@@ -7,7 +7,7 @@ import base64
 from email.utils import formatdate, parsedate_to_datetime
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -153,6 +153,7 @@ def test_a_body_rehashed_without_the_secret_is_refused(other: bytes) -> None:
     st.sampled_from(["host", "target", "date", "signature", "secret"]),
     st.text(min_size=1, max_size=30),
 )
+@example("signature", " ")
 def test_any_change_to_what_is_signed_is_refused(part: str, noise: str) -> None:
     """Another host, path, query, date, signature or secret: refused."""
     given_headers = signed()
@@ -163,8 +164,8 @@ def test_any_change_to_what_is_signed_is_refused(part: str, noise: str) -> None:
         target = PATH + "?" + noise
     elif part == "date":
         given_headers["x-ms-date"] = formatdate(1_800_000_000 + len(noise), usegmt=True)
-    elif part == "signature":
-        given_headers["Authorization"] += noise
+    elif part == "signature":  # trailing blanks are no change: HTTP strips them
+        given_headers["Authorization"] += noise.rstrip() or "x"
     else:
         secret = Secret("a-test-secret" + noise)
     with pytest.raises(SignatureError):
