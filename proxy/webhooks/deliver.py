@@ -43,6 +43,7 @@ LEASE_RETRY: Final = 2.0  # seconds between tries to take the lease over
 KEEP_DELIVERED: Final = 14 * 86400.0
 PRUNE_EVERY: Final = 3600.0
 STORE_RETRY: Final = 1.0  # seconds before trying again after the store failed
+MAX_ANSWER: Final = 64 * 1024  # bytes of the app's answer read (and dropped)
 EVENT_ID: Final = "Vipps-Proxy-Event-Id"
 ATTEMPT: Final = "Vipps-Proxy-Attempt"
 #: What never goes to the app: connection fields, and what aiohttp sets for this hop.
@@ -218,7 +219,7 @@ async def _send(
             skip_auto_headers=NO_AUTO_HEADERS,
             allow_redirects=False,
         ) as response:
-            await response.read()
+            await response.content.read(MAX_ANSWER)  # the status is the answer; no more
     except TimeoutError:
         return _Outcome(False, error="timeout")
     except aiohttp.ClientConnectorError:
