@@ -399,3 +399,49 @@ async def test_delivery_outlives_a_store_failure(relay: Relay) -> None:
     body = payment_event("order-after-failure")
     assert (await relay.send(body))[0] == 200
     await eventually(lambda: relay.app.bodies() == [body], "delivery after the failure")
+
+
+async def test_behind_a_load_balancer_the_public_url_is_what_is_verified(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    """Vipps signed https://shop.example.com/vipps/events; the proxy hears /webhooks/vipps
+    with its own Host: the public URL's host and path are checked, not the request's."""
+    port = free_port()
+    public = "https://shop.example.com/vipps/events"
+    hook = webhooks_table(f"http://127.0.0.1:{port}/vipps/events", public_url=public)
+    relay = await start_relay(emulator, start_proxy, tmp_path, port, hooks=[hook])
+    await start_app(aiohttp_server, relay.app, port)
+    body = payment_event("order-lb")
+    for_public = vipps_headers(body, "shop.example.com", "/vipps/events")
+    for_proxy = vipps_headers(body, relay.host, HOOK)
+    async with aiohttp.ClientSession() as client:
+        async with client.post(relay.proxy.at(HOOK), data=body, headers=for_proxy) as response:
+            assert response.status == 401
+        async with client.post(relay.proxy.at(HOOK), data=body, headers=for_public) as response:
+            assert response.status == 200
+    await eventually(lambda: relay.app.bodies() == [body], "delivery")
+
+
+async def test_hop_by_hop_headers_are_not_delivered(relay: Relay) -> None:
+    """Connection, the fields it names, and Proxy-Authorization stay with the hop that
+    brought them; every other header reaches the app."""
+    body = payment_event("order-hop")
+    host, port = relay.proxy.address
+    signed = vipps_headers(body, relay.host, HOOK)
+    head = "".join(f"{k}: {v}\r\n" for k, v in signed.items())
+    request = (
+        f"POST {HOOK} HTTP/1.1\r\nHost: {relay.host}\r\nContent-Length: {len(body)}\r\n{head}"
+        "Connection: close, X-Hop\r\nX-Hop: 1\r\nProxy-Authorization: Bearer k\r\n"
+        "X-End-To-End: 2\r\n\r\n"
+    ).encode() + body
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(request)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    await eventually(lambda: len(relay.app.received) == 1, "delivery")
+    names = {name.lower() for name, _ in relay.app.received[0].headers}
+    assert "x-end-to-end" in names
+    assert not names & {"x-hop", "proxy-authorization"}
+    assert relay.app.received[0].body == body
