@@ -383,8 +383,9 @@ async def test_closing_the_relay_just_as_the_deliverer_is_woken_stops_it(relay: 
 
 
 async def test_delivery_outlives_a_store_failure(relay: Relay) -> None:
-    """The store's table vanishes for a while: the failure is logged, and delivery goes
-    on once it is back."""
+    """The store's table vanishes for a while: the failure is logged, an event that
+    cannot be stored gets 503 (so Vipps tries again), and delivery goes on once the
+    store is back."""
     other = sqlite3.connect(relay.store)
     try:
         other.execute("ALTER TABLE events RENAME TO events_away")
@@ -392,6 +393,8 @@ async def test_delivery_outlives_a_store_failure(relay: Relay) -> None:
         await eventually(
             lambda: relay.proxy.logs.events("webhook_store_failed") != [], "a logged failure"
         )
+        status, headers, _ = await relay.send(payment_event("order-during-failure"))
+        assert (status, headers["Retry-After"]) == (503, "1")  # not stored: no 2xx
         other.execute("ALTER TABLE events_away RENAME TO events")
         other.commit()
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Final
@@ -53,6 +54,15 @@ class Unauthorized(ProxyError):
     slug = "webhook-unauthorized"
 
 
+class StoreUnavailable(ProxyError):
+    status = 503
+    title = "Event store unavailable"
+    slug = "store-unavailable"
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
 class Receiver:
     """Takes events in for the relay; ``wake`` tells the deliverer one is stored."""
 
@@ -85,16 +95,23 @@ class Receiver:
         if hook.kind == "vipps-webhook":
             self._verify(request, hook, body)
         key = _ordering_key(hook, call.path, body)
-        event_id, new = await self.store.run(
-            self.store.add,
-            hook=hook.path,
-            path=request.raw_path,
-            method=request.method,
-            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
-            body=body,
-            ordering_key=key,
-            now=time.time(),
-        )
+        try:
+            event_id, new = await self.store.run(
+                self.store.add,
+                hook=hook.path,
+                path=request.raw_path,
+                method=request.method,
+                headers=[
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
+                ],
+                body=body,
+                ordering_key=key,
+                now=time.time(),
+            )
+        except sqlite3.Error:  # not stored, so no 2xx: Vipps (or eCom) tries again
+            _log.exception(events.WEBHOOK_STORE_FAILED, path=hook.path)
+            self._received(hook, "store_failed", key)
+            raise StoreUnavailable("the event could not be stored; try again") from None
         result = "accepted" if new else "duplicate"
         self._received(hook, result, key, event_id)
         if new:
