@@ -154,6 +154,7 @@ def test_a_body_rehashed_without_the_secret_is_refused(other: bytes) -> None:
     st.text(min_size=1, max_size=30),
 )
 @example("signature", " ")
+@example("signature", "&")
 def test_any_change_to_what_is_signed_is_refused(part: str, noise: str) -> None:
     """Another host, path, query, date, signature or secret: refused."""
     given_headers = signed()
@@ -192,6 +193,8 @@ def test_a_missing_signature_header_is_refused(missing: str) -> None:
         "Bearer abc",
         "HMAC-SHA256 Signature=abc",
         "HMAC-SHA256 SignedHeaders=host;x-ms-date;x-ms-content-sha256&Signature=x",
+        "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature=x&Signature=y",
+        "HMAC-SHA256 Signature=x&SignedHeaders=x-ms-date;host;x-ms-content-sha256",
     ],
 )
 def test_an_authorization_of_another_shape_is_refused(value: str) -> None:

@@ -110,9 +110,16 @@ def _single(headers: CIMultiDictProxy[str], name: str) -> str:
 
 
 def _given_signature(value: str) -> str:
+    """The signature from ``HMAC-SHA256 SignedHeaders=...&Signature=...``, exactly that
+    shape: no other, repeated or empty parameters."""
     scheme, _, params = value.strip().partition(" ")
-    fields = dict(part.partition("=")[::2] for part in params.strip().split("&"))
-    if scheme != SCHEME or fields.get("SignedHeaders") != SIGNED_HEADERS:
+    pairs = [part.partition("=") for part in params.strip().split("&")]
+    fields = {name: given for name, sep, given in pairs if sep}
+    if (
+        scheme != SCHEME
+        or [name for name, _, _ in pairs] != ["SignedHeaders", "Signature"]
+        or fields.get("SignedHeaders") != SIGNED_HEADERS
+    ):
         raise SignatureError("missing_signature", f"Authorization is not {SCHEME} as Vipps signs")
     return fields.get("Signature", "")
 
