@@ -448,3 +448,21 @@ async def test_hop_by_hop_headers_are_not_delivered(relay: Relay) -> None:
     assert "x-end-to-end" in names
     assert not names & {"x-hop", "proxy-authorization"}
     assert relay.app.received[0].body == body
+
+
+async def test_webhook_paths_need_no_client_key(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    """Vipps cannot send Proxy-Authorization: the signature stands in for the client key;
+    every other path still needs one."""
+    port = free_port()
+    relay = await start_relay(
+        emulator, start_proxy, tmp_path, port, server={"client_keys": ["client-key-0123456789"]}
+    )
+    await start_app(aiohttp_server, relay.app, port)
+    assert (await relay.send(payment_event("order-key")))[0] == 200
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(relay.proxy.at("/epayment/v1/payments/x")) as response,
+    ):
+        assert response.status == 407
