@@ -41,6 +41,8 @@ The map, one concept per module:
 - ``demo``: ``vipps-proxy demo`` and ``vipps-proxy emulator``
 - ``cli``: the command line
 - ``emulator``: a Vipps emulator (its own package map) for offline work and the tests
+- ``webhooks``: inbound Vipps webhooks and eCom callbacks, verified, stored and
+  relayed to the legacy app (its own package map)
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The command line: run, check, demo, emulator. Only loads config and starts things."""
+"""The command line: run, check, demo, emulator, webhooks. Only loads config and starts things."""
 
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ def _command(args: argparse.Namespace) -> int:
     if command == "emulator":
         return _emulator(args)
     if command == "demo":
-        return _demo(args.port, args.emulator_port, args.log_format, args.auto_approve)
+        return _demo(
+            args.port, args.emulator_port, args.log_format, args.auto_approve, args.app_port
+        )
     try:
         config = load_config(_config_path(args.config))
     except ConfigError as exc:
@@ -59,6 +61,10 @@ def _command(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     if command == "check":
         return _check(config)
+    if command == "webhooks":
+        from proxy.webhooks import commands
+
+        return commands.run(config, args)
     from proxy.server import run
 
     return run(config)
@@ -75,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=CONFIG_HELP)
     _demo_options(sub.add_parser("demo", help=DEMO_HELP, description=DEMO_TEXT))
     _emulator_options(sub.add_parser("emulator", help=EMULATOR_HELP, description=EMULATOR_TEXT))
+    from proxy.webhooks.commands import add_parser
+
+    add_parser(sub)
     return parser
 
 
@@ -95,6 +104,12 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="the emulator approves each payment this long after its creation, as if the "
         f"user said yes in the app (default: {DEMO_AUTO_APPROVE:g})",
+    )
+    demo.add_argument(
+        "--app-port",
+        type=int,
+        default=0,
+        help="the demo app that prints the webhooks it gets (default: 0, any free port)",
     )
     demo.add_argument(
         "--log-format",
@@ -139,18 +154,32 @@ def _check(config: Config) -> int:
     return 0
 
 
-def _demo(port: int, emulator_port: int, log_format: str, auto_approve: float) -> int:
+def _demo(
+    port: int, emulator_port: int, log_format: str, auto_approve: float, app_port: int
+) -> int:
     emulator_url = f"http://127.0.0.1:{emulator_port}"
     text = resources.files("proxy").joinpath("demo.toml").read_text(encoding="utf-8")
+    import tempfile
     import tomllib
 
-    env = {**os.environ, "DEMO_EMULATOR_URL": emulator_url}
+    from proxy.demo import DemoWebhooks, free_port, run_demo
+
+    hooks = DemoWebhooks(
+        app_port=app_port or free_port(),
+        secret=secrets.token_urlsafe(32),
+        store=os.path.join(tempfile.mkdtemp(prefix="vipps-proxy-demo-"), "webhooks.sqlite3"),
+    )
+    env = {
+        **os.environ,
+        "DEMO_EMULATOR_URL": emulator_url,
+        "DEMO_APP_URL": f"http://127.0.0.1:{hooks.app_port}",
+        "DEMO_WEBHOOK_SECRET": hooks.secret,
+        "DEMO_STORE": hooks.store,
+    }
     config = parse_config(tomllib.loads(text), env, source="demo.toml")
     server = replace(config.server, port=port)
     config = replace(config, server=server, log=replace(config.log, format=log_format))
-    from proxy.demo import run_demo
-
-    return run_demo(config, emulator_port, auto_approve, curl_line(port))
+    return run_demo(config, emulator_port, auto_approve, curl_line(port), hooks)
 
 
 def curl_line(port: int) -> str:

@@ -137,6 +137,31 @@ class Route:
         return str(self.upstream)
 
 
+WebhookKind = Literal["vipps-webhook", "ecom-callback"]
+WEBHOOK_KINDS: Final = ("vipps-webhook", "ecom-callback")
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One inbound path Vipps calls, relayed to the legacy app (``[[webhooks]]``)."""
+
+    path: str
+    kind: WebhookKind
+    deliver_to: URL
+    secret: Secret | None = None  # vipps-webhook only
+    public_url: URL | None = None
+    max_age: float = 300.0
+    retry_for: float = 604800.0
+    allow_from: tuple[Network, ...] = ()
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where received events are kept (``[store]``); an absolute path."""
+
+    path: str = "var/vipps-proxy.sqlite3"
+
+
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -145,12 +170,15 @@ class Config:
     credentials: Mapping[str, Credentials] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     source: str = ""
+    webhooks: tuple[Webhook, ...] = ()
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
         """Every secret the config holds, for redaction."""
         held = [s for c in self.credentials.values() for s in c.secrets]
-        return (*held, *self.server.client_keys)
+        hooks = [w.secret for w in self.webhooks if w.secret]
+        return (*held, *self.server.client_keys, *hooks)
 
 
 # --------------------------------------------------------------------------- loading
@@ -175,7 +203,7 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "
     doc = _Table(_interpolate(dict(raw), "", env, unresolved), "")
     if unresolved:
         raise unresolved[0] if len(unresolved) == 1 else ConfigErrors(unresolved)
-    doc.allow_only("server", "log", "tls", "credentials", "routes")
+    doc.allow_only("server", "log", "tls", "credentials", "routes", "webhooks", "store")
     server = _server(doc.table("server"))
     log = _log(doc.table("log"))
     tls = _tls(doc.table("tls"))
@@ -184,7 +212,8 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "
     if not credentials:
         raise ConfigError("credentials", "at least one [credentials.NAME] set is required")
     routes = _routes(doc, credentials)
-    return Config(server, log, tls, credentials, routes, source)
+    webhooks, store = _webhooks(doc, source)
+    return Config(server, log, tls, credentials, routes, source, webhooks, store)
 
 
 def _interpolate(value: Any, key: str, env: Mapping[str, str], errors: list[ConfigError]) -> Any:
@@ -569,6 +598,75 @@ def _route_credentials(
     return tuple(names)
 
 
+_WEBHOOK_KEYS: Final = [
+    "path",
+    "kind",
+    "secret",
+    "secret_file",
+    "deliver_to",
+    "public_url",
+    "max_age",
+    "retry_for",
+    "allow_from",
+]
+
+
+def _webhooks(doc: _Table, source: str) -> tuple[tuple[Webhook, ...], StoreConfig]:
+    """``[[webhooks]]`` and ``[store]``; the store path is relative to the config's folder."""
+    items = doc.get("webhooks", list, [])
+    hooks = tuple(_webhook(_Table(item, f"webhooks[{i}]")) for i, item in enumerate(items))
+    seen: set[str] = set()
+    for i, hook in enumerate(hooks):
+        if hook.path in seen:
+            raise ConfigError(f"webhooks[{i}].path", f"duplicate path {hook.path!r}")
+        seen.add(hook.path)
+    store = doc.table("store")
+    store.allow_only("path")
+    path = Path(store.get("path", str, StoreConfig.path))
+    if not path.is_absolute():
+        path = Path(source).resolve().parent / path if source else path.resolve()
+    return hooks, StoreConfig(str(path))
+
+
+def _webhook(t: _Table) -> Webhook:
+    t.allow_only(*_WEBHOOK_KEYS)
+    path = t.require("path", str)
+    if not path.startswith("/") or path.startswith("/-/") or "?" in path:
+        raise ConfigError(f"{t.key}.path", "must start with / (not /-/) and have no query")
+    kind = cast(WebhookKind, t.choice("kind", WEBHOOK_KINDS, "vipps-webhook"))
+    secret = t.secret("secret", required=kind == "vipps-webhook")
+    if kind == "ecom-callback" and secret is not None:
+        raise ConfigError(f"{t.key}.secret", "eCom callbacks are not signed; leave it out")
+    deliver_to = _url(t, "deliver_to")
+    public = t.get("public_url", str, "")
+    public_url = URL(public) if public else None
+    if public_url is not None and (
+        public_url.scheme not in ("http", "https") or not public_url.host
+    ):
+        raise ConfigError(f"{t.key}.public_url", f"not a URL: {public!r}")
+    return Webhook(
+        path=path,
+        kind=kind,
+        deliver_to=deliver_to,
+        secret=secret,
+        public_url=public_url,
+        max_age=t.number("max_age", 300.0, minimum=1.0),
+        retry_for=t.number("retry_for", 604800.0),
+        allow_from=_cidrs(t, "allow_from"),
+    )
+
+
+def _cidrs(t: _Table, name: str) -> tuple[Network, ...]:
+    networks = []
+    for i, item in enumerate(t.get(name, list, [])):
+        key = f"{t.key}.{name}[{i}]"
+        try:
+            networks.append(ipaddress.ip_network(_check_type(item, str, key), strict=False))
+        except ValueError:
+            raise ConfigError(key, f"not a CIDR network: {item!r}") from None
+    return tuple(networks)
+
+
 def describe(config: Config) -> dict[str, Any]:
     """The effective config with every secret masked, for ``vipps-proxy check``."""
 
@@ -595,4 +693,6 @@ def describe(config: Config) -> dict[str, Any]:
             n: section(c, lambda k: k == "name") for n, c in config.credentials.items()
         },
         "routes": [section(r) for r in config.routes],
+        "webhooks": [section(w) for w in config.webhooks],
+        "store": section(config.store),
     }

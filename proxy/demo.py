@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import uuid
+from dataclasses import dataclass
 
+import orjson
 import structlog
 from aiohttp import web
 
 from proxy import events
 from proxy.config import Config
 from proxy.emulator import EmulatorSettings, create_admin_app, create_emulator, emulator_state
+from proxy.emulator.webhooks import EVENT_TYPES, Registration, webhook_hub
 from proxy.logs import configure_logging
 from proxy.redact import Redactor
+from proxy.secret import Secret
 from proxy.server import loop_factory, serve
 from proxy.startup import StartupError, listen
 
@@ -64,9 +70,65 @@ def run_emulator(host: str, port: int, admin_port: int, settings: EmulatorSettin
     return 0
 
 
-def run_demo(config: Config, emulator_port: int, auto_approve: float, curl: str) -> int:
+@dataclass(frozen=True)
+class DemoWebhooks:
+    """The demo's webhook loop: the app's port, the webhook secret, the store file."""
+
+    app_port: int
+    secret: str
+    store: str
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _print_event(request: web.Request) -> web.Response:
+    """The demo's legacy app: prints each webhook the proxy delivers, then says 200."""
+    try:
+        event = orjson.loads(await request.read())
+        what = f"{event.get('name')} for payment {event.get('reference')}"
+    except (orjson.JSONDecodeError, AttributeError):
+        what = "an event"
+    attempt = request.headers.get("Vipps-Proxy-Attempt", "?")
+    print(f"demo app received {what} (attempt {attempt})", flush=True)
+    return web.Response(status=200)
+
+
+async def _start_demo_webhooks(
+    emulator: web.Application, hooks: DemoWebhooks, config: Config
+) -> web.AppRunner:
+    """The printing app, and the proxy's webhook URL registered at the emulator."""
+    app = web.Application()
+    app.router.add_post("/vipps/events", _print_event)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", hooks.app_port)
+    await listen(site, "--app-port", "127.0.0.1", hooks.app_port, "--app-port")
+    msn = next(iter(config.credentials.values())).merchant_serial_number
+    registration = Registration(
+        str(uuid.uuid4()),
+        msn,
+        f"http://127.0.0.1:{config.server.port}{config.webhooks[0].path}",
+        EVENT_TYPES,
+        Secret(hooks.secret),
+    )
+    webhook_hub(emulator).registrations[registration.id] = registration
+    return runner
+
+
+def run_demo(
+    config: Config,
+    emulator_port: int,
+    auto_approve: float,
+    curl: str,
+    hooks: DemoWebhooks | None = None,
+) -> int:
     """The emulator on ``emulator_port`` and the proxy in front of it, until Ctrl-C;
-    the emulator approves each payment ``auto_approve`` seconds after its creation."""
+    the emulator approves each payment ``auto_approve`` seconds after its creation; with
+    ``hooks``, the emulator's webhooks go through the proxy to a printing app."""
     redactor = Redactor(config.secrets)
     configure_logging(config.log.level, config.log.format, redactor)
 
@@ -75,6 +137,10 @@ def run_demo(config: Config, emulator_port: int, auto_approve: float, curl: str)
         runners = await _start_emulator(
             "127.0.0.1", emulator_port, 0, settings, port_flag="--emulator-port"
         )
+        if hooks is not None and config.webhooks:
+            emulator = runners[0].app
+            assert isinstance(emulator, web.Application)
+            runners.append(await _start_demo_webhooks(emulator, hooks, config))
 
         async def announce(_: web.BaseRunner) -> None:
             port = config.server.port
@@ -83,6 +149,12 @@ def run_demo(config: Config, emulator_port: int, auto_approve: float, curl: str)
                 f"http://127.0.0.1:{emulator_port}. Create a payment through the proxy:\n"
             )
             print(curl, flush=True)
+            if hooks is not None:
+                print(
+                    f"\nThe emulator's webhooks go through the proxy to a demo app on "
+                    f"http://127.0.0.1:{hooks.app_port}, which prints each one.",
+                    flush=True,
+                )
             print("\nCtrl-C stops the demo.\n", flush=True)
 
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from proxy.access import Allowlist
 from proxy.config import Config
@@ -11,6 +12,9 @@ from proxy.metrics import Metrics
 from proxy.redact import Redactor
 from proxy.routing import Router
 from proxy.tokens import TokenProvider
+
+if TYPE_CHECKING:  # the relay's modules import this one
+    from proxy.webhooks.relay import WebhookRelay
 
 
 @dataclass
@@ -26,3 +30,4 @@ class ProxyState:
     upstream_ssl: ssl.SSLContext
     tokens: dict[str, TokenProvider] = field(default_factory=dict)
     draining: bool = False  # set when shutdown begins; calls cut after this say so
+    webhooks: WebhookRelay | None = None  # set when the config has [[webhooks]]

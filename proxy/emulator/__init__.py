@@ -17,6 +17,8 @@ app, which listens on a port of its own. The modules, one concept each:
 - ``validation``: checking ePayment request bodies
 - ``epayment``, ``checkout``, ``login``: the APIs
 - ``echo``: echo, download, status, slow
+- ``webhooks``: the Webhooks API, and signed ePayment events sent on every change
+- ``ecom``: eCom v2 initiate and details, and its one-shot callback to ``callbackPrefix``
 - ``admin``: `create_admin_app`, fault switches and introspection
 - ``app``: `create_emulator`, routes and middlewares
 - ``serve``: `serve_emulator`, both apps on real ports

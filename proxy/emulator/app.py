@@ -10,7 +10,7 @@ import re
 
 from aiohttp import web
 
-from . import checkout, echo, epayment, login, tokens
+from . import checkout, echo, ecom, epayment, login, tokens, webhooks
 from .answers import Rejection, problem
 from .credentials import authenticate_api
 from .injection import Handler, with_api_faults
@@ -23,8 +23,10 @@ PAYMENT = epayment.PAYMENTS_PATH + "/{reference}"
 
 def create_emulator(settings: EmulatorSettings = DEFAULT_SETTINGS) -> web.Application:
     """A fresh emulator application with its own state."""
-    app = web.Application(middlewares=[record_requests, answer_rejections])
+    app = web.Application(middlewares=[record_requests, webhooks.notify_changes, answer_rejections])
     app[STATE_KEY] = EmulatorState(settings)
+    webhooks.add_webhook_routes(app)
+    ecom.add_ecom_routes(app)
     add_token_routes(app.router)
     add_epayment_routes(app.router)
     add_other_api_routes(app.router)

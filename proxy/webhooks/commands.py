@@ -1,0 +1,149 @@
+"""``vipps-proxy webhooks list | retry | register``: the store and Vipps' Webhooks API
+from the command line.
+
+``list`` and ``retry`` work on the store file while the proxy runs (SQLite shares it);
+a retried event is picked up by the running deliverer within a second. ``register``
+calls ``POST /webhooks/v1/webhooks`` with a credential set's token and writes the
+returned secret to a file with mode 0600; the secret is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from proxy.config import Config, Credentials
+from proxy.headers import MERCHANT_SERIAL_NUMBER, SUBSCRIPTION_KEY
+from proxy.metrics import Metrics
+from proxy.redact import Redactor
+from proxy.secret import Secret
+from proxy.tls import outbound_context
+from proxy.tokens import TokenFetchError, TokenProvider
+from proxy.webhooks.store import STATES, Event, Store
+
+WEBHOOKS_API: Final = "/webhooks/v1/webhooks"
+EXIT_FAILED: Final = 1
+
+
+def add_parser(sub: Any) -> None:
+    """The ``webhooks`` sub-command and its own three."""
+    hooks = sub.add_parser("webhooks", help="inspect, retry and register webhooks")
+    hooks.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+    actions = hooks.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="stored events, oldest first")
+    listing.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+    listing.add_argument("--state", choices=STATES)
+    retry = actions.add_parser("retry", help="deliver an event (or every failed one) again")
+    retry.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", nargs="?", help="an event id from `webhooks list`")
+    which.add_argument("--failed", action="store_true", help="every failed event")
+    register = actions.add_parser("register", help="register a webhook with Vipps")
+    register.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+    register.add_argument("--credentials", required=True, help="the credential set to use")
+    register.add_argument("--url", required=True, help="the public URL Vipps will call")
+    register.add_argument("--events", nargs="+", required=True, help="event types")
+    register.add_argument("--secret-file", required=True, help="where the secret goes (0600)")
+
+
+def run(config: Config, args: argparse.Namespace) -> int:
+    if args.action == "register":
+        return asyncio.run(_register(config, args))
+    store = Store(config.store.path)
+    try:
+        if args.action == "list":
+            for event in store.events(args.state):
+                print(describe(event))
+            return 0
+        count = store.requeue(None if args.failed else args.id, time.time())
+    finally:
+        store.close()
+    print(f"{count} event(s) queued for delivery")
+    return 0 if count or args.failed else EXIT_FAILED
+
+
+def describe(event: Event) -> str:
+    """One line per event: what an operator needs to judge it, never its body."""
+    created = datetime.fromtimestamp(event.created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fields = [
+        event.id,
+        event.state,
+        f"attempts={event.attempts}",
+        f"created={created}",
+        f"path={event.hook}",
+        f"reference={event.ordering_key or '-'}",
+    ]
+    if event.last_error:
+        fields.append(f"last_error={event.last_error}")
+    return "  ".join(fields)
+
+
+async def _register(config: Config, args: argparse.Namespace) -> int:
+    creds = config.credentials.get(args.credentials)
+    if creds is None:
+        print(f"vipps-proxy: no credential set {args.credentials!r}", file=sys.stderr)
+        return EXIT_FAILED
+    ssl_context = outbound_context(config.tls)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        tokens = TokenProvider(creds, session, Metrics(), Redactor(config.secrets), ssl=ssl_context)
+        try:
+            token, _ = await tokens.get()
+        except TokenFetchError as exc:
+            print(f"vipps-proxy: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        finally:
+            await tokens.close()
+        async with session.post(
+            _api_url(config, creds),
+            json={"url": args.url, "events": args.events},
+            headers=_headers(creds, token.value),
+            ssl=ssl_context,
+            timeout=aiohttp.ClientTimeout(total=30),
+        ) as response:
+            body = await response.read()
+    if response.status not in (200, 201):
+        print(f"vipps-proxy: Vipps answered {response.status}", file=sys.stderr)
+        return EXIT_FAILED
+    answer = orjson.loads(body)
+    write_secret(Path(args.secret_file), str(answer["secret"]))
+    print(f"registered webhook {answer['id']}; secret written to {args.secret_file}")
+    return 0
+
+
+def _api_url(config: Config, creds: Credentials) -> URL:
+    """The Webhooks API where the config's routes send it, else at the token's host."""
+    covering = [r for r in config.routes if WEBHOOKS_API.startswith(r.prefix)]
+    if covering:
+        route = max(covering, key=lambda r: len(r.prefix))
+        return URL(str(route.upstream).rstrip("/") + WEBHOOKS_API)
+    return creds.token_url.origin().with_path(WEBHOOKS_API)
+
+
+def _headers(creds: Credentials, token: Secret) -> dict[str, str]:
+    headers = {
+        "Authorization": f"Bearer {token.reveal()}",
+        SUBSCRIPTION_KEY: creds.subscription_key.reveal(),
+    }
+    if creds.merchant_serial_number:
+        headers[MERCHANT_SERIAL_NUMBER] = creds.merchant_serial_number
+    return headers
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """The secret, readable by its owner only, even if the file existed before."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, secret.encode("utf-8") + b"\n")
+    finally:
+        os.close(fd)

@@ -1,0 +1,231 @@
+"""``Deliverer``: hands stored events to the legacy app until it takes them.
+
+Each attempt sends the event's method, its body byte for byte and its headers less the
+hop-by-hop ones, plus ``Vipps-Proxy-Event-Id`` and ``Vipps-Proxy-Attempt``. A 2xx
+within ``ATTEMPT_TIMEOUT`` means delivered; anything else is tried again after a
+backoff that starts at 1 s and doubles to at most 5 min, until ``retry_for`` has
+passed since the event arrived; then it is marked failed and kept.
+
+The store hands out only the oldest pending event of each ordering key, so a payment's
+events arrive in order and a stuck one holds back only its own payment. Only the
+holder of the ``Lease`` delivers; the others keep trying to take it over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+import structlog
+from yarl import URL
+
+from proxy import events
+from proxy.config import Webhook
+from proxy.headers import HOP_BY_HOP, filtered
+from proxy.webhooks.lease import Lease
+from proxy.webhooks.metrics import WebhookMetrics
+from proxy.webhooks.store import Event, Store
+
+ATTEMPT_TIMEOUT: Final = 10.0
+FIRST_BACKOFF: Final = 1.0
+MAX_BACKOFF: Final = 300.0
+POLL: Final = 0.5  # seconds between looks at the store (events other workers took in)
+LEASE_RETRY: Final = 2.0  # seconds between tries to take the lease over
+#: Delivered events are kept this long (twice Vipps' 7 days of retries), so a late
+#: duplicate from Vipps is still recognised; then pruned, hourly. Failed ones stay.
+KEEP_DELIVERED: Final = 14 * 86400.0
+PRUNE_EVERY: Final = 3600.0
+STORE_RETRY: Final = 1.0  # seconds before trying again after the store failed
+MAX_ANSWER: Final = 64 * 1024  # bytes of the app's answer read (and dropped)
+EVENT_ID: Final = "Vipps-Proxy-Event-Id"
+ATTEMPT: Final = "Vipps-Proxy-Attempt"
+#: What never goes to the app: connection fields, and what aiohttp sets for this hop.
+DELIVERY_DROP: Final = HOP_BY_HOP | frozenset(
+    {"host", "content-length", "expect", EVENT_ID.lower(), ATTEMPT.lower()}
+)
+#: Headers aiohttp would add by itself; the app sees only what Vipps sent.
+NO_AUTO_HEADERS: Final = ("User-Agent", "Content-Type", "Accept", "Accept-Encoding")
+
+_log = structlog.get_logger("proxy.webhooks")
+
+
+def backoff(attempts: int) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt: 1, 2, 4, ... 300."""
+    return float(min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** min(attempts - 1, 20)))
+
+
+def delivery_url(hook: Webhook, received_path: str) -> URL:
+    """``deliver_to``; for an eCom callback prefix, with the rest of the path after it."""
+    if hook.kind != "ecom-callback":
+        return hook.deliver_to
+    rest = received_path[len(hook.path) :]
+    if not rest:
+        return hook.deliver_to
+    if not rest.startswith(("/", "?")):
+        rest = "/" + rest
+    return URL(str(hook.deliver_to).rstrip("/") + rest, encoded=True)
+
+
+@dataclass
+class _Outcome:
+    delivered: bool
+    status: int = 0
+    error: str = ""
+
+
+class Deliverer:
+    """The delivery loop for one store and its hooks (keyed by configured path)."""
+
+    def __init__(
+        self,
+        store: Store,
+        hooks: Mapping[str, Webhook],
+        metrics: WebhookMetrics,
+        ssl_context: ssl.SSLContext,
+    ) -> None:
+        self.store = store
+        self.hooks = hooks
+        self.metrics = metrics
+        self.lease = Lease(store.path)
+        self._ssl = ssl_context
+        self._wake = asyncio.Event()
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+
+    def wake(self) -> None:
+        """A new event is stored: look now, not at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Forever: take the lease, then deliver while holding it."""
+        try:
+            while True:
+                if self.lease.acquire():
+                    break
+                await asyncio.sleep(LEASE_RETRY)
+            _log.info(events.WEBHOOK_DELIVERY_STARTED, store=str(self.store.path))
+            async with self._session() as session:
+                await self._deliver_forever(session)
+        finally:
+            for task in self._in_flight.values():
+                task.cancel()
+            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+            self.lease.release()
+
+    def _session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT),
+        )
+
+    async def _deliver_forever(self, session: aiohttp.ClientSession) -> None:
+        pruned_at = 0.0
+        while True:
+            self._wake.clear()
+            try:
+                pruned_at = await self._start_due(session, pruned_at)
+                wait = await self._idle_time()
+            except sqlite3.Error:  # a full disk, a broken file: keep trying, loudly
+                _log.exception(events.WEBHOOK_STORE_FAILED, store=str(self.store.path))
+                wait = STORE_RETRY
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that
+            # lands as the wake-up does, and the loop would outlive its app.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+
+    async def _start_due(self, session: aiohttp.ClientSession, pruned_at: float) -> float:
+        """Start an attempt for each due event not already under way; prune hourly."""
+        now = time.time()
+        if now - pruned_at > PRUNE_EVERY:
+            await self.store.run(self.store.prune, now - KEEP_DELIVERED)
+            pruned_at = now
+        for event in await self.store.run(self.store.due, now):
+            if event.id not in self._in_flight:
+                task = asyncio.create_task(self._attempt(session, event), name=event.id)
+                self._in_flight[event.id] = task
+                task.add_done_callback(self._done)
+        return pruned_at
+
+    async def _idle_time(self) -> float:
+        """Until the next event is due, at most POLL; attempts ending wake us sooner."""
+        if self._in_flight:
+            return POLL
+        following = await self.store.run(self.store.next_attempt_at)
+        return POLL if following is None else min(POLL, max(0.0, following - time.time()))
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task.get_name(), None)
+        self._wake.set()
+        if not task.cancelled() and (error := task.exception()) is not None:
+            _log.error(events.WEBHOOK_STORE_FAILED, event_id=task.get_name(), exc_info=error)
+
+    async def _attempt(self, session: aiohttp.ClientSession, event: Event) -> None:
+        hook = self.hooks.get(event.hook)
+        attempt = event.attempts + 1
+        if hook is None:  # its [[webhooks]] entry is gone: keep it, but stop trying
+            await self.store.run(self.store.mark_failed, event.id, event.attempts, "no_hook")
+            return
+        outcome = await _send(session, hook, event, attempt)
+        now = time.time()
+        fields = {
+            "path": hook.path,
+            "event_id": event.id,
+            "reference": event.ordering_key or None,
+            "attempt": attempt,
+            "status": outcome.status or None,
+        }
+        if outcome.delivered:
+            await self.store.run(self.store.mark_delivered, event.id, attempt)
+            self.metrics.delivered.labels(hook.path, "delivered").inc()
+            _log.info(events.WEBHOOK_DELIVERED, **fields)
+            return
+        if now >= event.created_at + hook.retry_for:
+            await self.store.run(self.store.mark_failed, event.id, attempt, outcome.error)
+            self.metrics.delivered.labels(hook.path, "failed").inc()
+            _log.error(events.WEBHOOK_RETRY, **fields, error=outcome.error, result="failed")
+            return
+        next_at = min(now + backoff(attempt), event.created_at + hook.retry_for)
+        await self.store.run(self.store.mark_retry, event.id, attempt, next_at, outcome.error)
+        self.metrics.delivered.labels(hook.path, "retry").inc()
+        _log.warning(
+            events.WEBHOOK_RETRY,
+            **fields,
+            error=outcome.error,
+            result="retry",
+            retry_in_s=round(next_at - now, 3),
+        )
+
+
+async def _send(
+    session: aiohttp.ClientSession, hook: Webhook, event: Event, attempt: int
+) -> _Outcome:
+    headers = filtered(event.headers, DELIVERY_DROP)
+    headers += [(EVENT_ID, event.id), (ATTEMPT, str(attempt))]
+    try:
+        async with session.request(
+            event.method,
+            delivery_url(hook, event.path),
+            data=event.body,
+            headers=headers,
+            skip_auto_headers=NO_AUTO_HEADERS,
+            allow_redirects=False,
+        ) as response:
+            await response.content.read(MAX_ANSWER)  # the status is the answer; no more
+    except TimeoutError:
+        return _Outcome(False, error="timeout")
+    except aiohttp.ClientConnectorError:
+        return _Outcome(False, error="connect_failed")
+    except aiohttp.ClientError as exc:
+        return _Outcome(False, error=f"broken_{exc.__class__.__name__}")
+    if 200 <= response.status < 300:
+        return _Outcome(True, response.status)
+    return _Outcome(False, response.status, f"status_{response.status}")

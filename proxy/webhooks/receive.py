@@ -1,0 +1,228 @@
+"""``Receiver``: the inbound handler for webhook and callback paths.
+
+A Vipps webhook is verified before anything is stored (401 problem+json otherwise); a
+body over 64 KiB gets 413. The 2xx goes back only once the event is committed to the
+store. eCom callbacks carry no signature: they obey ``allow_clients`` (and the hook's
+``allow_from``), and their ``Authorization`` (the app's own ``authToken``) is kept for
+the app to check. eCom's ``.../shippingDetails`` and ``DELETE .../consents/...`` want
+the app's answer, so they are proxied to it at once, within 10 s, and never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Final
+
+import aiohttp
+import orjson
+import structlog
+from aiohttp import hdrs, web
+
+from proxy import events
+from proxy.access import Allowlist
+from proxy.config import Webhook
+from proxy.errors import (
+    BadGateway,
+    BadRequest,
+    GatewayTimeout,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    ProxyError,
+)
+from proxy.forwarding import CallRecord
+from proxy.headers import RESPONSE_DROP, filtered
+from proxy.inbound import check_request, continue_body
+from proxy.webhooks.deliver import DELIVERY_DROP, EVENT_ID, NO_AUTO_HEADERS, delivery_url
+from proxy.webhooks.metrics import WebhookMetrics
+from proxy.webhooks.store import Store
+from proxy.webhooks.verify import SignatureError, signed_target, verify
+
+MAX_BODY: Final = 64 * 1024
+BODY_TIMEOUT: Final = 20.0  # seconds for the whole body of one event
+SYNC_TIMEOUT: Final = 10.0  # Vipps waits 10 s for shippingDetails and consent removal
+_ORDER_ID: Final = re.compile(r"/v2/payments/([^/?]+)")
+_log = structlog.get_logger("proxy.webhooks")
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    title = "Webhook not authenticated"
+    slug = "webhook-unauthorized"
+
+
+class StoreUnavailable(ProxyError):
+    status = 503
+    title = "Event store unavailable"
+    slug = "store-unavailable"
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
+class Receiver:
+    """Takes events in for the relay; ``wake`` tells the deliverer one is stored."""
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: WebhookMetrics,
+        allowlists: dict[str, Allowlist],
+        wake: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.allowlists = allowlists
+        self.wake = wake
+        self.session: aiohttp.ClientSession | None = None  # for the synchronous paths
+
+    async def receive(
+        self, request: web.BaseRequest, hook: Webhook, call: CallRecord
+    ) -> web.StreamResponse:
+        call.route = hook.path
+        if hook.kind == "ecom-callback":
+            self.allowlists[hook.path].check(call.client)
+        check_request(request)
+        rest = call.path[len(hook.path) :]
+        if hook.kind == "ecom-callback" and _is_synchronous(request.method, rest):
+            return await self._synchronous(request, hook, call)
+        if request.method != hdrs.METH_POST:
+            raise MethodNotAllowed("webhooks are POST only", reason="method")
+        body = await self._body(request, hook, call)
+        if hook.kind == "vipps-webhook":
+            self._verify(request, hook, body)
+        key = _ordering_key(hook, call.path, body)
+        try:
+            event_id, new = await self.store.run(
+                self.store.add,
+                hook=hook.path,
+                path=request.raw_path,
+                method=request.method,
+                headers=[
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
+                ],
+                body=body,
+                ordering_key=key,
+                now=time.time(),
+            )
+        except sqlite3.Error:  # not stored, so no 2xx: Vipps (or eCom) tries again
+            _log.exception(events.WEBHOOK_STORE_FAILED, path=hook.path)
+            self._received(hook, "store_failed", key)
+            raise StoreUnavailable("the event could not be stored; try again") from None
+        result = "accepted" if new else "duplicate"
+        self._received(hook, result, key, event_id)
+        if new:
+            self.wake()
+        call.status = 200
+        return web.Response(status=200, headers={EVENT_ID: event_id})
+
+    async def _body(self, request: web.BaseRequest, hook: Webhook, call: CallRecord) -> bytes:
+        length = request.content_length
+        if length is not None and length > MAX_BODY:
+            self._received(hook, "too_large")
+            raise PayloadTooLarge(f"a webhook body is at most {MAX_BODY} bytes")
+        await continue_body(request)
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                while chunk := await request.content.readany():
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        self._received(hook, "too_large")
+                        raise PayloadTooLarge(f"a webhook body is at most {MAX_BODY} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise BadRequest(
+                "the body did not arrive in time", reason="client_body_timeout"
+            ) from None
+        call.bytes_in = size
+        return b"".join(chunks)
+
+    def _verify(self, request: web.BaseRequest, hook: Webhook, body: bytes) -> None:
+        assert hook.secret is not None  # the config requires one for this kind
+        host, target = signed_target(
+            hook.public_url, request.headers.get(hdrs.HOST, ""), request.raw_path
+        )
+        try:
+            verify(
+                hook.secret,
+                request.headers,
+                body,
+                method=request.method,
+                host=host,
+                path_and_query=target,
+                max_age=hook.max_age,
+                now=time.time(),
+            )
+        except SignatureError as err:
+            self._received(hook, err.reason)
+            raise Unauthorized(err.detail, reason=err.reason) from None
+
+    def _received(self, hook: Webhook, result: str, key: str = "", event_id: str = "") -> None:
+        self.metrics.received.labels(hook.path, result).inc()
+        log = _log.info if result in ("accepted", "duplicate") else _log.warning
+        log(
+            events.WEBHOOK_RECEIVED,
+            path=hook.path,
+            result=result,
+            reference=key or None,
+            event_id=event_id or None,
+        )
+
+    async def _synchronous(
+        self, request: web.BaseRequest, hook: Webhook, call: CallRecord
+    ) -> web.Response:
+        """Proxy a call whose answer Vipps needs straight to the app; never stored."""
+        assert self.session is not None
+        body = await self._body(request, hook, call)
+        headers = filtered(
+            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
+            DELIVERY_DROP,
+        )
+        url = delivery_url(hook, request.raw_path)
+        call.upstream = str(hook.deliver_to)
+        try:
+            async with self.session.request(
+                request.method,
+                url,
+                data=body,
+                headers=headers,
+                skip_auto_headers=NO_AUTO_HEADERS,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=SYNC_TIMEOUT),
+            ) as answer:
+                content = await answer.read()
+        except TimeoutError:
+            raise GatewayTimeout("the app did not answer in time", reason="read_timeout") from None
+        except aiohttp.ClientError as exc:
+            reason = f"upstream_{exc.__class__.__name__}"
+            raise BadGateway("the app could not be reached", reason=reason) from None
+        kept = filtered(answer.headers.items(), RESPONSE_DROP | {"content-length"})
+        call.status, call.bytes_out = answer.status, len(content)
+        self._received(hook, "proxied")
+        return web.Response(status=answer.status, body=content, headers=kept)
+
+
+def _is_synchronous(method: str, rest: str) -> bool:
+    path = rest.partition("?")[0]
+    return path.endswith("/shippingDetails") or (method == "DELETE" and "/consents/" in path)
+
+
+def _ordering_key(hook: Webhook, path: str, body: bytes) -> str:
+    """The payment an event belongs to: eCom's orderId in the path, else the body's
+    ``reference`` (ePayment) or ``orderId``; "" when there is none."""
+    if hook.kind == "ecom-callback" and (found := _ORDER_ID.search(path[len(hook.path) :])):
+        return found.group(1)
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    if isinstance(doc, dict):
+        for name in ("reference", "orderId"):
+            value = doc.get(name)
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                return str(value)[:200]
+    return ""

@@ -1,0 +1,95 @@
+"""``WebhookRelay``: the receiver, the store and the deliverer of one app, put together.
+
+``match`` is the one check on every call's path (a dict lookup, and a prefix test per
+eCom callback hook); ``start`` and ``close`` run with the app's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import ssl
+from typing import Final
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from proxy import events
+from proxy.access import Allowlist
+from proxy.config import Config, Webhook
+from proxy.forwarding import CallRecord
+from proxy.webhooks.deliver import Deliverer
+from proxy.webhooks.metrics import WebhookMetrics
+from proxy.webhooks.receive import Receiver
+from proxy.webhooks.store import Store
+
+PENDING_REFRESH: Final = 5.0  # seconds between readings of the pending gauges
+_log = structlog.get_logger("proxy.webhooks")
+
+
+class WebhookRelay:
+    """Every ``[[webhooks]]`` entry of a config, and the store they share."""
+
+    def __init__(
+        self, config: Config, registry: CollectorRegistry, ssl_context: ssl.SSLContext
+    ) -> None:
+        self.hooks = {hook.path: hook for hook in config.webhooks}
+        self._exact = {p: h for p, h in self.hooks.items() if h.kind == "vipps-webhook"}
+        prefixes = [h for h in self.hooks.values() if h.kind == "ecom-callback"]
+        self._prefixes = sorted(prefixes, key=lambda h: len(h.path), reverse=True)
+        self.store = Store(config.store.path)
+        self.metrics = WebhookMetrics(registry, self.hooks)
+        self.deliverer = Deliverer(self.store, self.hooks, self.metrics, ssl_context)
+        allow = config.server.allow_clients
+        allowlists = {h.path: Allowlist((*allow, *h.allow_from)) for h in prefixes}
+        self.receiver = Receiver(self.store, self.metrics, allowlists, self.deliverer.wake)
+        self._ssl = ssl_context
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def match(self, path: str) -> Webhook | None:
+        """The hook a call's path (no query) belongs to, if any."""
+        hook = self._exact.get(path)
+        if hook is not None or not self._prefixes:
+            return hook
+        for hook in self._prefixes:
+            if path == hook.path or path.startswith(hook.path.rstrip("/") + "/"):
+                return hook
+        return None
+
+    async def receive(
+        self, request: web.BaseRequest, hook: Webhook, call: CallRecord
+    ) -> web.StreamResponse:
+        return await self.receiver.receive(request, hook, call)
+
+    async def start(self) -> None:
+        """Open the store (creating it), start delivering (or waiting for the lease)."""
+        await self.store.run(lambda: self.store.db)
+        self.receiver.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+        )
+        self._tasks = [
+            asyncio.create_task(self.deliverer.run(), name="webhook-delivery"),
+            asyncio.create_task(self._refresh_pending(), name="webhook-pending"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        # gather, not `await task` under suppress(CancelledError): that would also
+        # swallow a cancel of close() itself.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.receiver.session is not None:
+            await self.receiver.session.close()
+        await asyncio.to_thread(self.store.close)
+
+    async def _refresh_pending(self) -> None:
+        while True:
+            try:
+                self.metrics.set_pending(await self.store.run(self.store.pending))
+            except sqlite3.Error:
+                _log.exception(events.WEBHOOK_STORE_FAILED, store=str(self.store.path))
+            await asyncio.sleep(PENDING_REFRESH)

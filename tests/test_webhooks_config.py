@@ -1,0 +1,166 @@
+"""``[[webhooks]]`` and ``[store]``: parsed, validated naming the key, secrets kept secret."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import ConfigError, load_config, parse_config
+from proxy.redact import Redactor
+
+CREDENTIALS = """
+[credentials.main]
+token_url = "https://apitest.vipps.no/accesstoken/get"
+client_id = "cid"
+client_secret = "client-secret-value"
+subscription_key = "subkey-value"
+"""
+HOOK = {
+    "path": "/webhooks/vipps",
+    "kind": "vipps-webhook",
+    "secret": "hook-secret-value",
+    "deliver_to": "http://127.0.0.1:9000/vipps/events",
+}
+
+
+def parse(*hooks: dict[str, Any], store: dict[str, Any] | None = None) -> Any:
+    doc: dict[str, Any] = {
+        "credentials": {
+            "main": {
+                "token_url": "https://apitest.vipps.no/accesstoken/get",
+                "client_id": "cid",
+                "client_secret": "client-secret-value",
+                "subscription_key": "subkey-value",
+            }
+        },
+        "webhooks": list(hooks),
+    }
+    if store is not None:
+        doc["store"] = store
+    return parse_config(doc, {}, source="/etc/vipps-proxy/proxy.toml")
+
+
+def test_a_webhook_entry_is_parsed_with_its_defaults() -> None:
+    config = parse(HOOK)
+    (hook,) = config.webhooks
+    assert (hook.path, hook.kind, str(hook.deliver_to)) == (
+        HOOK["path"],
+        "vipps-webhook",
+        HOOK["deliver_to"],
+    )
+    assert (hook.max_age, hook.retry_for, hook.allow_from, hook.public_url) == (
+        300,
+        604800,
+        (),
+        None,
+    )
+    assert hook.secret is not None
+    assert hook.secret.reveal() == "hook-secret-value"
+    assert "hook-secret-value" not in repr(config)
+
+
+def test_the_store_path_is_relative_to_the_config_files_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    path = folder / "proxy.toml"
+    path.write_text(CREDENTIALS + '\n[store]\npath = "var/events.sqlite3"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cwd = Path.cwd()
+    os.chdir(elsewhere)
+    try:
+        config = load_config(Path("..") / "conf" / "proxy.toml")
+    finally:
+        os.chdir(cwd)
+    assert config.store.path == str(folder.resolve() / "var" / "events.sqlite3")
+
+
+def test_the_store_path_defaults_beside_the_config() -> None:
+    assert parse(HOOK).store.path == "/etc/vipps-proxy/var/vipps-proxy.sqlite3"
+    assert parse(HOOK, store={"path": "/data/x.db"}).store.path == "/data/x.db"
+
+
+def test_the_webhook_secret_is_redacted_from_logs() -> None:
+    config = parse(HOOK)
+    assert Redactor(config.secrets).redact_text("x hook-secret-value y") == "x *** y"
+
+
+def test_secret_file_is_read(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("from-a-file-secret\n")
+    hook = {k: v for k, v in HOOK.items() if k != "secret"}
+    (parsed,) = parse({**hook, "secret_file": str(secret)}).webhooks
+    assert parsed.secret.reveal() == "from-a-file-secret"
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"secret": None}, "webhooks[0].secret"),
+        ({"kind": "stripe"}, "webhooks[0].kind"),
+        ({"deliver_to": "not a url"}, "webhooks[0].deliver_to"),
+        ({"path": "webhooks"}, "webhooks[0].path"),
+        ({"path": "/-/metrics"}, "webhooks[0].path"),
+        ({"public_url": "shop.example.com"}, "webhooks[0].public_url"),
+        ({"max_age": "soon"}, "webhooks[0].max_age"),
+        ({"allow_from": ["10.0.0.300/8"]}, "webhooks[0].allow_from[0]"),
+        ({"colour": "blue"}, "webhooks[0].colour"),
+        ({"kind": "ecom-callback"}, "webhooks[0].secret"),  # eCom callbacks are unsigned
+    ],
+)
+def test_a_bad_webhook_entry_names_its_key(change: dict[str, Any], key: str) -> None:
+    hook = {k: v for k, v in {**HOOK, **change}.items() if v is not None}
+    with pytest.raises(ConfigError) as err:
+        parse(hook)
+    assert err.value.key == key
+    assert "hook-secret-value" not in str(err.value)
+
+
+def test_two_entries_on_one_path_are_refused() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(HOOK, HOOK)
+    assert err.value.key == "webhooks[1].path"
+
+
+def test_an_unknown_store_key_is_refused() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(HOOK, store={"file": "x"})
+    assert err.value.key == "store.file"
+
+
+def test_check_exits_2_naming_the_webhook_key(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.toml"
+    path.write_text(
+        CREDENTIALS + '\n[[webhooks]]\npath = "/hook"\ndeliver_to = "http://127.0.0.1:9/"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == "vipps-proxy: webhooks[0].secret: is required"
+    assert "Traceback" not in result.stderr
+
+
+def test_check_shows_webhooks_with_the_secret_masked(tmp_path: Path) -> None:
+    path = tmp_path / "proxy.toml"
+    path.write_text(
+        CREDENTIALS + '\n[[webhooks]]\npath = "/hook"\nsecret = "hook-secret-value"\n'
+        'deliver_to = "http://127.0.0.1:9/"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert '"path": "/hook"' in result.stdout
+    assert "hook-secret-value" not in result.stdout

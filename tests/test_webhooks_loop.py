@@ -1,0 +1,270 @@
+"""The whole loop: ``vipps-proxy webhooks register`` at the emulator's Webhooks API, the
+emulator's signed ePayment events through the proxy to the legacy app; and the CLI's
+``list`` and ``retry`` on the store."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from proxy.webhooks.store import Store
+from tests.conftest import (
+    DEMO_CLIENT_ID,
+    DEMO_CLIENT_SECRET,
+    DEMO_MSN,
+    DEMO_SUBSCRIPTION_KEY,
+    ProxyFactory,
+    RunningEmulator,
+    free_port,
+    make_config,
+)
+from tests.webhook_peers import HOOK, LegacyApp, eventually, stored
+
+
+def write_cli_config(tmp_path: Path, emulator: RunningEmulator) -> Path:
+    path = tmp_path / "proxy.toml"
+    path.write_text(
+        f"""
+[credentials.main]
+token_url = "{emulator.token_url}"
+client_id = "{DEMO_CLIENT_ID}"
+client_secret = "{DEMO_CLIENT_SECRET}"
+subscription_key = "{DEMO_SUBSCRIPTION_KEY}"
+merchant_serial_number = "{DEMO_MSN}"
+
+[store]
+path = "events.sqlite3"
+"""
+    )
+    return path
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "webhooks", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_register_writes_the_secret_0600_and_never_prints_it(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    config = write_cli_config(tmp_path, emulator)
+    secret_file = tmp_path / "webhook.secret"
+    result = await asyncio.to_thread(
+        cli,
+        config,
+        "register",
+        "--credentials",
+        "main",
+        "--url",
+        "https://shop.example.com/webhooks/vipps",
+        "--events",
+        "epayments.payment.created.v1",
+        "epayments.payment.captured.v1",
+        "--secret-file",
+        str(secret_file),
+    )
+    assert result.returncode == 0, result.stderr
+    from proxy.emulator.webhooks import webhook_hub
+
+    (registration,) = webhook_hub(emulator.server.app).registrations.values()
+    secret = registration.secret.reveal()
+    assert secret_file.read_text().strip() == secret
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert secret not in result.stdout + result.stderr
+    assert registration.id in result.stdout
+    assert registration.events == ("epayments.payment.created.v1", "epayments.payment.captured.v1")
+
+
+async def test_emulator_events_reach_the_app_through_the_proxy_signed_and_verified(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    """Register (CLI), create and capture a payment through the proxy: the app gets the
+    CREATED, AUTHORIZED and CAPTURED events in order, each verified by the proxy."""
+    app = LegacyApp()
+    app_server = await aiohttp_server(app.app(), host="127.0.0.1")
+    port = free_port()
+    secret_file = tmp_path / "webhook.secret"
+    result = await asyncio.to_thread(
+        cli,
+        write_cli_config(tmp_path, emulator),
+        "register",
+        "--credentials",
+        "main",
+        "--url",
+        f"http://127.0.0.1:{port}{HOOK}",
+        "--events",
+        "epayments.payment.created.v1",
+        "epayments.payment.authorized.v1",
+        "epayments.payment.captured.v1",
+        "--secret-file",
+        str(secret_file),
+    )
+    assert result.returncode == 0, result.stderr
+    hook = {
+        "path": HOOK,
+        "secret_file": str(secret_file),
+        "deliver_to": str(app_server.make_url("/vipps/events")),
+    }
+    config = make_config(
+        emulator.token_url,
+        emulator.url,
+        server={"port": port},
+        extra={"webhooks": [hook], "store": {"path": str(tmp_path / "events.sqlite3")}},
+    )
+    proxy = await start_proxy(config)
+    amount = {"currency": "NOK", "value": 4900}
+    async with aiohttp.ClientSession() as client:
+        created = {
+            "amount": amount,
+            "paymentMethod": {"type": "WALLET"},
+            "reference": "loop-order-1",
+            "userFlow": "WEB_REDIRECT",
+            "returnUrl": "https://example.com/return",
+            "paymentDescription": "loop",
+        }
+        headers = {"Idempotency-Key": "loop-order-1"}
+        async with client.post(
+            proxy.at("/epayment/v1/payments"), json=created, headers=headers
+        ) as response:
+            assert response.status == 201
+        async with client.post(
+            proxy.at("/epayment/v1/payments/loop-order-1/capture"),
+            json={"modificationAmount": amount},
+            headers={"Idempotency-Key": "loop-order-1-capture"},
+        ) as response:
+            assert response.status == 200
+    await eventually(lambda: len(app.received) == 3, "three events at the app")
+    names = [orjson.loads(body)["name"] for body in app.bodies()]
+    assert names == ["CREATED", "AUTHORIZED", "CAPTURED"]
+    assert {line["result"] for line in proxy.logs.events("webhook_received")} == {"accepted"}
+
+
+def test_list_and_retry_failed_events(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        """
+[credentials.main]
+token_url = "http://127.0.0.1:9/accesstoken/get"
+client_id = "a"
+client_secret = "client-secret-value"
+subscription_key = "subkey-value"
+
+[store]
+path = "var/events.sqlite3"
+"""
+    )
+    store = Store(tmp_path / "var" / "events.sqlite3")
+    ids = [
+        store.add(
+            hook=HOOK,
+            path=HOOK,
+            method="POST",
+            headers=[],
+            body=b'{"reference":"r-%d"}' % n,
+            ordering_key=f"r-{n}",
+            now=1_800_000_000,
+        )[0]
+        for n in range(3)
+    ]
+    store.mark_failed(ids[0], 12, "status_500")
+    store.mark_failed(ids[1], 12, "timeout")
+    store.close()
+    listed = cli(config, "list", "--state", "failed")
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ids[:2]
+    assert "reference=r-0" in lines[0]
+    assert "last_error=status_500" in lines[0]
+    assert cli(config, "retry", ids[0]).returncode == 0
+    assert [e.id for e in stored(tmp_path / "var" / "events.sqlite3", "failed")] == [ids[1]]
+    assert cli(config, "retry", "--failed").returncode == 0
+    assert stored(tmp_path / "var" / "events.sqlite3", "failed") == []
+    assert len(stored(tmp_path / "var" / "events.sqlite3", "pending")) == 3
+    assert cli(config, "retry", "no-such-id").returncode == 1
+
+
+async def test_the_demo_shows_the_webhook_loop() -> None:
+    """`vipps-proxy demo`: a payment made with the printed curl line comes back to the
+    demo app as webhooks through the proxy, and the app prints them."""
+    port, emulator_port = free_port(), free_port()
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "demo",
+        "--port",
+        str(port),
+        "--emulator-port",
+        str(emulator_port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert demo.stdout is not None
+    try:
+        line = b""
+        while not line.startswith(b"curl "):
+            line = await asyncio.wait_for(demo.stdout.readline(), 20)
+            assert line, "demo exited before printing the curl line"
+        await asyncio.to_thread(
+            subprocess.run, ["bash", "-c", line.decode()], capture_output=True, timeout=20
+        )
+        while b"demo app received AUTHORIZED for payment demo-" not in line:
+            line = await asyncio.wait_for(demo.stdout.readline(), 20)
+            assert line, "demo exited before the app printed the event"
+            print(line[:300])
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(demo.wait(), 20)
+    assert demo.returncode == 0
+
+
+async def test_an_emulated_ecom_callback_reaches_the_app_through_the_proxy(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    """eCom v2 initiated through the proxy with a callbackPrefix at the proxy: the
+    emulator's one callback is answered by the proxy and reaches the app with the
+    merchant's authToken."""
+    app = LegacyApp()
+    app_server = await aiohttp_server(app.app(), host="127.0.0.1")
+    hook = {"path": "/ecom", "kind": "ecom-callback", "deliver_to": str(app_server.make_url("/cb"))}
+    config = make_config(
+        emulator.token_url,
+        emulator.url,
+        extra={"webhooks": [hook], "store": {"path": str(tmp_path / "events.sqlite3")}},
+    )
+    proxy = await start_proxy(config)
+    initiate = {
+        "customerInfo": {},
+        "merchantInfo": {
+            "merchantSerialNumber": DEMO_MSN,
+            "callbackPrefix": proxy.at("/ecom"),
+            "fallBack": "https://example.com/fallback",
+            "authToken": "order-auth-token-1",
+        },
+        "transaction": {"orderId": "ecom-order-1", "amount": 20000, "transactionText": "x"},
+    }
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(proxy.at("/ecomm/v2/payments"), json=initiate) as response,
+    ):
+        assert response.status == 200
+    await eventually(lambda: len(app.received) == 1, "the callback at the app")
+    got = app.received[0]
+    assert got.path_qs == "/cb/v2/payments/ecom-order-1"
+    assert got.header("Authorization") == "order-auth-token-1"
+    assert orjson.loads(got.body)["transactionInfo"]["status"] == "RESERVE"
+    from proxy.emulator.ecom import ECOM_KEY
+
+    assert emulator.server.app[ECOM_KEY].callbacks == {"ecom-order-1": 200}
