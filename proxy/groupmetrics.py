@@ -61,8 +61,16 @@ def snapshot(families: Iterable[Metric]) -> Snapshot:
     ]
 
 
+#: Gauges every worker reads from one shared source (the webhook store): the group's
+#: value is the highest any worker saw, not the sum.
+SHARED_GAUGES: Final = frozenset(
+    {"vipps_proxy_webhooks_pending", "vipps_proxy_webhooks_oldest_pending_seconds"}
+)
+
+
 def merge(snapshots: Iterable[Snapshot]) -> list[Metric]:
-    """Families with each sample summed over ``snapshots`` (``_created``: the earliest)."""
+    """Families with each sample summed over ``snapshots`` (``_created``: the earliest;
+    a gauge in ``SHARED_GAUGES``: the highest)."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for families_of_one in snapshots:
@@ -78,6 +86,8 @@ def merge(snapshots: Iterable[Snapshot]) -> list[Metric]:
                     summed[key] = value
                 elif sample.endswith("_created"):
                     summed[key] = min(earlier, value)
+                elif name in SHARED_GAUGES:
+                    summed[key] = max(earlier, value)
                 else:
                     summed[key] = earlier + value
     for name, family in families.items():

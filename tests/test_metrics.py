@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.groupmetrics import MetricsGroup
+from proxy.groupmetrics import MetricsGroup, Snapshot, merge
 from proxy.metrics import Metrics
 
 from .conftest import RunningEmulator, free_port
@@ -85,6 +85,32 @@ def test_a_group_scrape_sums_every_workers_snapshot(tmp_path: Path) -> None:
     assert 'vipps_proxy_request_duration_seconds_count{route="/"} 5.0' in lines
     assert 'vipps_proxy_request_bytes_total{route="/"} 17.0' in lines
     assert 'vipps_proxy_upstream_errors_total{kind="read_timeout",route="/"} 1.0' in lines
+
+
+def test_a_group_scrape_shows_a_shared_gauge_once_not_summed(tmp_path: Path) -> None:
+    """The webhook gauges are read by every worker from the one store: the group's value
+    is that reading, not one per worker added up."""
+    snapshots: list[Snapshot] = [
+        [("vipps_proxy_webhooks_pending", "Pending.", "gauge", [(name, {"path": "/w"}, v)])]
+        for name, v in (
+            ("vipps_proxy_webhooks_pending", 3.0),
+            ("vipps_proxy_webhooks_pending", 4.0),
+        )
+    ]
+    in_flight: list[Snapshot] = [
+        [
+            (
+                "vipps_proxy_in_flight_requests",
+                "Now.",
+                "gauge",
+                [("vipps_proxy_in_flight_requests", {}, v)],
+            )
+        ]
+        for v in (1.0, 2.0)
+    ]
+    merged = {s.name: s.value for f in merge([*snapshots, *in_flight]) for s in f.samples}
+    assert merged["vipps_proxy_webhooks_pending"] == 4.0
+    assert merged["vipps_proxy_in_flight_requests"] == 3.0
 
 
 async def test_workers_2_one_scrape_counts_every_call(
