@@ -22,6 +22,7 @@ OPTIONS = {
         "--emulator-port": "8081",
         "--log-format": "console",
         "--auto-approve": "5",
+        "--app-port": "0",
     },
     "emulator": {
         "--host": "127.0.0.1",

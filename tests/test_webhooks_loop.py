@@ -140,6 +140,10 @@ async def test_emulator_events_reach_the_app_through_the_proxy_signed_and_verifi
         ) as response:
             assert response.status == 201
         async with client.post(
+            proxy.at("/epayment/v1/test/payments/loop-order-1/approve")
+        ) as response:
+            assert response.status == 200  # the user says yes in the app
+        async with client.post(
             proxy.at("/epayment/v1/payments/loop-order-1/capture"),
             json={"modificationAmount": amount},
             headers={"Idempotency-Key": "loop-order-1-capture"},

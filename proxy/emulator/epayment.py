@@ -7,6 +7,7 @@ Vipps' spec, or ``EmulatorSettings.auto_approve`` seconds after its creation (th
 sets that, so its payments become AUTHORIZED as if someone said yes in the app).
 """
 
+import asyncio
 import secrets
 from collections.abc import Callable
 
@@ -18,6 +19,7 @@ from .keys import request_state
 from .payments import InvalidAdjustment, Money, Payment, PaymentConflict
 from .settings import SalesUnit
 from .validation import Findings, check_create, check_modification
+from .webhooks import HUB_KEY, notify
 
 PAYMENTS_PATH = "/epayment/v1/payments"
 IDEMPOTENCY_KEY = "Idempotency-Key"
@@ -53,7 +55,8 @@ async def create_payment(request: web.Request) -> web.StreamResponse:
         metadata=wanted.metadata,
     )
     state.payments[payment.reference] = payment
-    _approve_when_due(payment, state.settings.auto_approve)
+    if state.settings.auto_approve is not None:
+        _approve_later(request, payment, state.settings.auto_approve)
     return _created(payment)
 
 
@@ -111,6 +114,19 @@ def _approve_when_due(payment: Payment, after: float | None) -> None:
     """With ``auto_approve``, a CREATED payment old enough is approved before it is seen."""
     if after is not None and payment.state == "CREATED" and payment.age() >= after:
         payment.authorize()
+
+
+def _approve_later(request: web.Request, payment: Payment, after: float) -> None:
+    """Approve ``payment`` ``after`` seconds from now, as the user would, and send its
+    webhooks then: an app that only listens for events sees AUTHORIZED too."""
+    hub, state = request.config_dict[HUB_KEY], request_state(request)
+
+    def approve() -> None:
+        if payment.state == "CREATED":
+            payment.authorize()
+        notify(hub, state)
+
+    hub.timers.append(asyncio.get_running_loop().call_later(after, approve))
 
 
 def _adjustment_target(request: web.Request) -> tuple[str, Payment]:

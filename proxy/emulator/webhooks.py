@@ -29,6 +29,7 @@ from .credentials import authenticate_api
 from .injection import Handler
 from .keys import request_state
 from .payments import Payment, PaymentEvent
+from .state import EmulatorState
 
 WEBHOOKS_PATH: Final = "/webhooks/v1/webhooks"
 EVENT_TYPES: Final = tuple(
@@ -80,6 +81,7 @@ class WebhookHub:
     notified: dict[str, int] = field(default_factory=dict)  # reference -> events sent
     deliveries: list[Delivery] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)  # the emulator's own changes
     session: aiohttp.ClientSession | None = None
 
 
@@ -151,14 +153,19 @@ async def delete_registration(request: web.Request) -> web.Response:
 async def notify_changes(request: web.Request, handler: Handler) -> web.StreamResponse:
     """After each call, send the payments' new events to the registrations for them."""
     response = await handler(request)
-    hub = request.config_dict[HUB_KEY]
+    notify(request.config_dict[HUB_KEY], request_state(request))
+    return response
+
+
+def notify(hub: WebhookHub, state: EmulatorState) -> None:
+    """Send every payment's events not sent yet to the registrations for them (after a
+    call, or when the emulator changes a payment by itself)."""
     if hub.registrations:
-        for payment in request_state(request).payments.values():
+        for payment in state.payments.values():
             sent = hub.notified.get(payment.reference, 0)
             for event in payment.events[sent:]:
                 _send_all(hub, payment, event)
             hub.notified[payment.reference] = len(payment.events)
-    return response
 
 
 def event_body(payment: Payment, event: PaymentEvent) -> bytes:
@@ -216,6 +223,8 @@ async def _deliver(hub: WebhookHub, registration: Registration, delivery: Delive
 
 async def _stop(app: web.Application) -> None:
     hub = app[HUB_KEY]
+    for timer in hub.timers:
+        timer.cancel()
     for task in hub.tasks:
         task.cancel()
     await asyncio.gather(*hub.tasks, return_exceptions=True)
