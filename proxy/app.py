@@ -1,8 +1,9 @@
 """``ProxyApp``: the handler every call meets, on aiohttp's low-level server.
 
-Order of checks for a call: client address (403), method (405 for CONNECT), request
-shape (400/417/431/505), reserved ``/-/`` paths, client key (407), legacy token calls,
-route (400/404), credentials (403), then forwarding. Every call ends in exactly one log
+Order of checks for a call: client address (403), method (405 for CONNECT and TRACE),
+request shape (400/417/431/505), reserved ``/-/`` paths, client key (407), the path's
+normal form (400), legacy token calls (405 unless POST), route (400/404), credentials
+(403), then forwarding. Every call ends in exactly one log
 line and one metrics update.
 
 The proxy has one handler and its own router, so it runs on ``web.Server`` rather than
@@ -28,7 +29,7 @@ from proxy.access import Allowlist, check_client_key, peer_address
 from proxy.admin import (
     ADMIN_PREFIX,
     admin_response,
-    is_legacy_token_call,
+    is_legacy_token_path,
     legacy_token_response,
 )
 from proxy.config import Config
@@ -55,6 +56,8 @@ from proxy.upstream import UpstreamPool
 MAX_REQUEST_ID: Final = 128
 #: Answers after which the connection is closed: the request was malformed or hostile.
 CLOSE_AFTER: Final = frozenset({400, 405, 431, 505})
+#: Methods refused with 405 before anything else is looked at.
+REFUSED_METHODS: Final = frozenset({hdrs.METH_CONNECT, hdrs.METH_TRACE})
 POOL_SIZE: Final = 256
 MAX_IDLE_UPSTREAM: Final = 15.0  # seconds a pooled upstream connection may sit idle
 
@@ -222,8 +225,10 @@ async def _dispatch(
     request: web.BaseRequest, state: ProxyState, forwarder: Forwarder, call: CallRecord
 ) -> web.StreamResponse:
     state.allowlist.check(call.client)
-    if request.method == hdrs.METH_CONNECT:
-        raise MethodNotAllowed("CONNECT is not served: this is not a forward proxy")
+    if request.method in REFUSED_METHODS:
+        # CONNECT would open a tunnel; TRACE would have the upstream reflect the
+        # credentials the proxy injects back to the client.
+        raise MethodNotAllowed(f"{request.method} is not served by this proxy")
     check_request(request)
     if call.path.startswith(ADMIN_PREFIX):
         call.route = "admin"
@@ -231,13 +236,17 @@ async def _dispatch(
         call.status = response.status
         return response
     check_client_key(state.config.server.client_keys, request)
-    if is_legacy_token_call(request.method, call.path):
+    normal = state.router.normal(request.raw_path)
+    if is_legacy_token_path(normal):
         # A reserved path: answered here unless the route it falls under opts out.
-        covering = state.router.match(call.path)
+        covering = state.router.match(normal)
         if covering is None or covering.local_token_endpoints:
-            call.route, call.status = "legacy_token", 200
+            call.route = "legacy_token"
+            if request.method != hdrs.METH_POST:
+                raise MethodNotAllowed("a token is asked for with POST", allow="POST")
+            call.status = 200
             return legacy_token_response(state)
-    route = state.router.resolve(request.raw_path)
+    route = state.router.route(request.raw_path, normal)
     call.route, call.upstream = route.name, route.upstream_text
     creds = pick_credentials(
         route, state.config.credentials, request.headers.get(MERCHANT_SERIAL_NUMBER)

@@ -7,7 +7,7 @@
     ├── BadRequest                  400 malformed request
     ├── Forbidden                   403 client or merchant not allowed
     ├── NotFound                    404 no route
-    ├── MethodNotAllowed            405 CONNECT and friends
+    ├── MethodNotAllowed            405 CONNECT, TRACE; not POST on a token path
     ├── ProxyAuthRequired           407 missing or wrong client key
     ├── PayloadTooLarge             413 body above max_body_bytes
     ├── ExpectationFailed           417 an Expect other than 100-continue
@@ -77,8 +77,18 @@ class MethodNotAllowed(ProxyError):
     title = "Method not allowed"
     slug = "method-not-allowed"
 
+    def __init__(
+        self,
+        detail: str,
+        *,
+        reason: str | None = None,
+        allow: str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+    ) -> None:
+        super().__init__(detail, reason=reason)
+        self.allow = allow
+
     def extra_headers(self) -> dict[str, str]:
-        return {"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"}
+        return {"Allow": self.allow}
 
 
 class HeadersTooLarge(ProxyError):

@@ -35,7 +35,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import load_config
-from proxy.emulator import SalesUnit, TokenStyle
+from proxy.emulator import DEMO_SALES_UNITS, SalesUnit, TokenStyle
 from proxy.tokens import MIN_AGE_TO_INVALIDATE
 from tests.conftest import (
     EmulatorFactory,
@@ -54,6 +54,7 @@ CUT_WITHIN = 4.0
 ANSWER_WITHIN = 5.0
 SENTINEL = "/echo/b/sentinel"
 PROBLEM_JSON = "application/problem+json"
+PROXY_PROBLEMS = "https://github.com/vipps-proxy/vipps-proxy"
 
 
 # --------------------------------------------------------------------------- raw HTTP
@@ -424,6 +425,15 @@ async def test_connect_is_refused_with_405(target: Target, form: str) -> None:
     await target.assert_nothing_forwarded()
 
 
+async def test_trace_is_refused_with_405(target: Target) -> None:
+    """TRACE would have the upstream echo our injected token and key to the client: 405."""
+    request = b"TRACE /echo/a/x HTTP/1.1\r\nHost: proxy.test\r\n\r\n"
+    answer = await exchange(target.address, request)
+    assert answer.status == 405, answer.raw[:300]
+    assert answer.headers["Content-Type"] == PROBLEM_JSON
+    await target.assert_nothing_forwarded()
+
+
 # --------------------------------------------------------------------------- traversal
 
 TRAVERSALS = [
@@ -477,6 +487,110 @@ async def test_a_fragment_in_the_request_target_is_refused(target: Target) -> No
     answer = await exchange(target.address, get("/echo/a/x#/../../b/y"))
     assert answer.status == 400, answer.raw[:300]
     await target.assert_nothing_forwarded()
+
+
+OSLO, BERGEN = DEMO_SALES_UNITS
+
+
+@dataclass
+class SalesUnits:
+    """The proxy with ePayment, Recurring and userinfo on one sales unit, the rest on
+    another: a call routed by the wrong reading of its path spends the wrong keys."""
+
+    proxy: RunningProxy
+    upstream: RunningEmulator
+
+    def last_key(self) -> list[str]:
+        return self.upstream.state.received[-1].values("Ocp-Apim-Subscription-Key")
+
+
+@pytest.fixture
+async def sales_units(emulator: RunningEmulator, start_proxy: ProxyFactory) -> SalesUnits:
+    def creds(unit: SalesUnit) -> dict[str, str]:
+        return {
+            "token_url": str(emulator.token_url),
+            "client_id": unit.client_id,
+            "client_secret": unit.client_secret,
+            "subscription_key": unit.subscription_key,
+            "merchant_serial_number": unit.merchant_serial_number,
+        }
+
+    up = str(emulator.url)
+    config = make_config(
+        emulator.token_url,
+        extra={
+            "credentials": {"oslo": creds(OSLO), "bergen": creds(BERGEN)},
+            "routes": [
+                {"prefix": "/epayment/", "upstream": up, "credentials": "oslo"},
+                {"prefix": "/recurring/", "upstream": up, "credentials": "oslo"},
+                {"prefix": "/vipps-userinfo-api/", "upstream": up, "auth": "none"},
+                {"prefix": "/", "upstream": up, "credentials": "bergen"},
+            ],
+        },
+    )
+    return SalesUnits(await start_proxy(config), emulator)
+
+
+PREFIX_SPELLINGS = [
+    "/epaymen%74/v1/payments/x",
+    "/%65payment/v1/payments/x",
+    "/%65%70%61%79%6D%65%6E%74/v1/payments/x",
+    "/EPAYMENT/v1/payments/x",
+    "/ePayment/v1/payments/x",
+    "/e%50ayment/v1/payments/x",
+    "/Recurring/v3/agreements/x",
+    "/recurrin%67/v3/agreements/x",
+]
+
+
+@pytest.mark.parametrize("path", PREFIX_SPELLINGS)
+async def test_an_encoded_or_recased_prefix_gets_its_own_routes_credentials(
+    sales_units: SalesUnits, path: str
+) -> None:
+    """``/epaymen%74/...`` is ``/epayment/...`` to Vipps: it gets ePayment's sales unit,
+    and the upstream still receives the client's path byte for byte."""
+    answer = await exchange(sales_units.proxy.address, get(path))
+    assert answer.status is not None
+    assert answer.status < 500, answer.raw[:300]
+    assert sales_units.upstream.state.received[-1].raw_path == path
+    assert sales_units.last_key() == [OSLO.subscription_key]
+
+
+async def test_the_plain_paths_of_each_sales_unit_get_its_credentials(
+    sales_units: SalesUnits,
+) -> None:
+    """Control: the same shapes, spelled plainly, reach each unit with its own key."""
+    await exchange(sales_units.proxy.address, get("/epayment/v1/payments/x"))
+    assert sales_units.last_key() == [OSLO.subscription_key]
+    await exchange(sales_units.proxy.address, get("/echo/x"))
+    assert sales_units.last_key() == [BERGEN.subscription_key]
+
+
+PATHS_WITH_PARAMETERS = [
+    "/vipps-userinfo-api;a/userinfo",
+    "/recurring;x/v3/agreements",
+    "/epayment/v1/payments;x",
+    "/echo/x;",
+    "/;/epayment/v1/payments/x",
+]
+
+
+@pytest.mark.parametrize("path", PATHS_WITH_PARAMETERS)
+async def test_a_semicolon_in_the_path_is_refused(sales_units: SalesUnits, path: str) -> None:
+    """Vipps' APIs have no path parameters; servers that cut them would read another
+    route's path: 400, nothing forwarded."""
+    before = sales_units.upstream.state.received_total
+    answer = await exchange(sales_units.proxy.address, get(path + "?q=1"))
+    assert answer.status == 400, answer.raw[:300]
+    assert answer.headers["Content-Type"] == PROBLEM_JSON
+    assert sales_units.upstream.state.received_total == before
+
+
+async def test_a_semicolon_in_the_query_is_forwarded(sales_units: SalesUnits) -> None:
+    """Only the path is judged: ``;`` after ``?`` is query data and passes."""
+    answer = await exchange(sales_units.proxy.address, get("/echo/x?a=1;b=2"))
+    assert answer.status == 200, answer.raw[:300]
+    assert sales_units.upstream.state.received[-1].raw_path == "/echo/x?a=1;b=2"
 
 
 # --------------------------------------------------------------------------- allowlist
@@ -584,6 +698,23 @@ async def assert_407(target: Target, request: bytes) -> None:
 async def test_a_missing_or_wrong_client_key_gets_407(keyed: Target, headers: list[str]) -> None:
     """No valid ``Proxy-Authorization: Bearer <key>``: 407 with Proxy-Authenticate."""
     await assert_407(keyed, get("/echo/a/x", *headers))
+
+
+NOT_UTF8_KEYS = {
+    "two-bytes-no-utf8": b"Bearer \xff\xfe",
+    "no-scheme": b"\xff\xfe",
+    "truncated-sequence": b"Bearer \xc3(",
+    "valid-key-then-junk": b"Bearer " + KEY_ONE.encode() + b"\xff",
+    "encoded-surrogate": b"Bearer \xed\xa0\x80",
+    "latin-1-letters": b"Bearer n\xe6r",
+}
+
+
+@pytest.mark.parametrize("value", NOT_UTF8_KEYS.values(), ids=NOT_UTF8_KEYS.keys())
+async def test_a_client_key_that_is_not_utf8_gets_407(keyed: Target, value: bytes) -> None:
+    """Bytes that are not UTF-8 in Proxy-Authorization: 407, never a 500."""
+    head = b"GET /echo/a/x HTTP/1.1\r\nHost: p\r\nProxy-Authorization: " + value
+    await assert_407(keyed, head + b"\r\nConnection: close\r\n\r\n")
 
 
 async def test_a_pass_through_route_needs_a_client_key_too(keyed: Target) -> None:
@@ -796,6 +927,56 @@ async def test_stalled_clients_do_not_starve_others(target: Target) -> None:
         for _, writer in stalled:
             writer.close()
     assert target.forwarded_since() == ["/echo/b/served"]
+
+
+# --------------------------------------------------------------------------- legacy token calls
+
+LEGACY_SPELLINGS = [
+    "/accesstoken/get/",
+    "/accesstoken//get",
+    "/accesstoken%2fget",
+    "/accesstoken%2Fget",
+    "/AccessToken/GET",
+    "/%61ccesstoken/get",
+    "/accesstoke%6E/g%65t",
+    "/accesstoken/./get",
+    "/accesstoken/x/../get",
+    "/accesstoken/get?x=1",
+    "/api/access-token/jwt-token/",
+    "/API/Access-Token/JWT-Token",
+    "/api/access%2Dtoken/jwt-token",
+    "/api//access-token/jwt-token",
+]
+
+
+def post(path: str) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize("path", LEGACY_SPELLINGS)
+async def test_every_spelling_of_a_legacy_token_path_is_answered_locally(
+    target: Target, path: str
+) -> None:
+    """What the upstream reads as ``/accesstoken/get`` gets the placeholder here; it is
+    never forwarded with our token and key."""
+    answer = await exchange(target.address, post(path))
+    assert answer.status == 200, answer.raw[:300]
+    assert answer.json()["access_token"].startswith("vipps-proxy-placeholder-")
+    await target.assert_nothing_forwarded()
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
+@pytest.mark.parametrize("path", ["/accesstoken/get", "/Accesstoken//get/"])
+async def test_a_legacy_token_path_answers_other_methods_405_locally(
+    target: Target, method: str, path: str
+) -> None:
+    """A token path asked with another method than POST: 405 here, nothing forwarded."""
+    answer = await exchange(target.address, get(path).replace(b"GET", method.encode(), 1))
+    assert answer.status == 405, answer.raw[:300]
+    assert answer.headers["Allow"] == "POST"
+    if method != "HEAD":  # the proxy's own problem, not an upstream's 405 passed on
+        assert answer.json()["type"] == f"{PROXY_PROBLEMS}#method-not-allowed"
+    await target.assert_nothing_forwarded()
 
 
 # --------------------------------------------------------------------------- secrets
