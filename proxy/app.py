@@ -23,6 +23,7 @@ from typing import Any, Final
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestHandler
 
 from proxy import events
 from proxy.access import Allowlist, check_client_key, peer_address
@@ -55,7 +56,7 @@ from proxy.upstream import UpstreamPool
 
 MAX_REQUEST_ID: Final = 128
 #: Answers after which the connection is closed: the request was malformed or hostile.
-CLOSE_AFTER: Final = frozenset({400, 405, 431, 505})
+CLOSE_AFTER: Final = frozenset({400, 405, 408, 431, 505})
 #: Methods refused with 405 before anything else is looked at.
 REFUSED_METHODS: Final = frozenset({hdrs.METH_CONNECT, hdrs.METH_TRACE})
 POOL_SIZE: Final = 256
@@ -191,7 +192,8 @@ class ProxyRunner(web.ServerRunner):
     """
 
     def __init__(self, proxy: ProxyApp, *, shutdown_timeout: float, **handler: Any) -> None:
-        server = web.Server(proxy.handle, handler_cancellation=True, **handler)
+        limit = proxy.state.config.server.max_connections
+        server = BoundedServer(proxy.handle, limit, handler_cancellation=True, **handler)
         super().__init__(server, shutdown_timeout=shutdown_timeout)
         self.proxy = proxy
 
@@ -204,6 +206,22 @@ class ProxyRunner(web.ServerRunner):
 
     async def _cleanup_server(self) -> None:
         await self.proxy.close()
+
+
+class BoundedServer(web.Server):
+    """aiohttp's low-level server holding at most ``max_connections`` client
+    connections: one more is closed the moment it is accepted, before a byte is read."""
+
+    def __init__(self, handler: Any, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.max_connections = max_connections
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        if len(self._connections) >= self.max_connections:
+            transport.abort()
+            handler.force_close()  # its parser never runs; its task ends at once
+            return
+        super().connection_made(handler, transport)
 
 
 def _tokens_session(state: ProxyState) -> aiohttp.ClientSession:

@@ -76,6 +76,8 @@ class ServerConfig:
     max_body_bytes: int = 0
     allow_open_network: bool = False
     header_timeout: float = 20.0
+    body_timeout: float = 20.0
+    max_connections: int = 1024
 
 
 @dataclass(frozen=True)
@@ -333,6 +335,8 @@ def _server(t: _Table) -> ServerConfig:
         max_body_bytes=_integer(t, "max_body_bytes", 0, 0, 2**62),
         allow_open_network=t.get("allow_open_network", bool, False),
         header_timeout=t.number("header_timeout", 20.0, minimum=0.1),
+        body_timeout=t.number("body_timeout", 20.0, minimum=0.1),
+        max_connections=_integer(t, "max_connections", 1024, 1, 1_000_000),
     )
     _check_server_tls(server, t.key)
     _check_exposure(server, t.key)

@@ -9,6 +9,7 @@
     ├── NotFound                    404 no route
     ├── MethodNotAllowed            405 CONNECT, TRACE; not POST on a token path
     ├── ProxyAuthRequired           407 missing or wrong client key
+    ├── RequestTimeout              408 a request body stalled past body_timeout
     ├── PayloadTooLarge             413 body above max_body_bytes
     ├── ExpectationFailed           417 an Expect other than 100-continue
     ├── HeadersTooLarge             431 header block too large in total
@@ -101,6 +102,12 @@ class VersionNotSupported(ProxyError):
     status = 505
     title = "HTTP version not supported"
     slug = "version-not-supported"
+
+
+class RequestTimeout(ProxyError):
+    status = 408
+    title = "Request timeout"
+    slug = "request-timeout"
 
 
 class ProxyAuthRequired(ProxyError):
