@@ -23,6 +23,7 @@ import base64
 import contextlib
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1224,3 +1225,101 @@ async def test_no_secret_appears_anywhere_at_debug_level(
         if value in text
     ]
     assert not leaks, "secrets found: " + "; ".join(leaks)
+
+
+def _json_escaped(text: str) -> str:
+    """Every character as ``\\uXXXX``, the hex digits' case alternating."""
+    return "".join(f"\\u{ord(c):04X}" if i % 2 else f"\\u{ord(c):04x}" for i, c in enumerate(text))
+
+
+def _percent(text: str, upper: bool = True) -> str:
+    """Every character percent-encoded."""
+    return "".join(f"%{b:02X}" if upper else f"%{b:02x}" for b in text.encode())
+
+
+def _mixed(text: str) -> str:
+    """Characters alternately JSON-escaped, percent-encoded and as written."""
+    ways = (_json_escaped, _percent, str)
+    return "".join(ways[i % 3](c) for i, c in enumerate(text))
+
+
+def _b64(text: str, urlsafe: bool = False) -> str:
+    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+    return encode(text.encode()).decode()
+
+
+#: What each refusing token endpoint writes in its error body: the credentials it got
+#: (client secret, subscription key, Basic header's base64), in one of the forms an
+#: error page may use. Each fits in the 512 bytes of body that are logged.
+ECHOES: dict[str, Callable[[str, str, str], list[str]]] = {
+    "json": lambda secret, key, basic: [_json_escaped(secret)],
+    "percent": lambda secret, key, basic: [_percent(secret), _percent(key, upper=False)],
+    "mixed": lambda secret, key, basic: [_mixed(secret)],
+    "base64": lambda secret, key, basic: [_b64(secret), _b64(key, urlsafe=True)],
+    "basic": lambda secret, key, basic: [_percent(basic, upper=False)],
+}
+
+
+def _echoed(form: str, unit: SalesUnit) -> list[str]:
+    pair = _b64(f"{unit.client_id}:{unit.client_secret}")
+    return ECHOES[form](unit.client_secret, unit.subscription_key, pair)
+
+
+async def test_secrets_echoed_escaped_or_in_base64_are_masked_in_the_logs(
+    start_proxy: ProxyFactory, aiohttp_server: Any
+) -> None:
+    """Token endpoints that refuse and echo the credentials JSON-escaped, URL-encoded,
+    in base64, or the Basic header's base64(id:secret) URL-encoded: every refusal is
+    logged, and none of those forms reaches the log."""
+    units = {form: _unit() for form in ECHOES}
+
+    async def refuse(request: web.Request) -> web.Response:
+        headers = request.headers
+        basic = headers.get("Authorization", "").removeprefix("Basic ")
+        got = ECHOES[request.match_info["form"]](
+            headers.get("client_secret", ""), headers["Ocp-Apim-Subscription-Key"], basic
+        )
+        body = '{"error": "invalid_client", "got": "' + " ".join(got) + '"}'
+        return web.Response(status=401, text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/{form}/token", refuse)
+    endpoint = await aiohttp_server(app, host="127.0.0.1")
+
+    def creds(form: str) -> dict[str, str]:
+        unit = units[form]
+        return {
+            "token_url": str(endpoint.make_url(f"/{form}/token")),
+            "token_style": "oauth2" if form == "basic" else "accesstoken",
+            "client_id": unit.client_id,
+            "client_secret": unit.client_secret,
+            "subscription_key": unit.subscription_key,
+        }
+
+    upstream = str(endpoint.make_url("/"))
+    config = make_config(
+        endpoint.make_url("/json/token"),
+        extra={
+            "credentials": {form: creds(form) for form in ECHOES},
+            "routes": [
+                {"prefix": f"/{form}", "upstream": upstream, "credentials": form} for form in ECHOES
+            ],
+        },
+    )
+    proxy = await start_proxy(config)
+    for _ in range(200):  # every set fetches at start; bounded wait for the refusals
+        refusals = proxy.logs.events("token_refresh_failed")
+        if {line["credentials"] for line in refusals} == set(ECHOES):
+            break
+        await asyncio.sleep(0.05)
+    assert {line["credentials"] for line in refusals} == set(ECHOES)
+    assert all("invalid_client" in line["error"] for line in refusals)
+    logged = [proxy.logs.text(), *(line["error"] for line in refusals)]
+    leaks = [
+        f"{form}: {written[:12]}..."
+        for form, unit in units.items()
+        for written in _echoed(form, unit)
+        if any(written in text or written.rstrip("=") in text for text in logged)
+    ]
+    assert not leaks, leaks
+    assert all("***" in line["error"] for line in refusals)  # the echo was logged, masked
