@@ -32,6 +32,8 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -744,6 +746,60 @@ async def test_a_valid_client_key_is_removed_before_forwarding(
     (received,) = [r for r in keyed.upstream.state.received if r.raw_path == path]
     assert received.values("Proxy-Authorization") == []
     assert all(key not in value for _, value in received.headers)
+
+
+HEADER_NAMES = [
+    "X-Request-Id",
+    "Merchant-Serial-Number",
+    "Authorization",
+    "Ocp-Apim-Subscription-Key",
+    "Content-Type",
+    "Accept",
+    "Cookie",
+    "Idempotency-Key",
+    "Expect",
+    "Connection",
+    "Vipps-System-Name",
+    "X-Anything",
+    "Forwarded",
+    "TE",
+]
+TARGETS = [b"GET /echo/a/x", b"GET /echo/b/x", b"POST /accesstoken/get", b"GET /-/ready"]
+#: Header value bytes: anything but CR and LF, which would end the field.
+VALUE_BYTES = st.binary(max_size=48).map(lambda v: v.replace(b"\r", b"").replace(b"\n", b""))
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    st.sampled_from(TARGETS),
+    st.sampled_from(["Proxy-Authorization", *HEADER_NAMES]),
+    VALUE_BYTES,
+)
+@example(b"GET /echo/a/x", "Proxy-Authorization", b"Bearer \xff\xfe")
+@example(b"GET /echo/a/x", "X-Request-Id", b"\xff\xfe")
+@example(b"GET /echo/a/x", "Authorization", b"Bearer \xc3(")
+async def test_no_header_value_gets_a_server_error(
+    keyed: Target, target: bytes, name: str, value: bytes
+) -> None:
+    """Any bytes in any header, sent raw: a 2xx-4xx answer or a closed connection, never
+    a 5xx or an internal error. With a valid client key unless the key is the field."""
+    key = f"Proxy-Authorization: Bearer {KEY_ONE}\r\n".encode()
+    request = (
+        target
+        + b" HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\n"
+        + (b"" if name == "Proxy-Authorization" else key)
+        + name.encode()
+        + b": "
+        + value
+        + b"\r\nConnection: close\r\n\r\n"
+    )
+    answer = await exchange(keyed.address, request)
+    assert answer.status is None or answer.status < 500, answer.raw[:400]
+    assert keyed.proxy.logs.events("internal_error") == []
 
 
 # --------------------------------------------------------------------------- refused bodies
