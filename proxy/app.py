@@ -3,8 +3,7 @@
 Order of checks for a call: client address (403), method (405 for CONNECT and TRACE),
 request shape (400/417/431/505), reserved ``/-/`` paths, client key (407), the path's
 normal form (400), legacy token calls (405 unless POST), route (400/404), credentials
-(403), then forwarding. Every call ends in exactly one log
-line and one metrics update.
+(403), then forwarding. Every call ends in exactly one log line and one metrics update.
 
 The proxy has one handler and its own router, so it runs on ``web.Server`` rather than
 an ``Application``: no URL dispatcher, middleware chain or per-call ``Request`` with app
