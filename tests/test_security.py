@@ -999,6 +999,8 @@ LEGACY_SPELLINGS = [
     "/accesstoken/./get",
     "/accesstoken/x/../get",
     "/accesstoken/get?x=1",
+    "//accesstoken/get",
+    "/accesstoken/get/.",
     "/api/access-token/jwt-token/",
     "/API/Access-Token/JWT-Token",
     "/api/access%2Dtoken/jwt-token",
