@@ -167,7 +167,7 @@ def _decoded(text: str) -> str:
         text = _JSON_ESCAPE.sub(_json_char, text)
         # \ud83d\ude00 decodes to two halves of one character: join them.
         text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
-    return unquote(text, errors="surrogatepass") if "%" in text else text
+    return unquote(text, errors="surrogateescape") if "%" in text else text
 
 
 def _json_char(match: re.Match[str]) -> str:

@@ -15,6 +15,7 @@ import pytest
 import structlog
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from yarl import URL
 
 from proxy.logs import CALL_ID, configure_logging
 from proxy.redact import Redactor
@@ -109,6 +110,21 @@ async def test_no_secret_in_any_output_at_debug_level(
     assert "token_refresh_failed" in output
 
 
+async def test_a_path_with_bytes_that_are_not_utf8_is_served_and_logged(
+    proxy: RunningProxy,
+) -> None:
+    """``%FF`` and a broken UTF-8 sequence in the path: the call is forwarded and its
+    line logged with the path as sent (the redactor decodes such paths to search them)."""
+    path = "/echo/%FF%C3(%e"
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(URL(proxy.at(path), encoded=True)) as response,
+    ):
+        assert response.status == 200
+    (line,) = [line for line in proxy.logs.events("request_completed") if line["status"] == 200]
+    assert line["path"] == path
+
+
 def test_redactor_masks_plain_lines_and_leaves_clean_ones_alone() -> None:
     """A secret inside a plain string or under a sensitive key is masked; clean lines pass."""
     redactor = Redactor([Secret("s3cret-value")])
@@ -182,6 +198,19 @@ def test_a_secret_is_masked_in_base64(
     redacted = Redactor([Secret(secret)]).redact_text(f"{before}Basic {written}")
     assert written.rstrip("=") not in redacted
     assert redacted.startswith(f"{before}Basic ***")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.sampled_from([*"%\\u0adfFC3(/ ", "\udcff", "\ud83d", "é"]), max_size=24))
+@example("%FF")
+@example("%C3(")
+@example("\\ud83d%ed%a0%80")
+def test_any_text_passes_the_redactor_unchanged_when_it_hides_no_secret(text: str) -> None:
+    """Broken escapes, bytes that are not UTF-8 when decoded, lone surrogates: the text
+    comes back as it was, never an exception (a log line must not fail a call)."""
+    redactor = Redactor([Secret("demo-client-secret")])
+    assert redactor.redact_text(text) == text
+    assert redactor(None, "info", {"event": "x", "path": text}) == {"event": "x", "path": text}
 
 
 def test_a_clean_line_with_escapes_is_left_alone() -> None:
