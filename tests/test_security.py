@@ -802,6 +802,55 @@ async def test_no_header_value_gets_a_server_error(
     assert keyed.proxy.logs.events("internal_error") == []
 
 
+PATH_PIECES = st.sampled_from(
+    [
+        b"/",
+        b"echo",
+        b"a",
+        b"b",
+        b"%",
+        b"%2e",
+        b"%2F",
+        b"%5c",
+        b"%FF",
+        b"%C3",
+        b"%25",
+        b".",
+        b"..",
+        b";",
+        b"\\",
+        b"\xff",
+        b"\xc3\xa6",
+        b"%u0041",
+        b"?",
+        b"#",
+        b"ACCESSTOKEN",
+        b"get",
+    ]
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.lists(PATH_PIECES, max_size=10).map(b"".join))
+@example(b"echo/a/%FF%C3(")
+@example(b"ACCESSTOKEN/%67et/")
+async def test_no_request_path_gets_a_server_error(target: Target, tail: bytes) -> None:
+    """Any mix of separators, dots, escapes (broken ones included) and bytes that are
+    not UTF-8 in the path: an answer below 500 or a closed connection, no internal
+    error, and the call still logged."""
+    request = b"POST /" + tail + b" HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\n\r\n"
+    logged = len(target.proxy.logs.events("request_completed"))
+    answer = await exchange(target.address, request)
+    assert answer.status is None or answer.status < 500, answer.raw[:400]
+    assert target.proxy.logs.events("internal_error") == []
+    if answer.status is not None and answer.headers.get("X-Request-Id"):
+        assert len(target.proxy.logs.events("request_completed")) == logged + 1
+
+
 # --------------------------------------------------------------------------- refused bodies
 
 HIDDEN_REQUEST = b"GET /echo/b/smuggled HTTP/1.1\r\nHost: proxy.test\r\n\r\n"
