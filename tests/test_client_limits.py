@@ -172,16 +172,20 @@ async def test_an_upload_stalling_after_the_answer_started_is_cut_with_its_reaso
         await upstream.stop()
 
 
-async def test_a_slow_but_steady_body_is_not_cut(limited: Limited) -> None:
+async def test_a_slow_but_steady_body_is_not_cut(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
     """body_timeout bounds the gap between bytes, not the whole upload: a byte every
-    fifth of it, for four times it, is forwarded whole."""
-    count = round(4 * BODY_TIMEOUT / (BODY_TIMEOUT / 5))
-    async with connection(limited.proxy.address) as (reader, writer):
+    tenth of it, for one and a half times it, is forwarded whole."""
+    timeout, gap, count = 1.0, 0.1, 15
+    config = make_config(emulator.token_url, emulator.url, server={"body_timeout": timeout})
+    proxy = await start_proxy(config)
+    async with connection(proxy.address) as (reader, writer):
         writer.write(post("/echo/steady", f"Content-Length: {count}"))
         for _ in range(count):
             writer.write(b"x")
             await writer.drain()
-            await asyncio.sleep(BODY_TIMEOUT / 5)
+            await asyncio.sleep(gap)
         answer = await read_answer(reader)
     assert answer.status == 200, answer.raw[:300]
     assert answer.json()["body_length"] == count
