@@ -17,7 +17,9 @@ The map, one concept per module:
 - ``forwarding``: ``Forwarder``: body in, upstream call, answer streamed back, the one
   safe replay; the one place upstream errors become 502/504
 - ``upstream``: ``UpstreamPool``: keep-alive HTTP/1.1 connections to upstreams over
-  aiohttp's client protocol (its parser, flow control, read time-outs)
+  aiohttp's client protocol (its parser, flow control, read time-outs), limited per
+  origin; the one safe resend on a connection found closed
+- ``resolver``: ``Resolver``: upstream name look-ups shared while under way, kept 10 s
 - ``errors``: the proxy's own errors and their problem+json answers
 - ``admin``: ``/-/health``, ``/-/ready``, ``/-/metrics``, legacy token calls answered
   with a placeholder
@@ -25,10 +27,14 @@ The map, one concept per module:
   line), and ``ProxyRunner``, which serves it on aiohttp's low-level server
 - ``state``: ``ProxyState``, what every part of a call reads
 - ``metrics``: Prometheus metrics, one registry per app
+- ``groupmetrics``: with several workers, each one's metrics shared through the run's
+  folder, so that one scrape shows the whole group
 - ``logs``: structlog JSON lines (orjson), aiohttp's logs rendered alike
 - ``redact``: ``Redactor``, scrubs known secret values from every log line
 - ``tls``: outbound and inbound SSL contexts
 - ``server``: listening, workers sharing a port, draining on SIGTERM
+- ``startup``: ``StartupError``, a failure to listen or load a certificate as one line
+  naming the key or flag
 - ``demo``: ``vipps-proxy demo`` and ``vipps-proxy emulator``
 - ``cli``: the command line
 - ``emulator``: a Vipps emulator (its own package map) for offline work and the tests

@@ -22,6 +22,7 @@ from typing import Any, Final
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from proxy import events
@@ -39,11 +40,12 @@ from proxy.errors import (
     InternalError,
     MethodNotAllowed,
     ProxyError,
+    UpstreamBusy,
     problem_response,
 )
 from proxy.forwarding import CallRecord, Forwarder
 from proxy.headers import MERCHANT_SERIAL_NUMBER, REQUEST_ID
-from proxy.inbound import check_request
+from proxy.inbound import check_request, parser_refusal, refuse_placeholder
 from proxy.logs import CALL_ID
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
@@ -58,7 +60,7 @@ MAX_REQUEST_ID: Final = 128
 CLOSE_AFTER: Final = frozenset({400, 405, 408, 431, 505})
 #: Methods refused with 405 before anything else is looked at.
 REFUSED_METHODS: Final = frozenset({hdrs.METH_CONNECT, hdrs.METH_TRACE})
-POOL_SIZE: Final = 256
+POOL_SIZE: Final = 256  # upstream connections in use at once, per upstream origin
 MAX_IDLE_UPSTREAM: Final = 15.0  # seconds a pooled upstream connection may sit idle
 
 _log = structlog.get_logger("proxy.app")
@@ -101,6 +103,10 @@ class ProxyApp:
                 insecure=insecure,
             )
             state.tokens[name] = provider
+
+    def prefetch(self) -> None:
+        """Fetch every token in the background, once listening: the first call need not wait."""
+        for provider in self.state.tokens.values():
             provider.start()
 
     async def close(self) -> None:
@@ -122,13 +128,13 @@ class ProxyApp:
         )
         CALL_ID.set(call.request_id)
         state.metrics.active += 1
-        response: web.StreamResponse
+        response: web.StreamResponse | None = None
         try:
             response = await _dispatch(request, state, self.forwarder, call)
         except ProxyError as err:
             call.status = err.status
             call.error = call.error or err.reason
-            if isinstance(err, BadGateway | GatewayTimeout):
+            if isinstance(err, BadGateway | GatewayTimeout | UpstreamBusy):
                 state.metrics.upstream_errors.labels(call.route, call.error).inc()
             response = problem_response(err, call.request_id)
             if err.status in CLOSE_AFTER:
@@ -146,9 +152,31 @@ class ProxyApp:
             response = problem_response(bug, call.request_id)
         finally:
             state.metrics.active -= 1
+            if response is not None and not response.prepared:  # an answer of our own
+                call.bytes_out = _body_size(response)
             self._finish(call, started)
         if not response.prepared:  # a streamed answer got its id before its headers went
             response.headers[REQUEST_ID] = call.request_id
+        return response
+
+    def refused(self, request: web.BaseRequest, exc: HttpProcessingError) -> web.Response:
+        """A request aiohttp's parser refused: a problem answer, the connection closed,
+        one warning line. Nothing of the request is known but its peer, and nothing of
+        what the parser saw (it quotes header lines) is logged or answered."""
+        started = time.perf_counter()
+        call = CallRecord(request_id=_new_id(), method="", path="", client=peer_address(request))
+        CALL_ID.set(call.request_id)
+        try:
+            self.state.allowlist.check(call.client)
+            error = parser_refusal(exc)
+        except ProxyError as forbidden:  # from outside allow_clients: as any call from there
+            error = forbidden
+        call.status, call.error = error.status, error.reason
+        response = problem_response(error, call.request_id)
+        response.headers[REQUEST_ID] = call.request_id
+        call.bytes_out = _body_size(response)
+        self._finish(call, started)
+        response.force_close()
         return response
 
     def _finish(self, call: CallRecord, started: float) -> None:
@@ -165,6 +193,8 @@ class ProxyApp:
         extra = {"error": call.error} if call.error else {}
         if call.replayed:
             extra["replayed"] = "true"
+        if call.retried_stale_connection:
+            extra["retried_stale_connection"] = "true"
         log(
             events.REQUEST_COMPLETED,
             method=call.method,
@@ -191,8 +221,7 @@ class ProxyRunner(web.ServerRunner):
     """
 
     def __init__(self, proxy: ProxyApp, *, shutdown_timeout: float, **handler: Any) -> None:
-        limit = proxy.state.config.server.max_connections
-        server = BoundedServer(proxy.handle, limit, handler_cancellation=True, **handler)
+        server = _ProxyServer(proxy, handler_cancellation=True, **handler)
         super().__init__(server, shutdown_timeout=shutdown_timeout)
         self.proxy = proxy
 
@@ -207,13 +236,27 @@ class ProxyRunner(web.ServerRunner):
         await self.proxy.close()
 
 
-class BoundedServer(web.Server):
-    """aiohttp's low-level server holding at most ``max_connections`` client
-    connections: one more is closed the moment it is accepted, before a byte is read."""
+def _body_size(response: web.StreamResponse) -> int:
+    """The body bytes of an answer the proxy made itself (not yet sent)."""
+    body = response.body if isinstance(response, web.Response) else None
+    if isinstance(body, bytes | bytearray):
+        return len(body)
+    return getattr(body, "size", None) or 0
 
-    def __init__(self, handler: Any, max_connections: int, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self.max_connections = max_connections
+
+class _ProxyServer(web.Server):
+    """aiohttp's low-level server, whose connections answer refused requests the proxy's
+    way (``ProxyApp.refused``) instead of aiohttp's text/plain 400 and ERROR traceback,
+    and which holds at most ``max_connections`` client connections: one more is closed
+    the moment it is accepted, before a byte is read."""
+
+    def __init__(self, proxy: ProxyApp, **kwargs: Any) -> None:
+        super().__init__(proxy.handle, **kwargs)
+        self.proxy = proxy
+        self.max_connections = proxy.state.config.server.max_connections
+
+    def __call__(self) -> RequestHandler:
+        return _ConnectionHandler(self, loop=self._loop, **self._kwargs)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         if len(self._connections) >= self.max_connections:
@@ -221,6 +264,25 @@ class BoundedServer(web.Server):
             handler.force_close()  # its parser never runs; its task ends at once
             return
         super().connection_made(handler, transport)
+
+
+class _ConnectionHandler(RequestHandler):
+    """One client connection; a request its parser refused goes to ``ProxyApp.refused``."""
+
+    def __init__(self, manager: _ProxyServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._refused = manager.proxy.refused
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if isinstance(exc, HttpProcessingError):
+            return self._refused(request, exc)
+        return super().handle_error(request, status, exc, message)
 
 
 def _tokens_session(state: ProxyState) -> aiohttp.ClientSession:
@@ -269,6 +331,8 @@ async def _dispatch(
         route, state.config.credentials, request.headers.get(MERCHANT_SERIAL_NUMBER)
     )
     call.credentials = creds.name if creds else ""
+    if route.auth == "none" or creds is None:  # the client's Authorization goes upstream
+        refuse_placeholder(request, state.placeholder)
     return await forwarder.forward(request, route, creds, call)
 
 
@@ -277,4 +341,8 @@ def _request_id(request: web.BaseRequest) -> str:
     given = request.headers.get(REQUEST_ID, "")
     if 0 < len(given) <= MAX_REQUEST_ID and given.isprintable() and given.isascii():
         return given
+    return _new_id()
+
+
+def _new_id() -> str:
     return f"{random.getrandbits(128):032x}"

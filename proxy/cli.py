@@ -8,25 +8,54 @@ import os
 import secrets
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib import resources
 
-from proxy.config import Config, ConfigError, describe, load_config, parse_config
+from proxy.config import LOG_FORMATS, Config, ConfigError, describe, load_config, parse_config
+from proxy.emulator.settings import DEMO_MERCHANT_SERIAL_NUMBER
+from proxy.startup import EXIT_STARTUP, StartupError
 
 DEFAULT_CONFIG = "config/proxy.toml"
 EXIT_CONFIG = 2
+DEMO_AUTO_APPROVE = 5.0
+CONFIG_HELP = f"config file (default: $VIPPS_PROXY_CONFIG, else {DEFAULT_CONFIG})"
+DEMO_HELP = "the built-in Vipps emulator with the proxy in front"
+DEMO_TEXT = (
+    "The built-in Vipps emulator on 127.0.0.1:8081 and the proxy in front of it on "
+    "127.0.0.1:8080, with the emulator's demo credentials (MSN "
+    f"{DEMO_MERCHANT_SERIAL_NUMBER}); prints a curl line that creates a payment. Its "
+    "own config: --config does not apply."
+)
+EMULATOR_HELP = "the Vipps emulator alone, for offline work"
+EMULATOR_TEXT = (
+    "The Vipps emulator alone: token endpoints, ePayment, Checkout and Login in the real "
+    "shapes, for developing offline. It logs JSON lines."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except StartupError as exc:
+        print(f"vipps-proxy: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+
+
+def _command(args: argparse.Namespace) -> int:
     command = args.command or "run"
+    if command in ("demo", "emulator") and args.config:
+        print(f"vipps-proxy: --config does not apply to {command}", file=sys.stderr)
+        return EXIT_CONFIG
     if command == "emulator":
-        return _emulator(args.host, args.port, args.admin_port, args.token_lifetime)
+        return _emulator(args)
     if command == "demo":
-        return _demo(args.port, args.emulator_port)
+        return _demo(args.port, args.emulator_port, args.log_format, args.auto_approve)
     try:
         config = load_config(_config_path(args.config))
     except ConfigError as exc:
-        print(f"vipps-proxy: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"vipps-proxy: {line}", file=sys.stderr)
         return EXIT_CONFIG
     if command == "check":
         return _check(config)
@@ -39,22 +68,65 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vipps-proxy", description="Authenticating reverse proxy for the Vipps APIs."
     )
-    parser.add_argument(
-        "--config", help=f"config file (default: $VIPPS_PROXY_CONFIG, else {DEFAULT_CONFIG})"
-    )
+    parser.add_argument("--config", help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command")
     for name, text in (("run", "run the proxy"), ("check", "validate the config and exit")):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--config", dest="config", default=argparse.SUPPRESS)
-    demo = sub.add_parser("demo", help="the built-in Vipps emulator with the proxy in front")
-    demo.add_argument("--port", type=int, default=8080)
-    demo.add_argument("--emulator-port", type=int, default=8081)
-    emu = sub.add_parser("emulator", help="the Vipps emulator alone, for offline work")
-    emu.add_argument("--host", default="127.0.0.1")
-    emu.add_argument("--port", type=int, default=8081)
-    emu.add_argument("--admin-port", type=int, default=0, help="fault switches (0: off)")
-    emu.add_argument("--token-lifetime", type=float, default=3600.0)
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+    _demo_options(sub.add_parser("demo", help=DEMO_HELP, description=DEMO_TEXT))
+    _emulator_options(sub.add_parser("emulator", help=EMULATOR_HELP, description=EMULATOR_TEXT))
     return parser
+
+
+def _demo_options(demo: argparse.ArgumentParser) -> None:
+    demo.add_argument(
+        "--port", type=int, default=8080, help="the proxy's port on 127.0.0.1 (default: 8080)"
+    )
+    demo.add_argument(
+        "--emulator-port",
+        type=int,
+        default=8081,
+        help="the emulator's port on 127.0.0.1 (default: 8081)",
+    )
+    demo.add_argument(
+        "--auto-approve",
+        type=float,
+        default=DEMO_AUTO_APPROVE,
+        metavar="SECONDS",
+        help="the emulator approves each payment this long after its creation, as if the "
+        f"user said yes in the app (default: {DEMO_AUTO_APPROVE:g})",
+    )
+    demo.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="console",
+        help="console (readable) or json (one object per line) (default: console)",
+    )
+
+
+def _emulator_options(emu: argparse.ArgumentParser) -> None:
+    emu.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
+    emu.add_argument("--port", type=int, default=8081, help="the API's port (default: 8081)")
+    emu.add_argument(
+        "--admin-port",
+        type=int,
+        default=0,
+        help="serve the fault switches and /stats on this port (default: 0, off)",
+    )
+    emu.add_argument(
+        "--token-lifetime",
+        type=float,
+        default=3600.0,
+        help="seconds an issued access token works (default: 3600)",
+    )
+    emu.add_argument(
+        "--auto-approve",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="approve each payment this long after its creation (default: none: payments "
+        "stay CREATED until POST /epayment/v1/test/payments/{reference}/approve)",
+    )
 
 
 def _config_path(given: str | None) -> str:
@@ -67,18 +139,18 @@ def _check(config: Config) -> int:
     return 0
 
 
-def _demo(port: int, emulator_port: int) -> int:
+def _demo(port: int, emulator_port: int, log_format: str, auto_approve: float) -> int:
     emulator_url = f"http://127.0.0.1:{emulator_port}"
     text = resources.files("proxy").joinpath("demo.toml").read_text(encoding="utf-8")
     import tomllib
 
     env = {**os.environ, "DEMO_EMULATOR_URL": emulator_url}
     config = parse_config(tomllib.loads(text), env, source="demo.toml")
-    server = config.server.__class__(**{**config.server.__dict__, "port": port})
-    config = config.__class__(**{**config.__dict__, "server": server})
+    server = replace(config.server, port=port)
+    config = replace(config, server=server, log=replace(config.log, format=log_format))
     from proxy.demo import run_demo
 
-    return run_demo(config, emulator_port, curl_line(port))
+    return run_demo(config, emulator_port, auto_approve, curl_line(port))
 
 
 def curl_line(port: int) -> str:
@@ -96,7 +168,9 @@ def curl_line(port: int) -> str:
     )
 
 
-def _emulator(host: str, port: int, admin_port: int, lifetime: float) -> int:
+def _emulator(args: argparse.Namespace) -> int:
     from proxy.demo import run_emulator
+    from proxy.emulator import EmulatorSettings
 
-    return run_emulator(host, port, admin_port, lifetime)
+    settings = EmulatorSettings(token_lifetime=args.token_lifetime, auto_approve=args.auto_approve)
+    return run_emulator(args.host, args.port, args.admin_port, settings)

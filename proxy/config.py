@@ -51,6 +51,7 @@ MIN_CLIENT_KEY: Final = 16  # characters; a shorter shared key can be guessed
 SYSTEM_HEADER_MAX: Final = 30  # Vipps truncates Vipps-System-* values at 30 characters
 
 _REF = re.compile(r"\$\{([^}]*)\}")
+_MSN = re.compile(r"[0-9]+")
 T = TypeVar("T")
 
 
@@ -60,6 +61,15 @@ class ConfigError(Exception):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+
+
+class ConfigErrors(ConfigError):
+    """Several problems found in one pass (every missing variable); one line each."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        Exception.__init__(self, "\n".join(str(error) for error in errors))
+        self.key = errors[0].key
+        self.errors = tuple(errors)
 
 
 @dataclass(frozen=True)
@@ -175,7 +185,10 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "") -> Config:
     """Validate an already parsed TOML document."""
-    doc = _Table(_interpolate(dict(raw), "", env), "")
+    unresolved: list[ConfigError] = []
+    doc = _Table(_interpolate(dict(raw), "", env, unresolved), "")
+    if unresolved:
+        raise unresolved[0] if len(unresolved) == 1 else ConfigErrors(unresolved)
     doc.allow_only("server", "log", "tls", "credentials", "routes")
     server = _server(doc.table("server"))
     log = _log(doc.table("log"))
@@ -188,14 +201,23 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "
     return Config(server, log, tls, credentials, routes, source)
 
 
-def _interpolate(value: Any, key: str, env: Mapping[str, str]) -> Any:
+def _interpolate(value: Any, key: str, env: Mapping[str, str], errors: list[ConfigError]) -> Any:
+    """``value`` with every reference resolved; each one that cannot be goes to ``errors``."""
     if isinstance(value, str):
-        return _REF.sub(lambda m: _resolve(m.group(1), key, env), value)
+        return _REF.sub(lambda m: _resolve_or_note(m.group(1), key, env, errors), value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, _join(key, k), env) for k, v in value.items()}
+        return {k: _interpolate(v, _join(key, k), env, errors) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, f"{key}[{i}]", env) for i, v in enumerate(value)]
+        return [_interpolate(v, f"{key}[{i}]", env, errors) for i, v in enumerate(value)]
     return value
+
+
+def _resolve_or_note(ref: str, key: str, env: Mapping[str, str], errors: list[ConfigError]) -> str:
+    try:
+        return _resolve(ref, key, env)
+    except ConfigError as exc:
+        errors.append(exc)
+        return ""
 
 
 def _resolve(ref: str, key: str, env: Mapping[str, str]) -> str:
@@ -483,11 +505,19 @@ def _credentials(t: _Table, name: str) -> Credentials:
         client_secret=_required_secret(t, "client_secret"),
         subscription_key=_required_secret(t, "subscription_key"),
         token_subscription_key=t.secret("token_subscription_key", required=False),
-        merchant_serial_number=t.get("merchant_serial_number", str, ""),
+        merchant_serial_number=_merchant_serial_number(t),
         resource=resource,
         system_headers=system,
         token_timeout=t.number("token_timeout", 10.0, minimum=0.1),
     )
+
+
+def _merchant_serial_number(t: _Table) -> str:
+    """Empty, or the digits Vipps numbers a sales unit with."""
+    msn = t.get("merchant_serial_number", str, "")
+    if msn and not _MSN.fullmatch(msn):
+        raise ConfigError(f"{t.key}.merchant_serial_number", f"must be digits, not {msn!r}")
+    return msn
 
 
 def _required_secret(t: _Table, name: str) -> Secret:

@@ -14,20 +14,29 @@ from proxy.emulator import EmulatorSettings, create_admin_app, create_emulator, 
 from proxy.logs import configure_logging
 from proxy.redact import Redactor
 from proxy.server import loop_factory, serve
+from proxy.startup import StartupError, listen
 
 _log = structlog.get_logger("proxy.demo")
 
 
 async def _start_emulator(
-    host: str, port: int, admin_port: int, lifetime: float
+    host: str, port: int, admin_port: int, settings: EmulatorSettings, port_flag: str = "--port"
 ) -> list[web.AppRunner]:
-    app = create_emulator(EmulatorSettings(token_lifetime=lifetime))
+    """The emulator (and its admin app if ``admin_port``); a port it cannot have raises
+    `StartupError` naming ``port_flag`` or ``--admin-port``."""
+    app = create_emulator(settings)
     runners = [web.AppRunner(app, access_log=None)]
     if admin_port:
         runners.append(web.AppRunner(create_admin_app(emulator_state(app)), access_log=None))
-    for runner, p in zip(runners, (port, admin_port), strict=False):
-        await runner.setup()
-        await web.TCPSite(runner, host, p).start()
+    keys = (port_flag, "--admin-port")
+    try:
+        for runner, p, key in zip(runners, (port, admin_port), keys, strict=False):
+            await runner.setup()
+            await listen(web.TCPSite(runner, host, p), key, host, p, "--host")
+    except StartupError:
+        for runner in runners:
+            await runner.cleanup()
+        raise
     _log.info(
         events.EMULATOR_STARTED,
         url=f"http://{host}:{port}",
@@ -36,7 +45,7 @@ async def _start_emulator(
     return runners
 
 
-def run_emulator(host: str, port: int, admin_port: int, lifetime: float) -> int:
+def run_emulator(host: str, port: int, admin_port: int, settings: EmulatorSettings) -> int:
     """The emulator alone until SIGTERM/SIGINT."""
     configure_logging("info", "json")
 
@@ -45,7 +54,7 @@ def run_emulator(host: str, port: int, admin_port: int, lifetime: float) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        runners = await _start_emulator(host, port, admin_port, lifetime)
+        runners = await _start_emulator(host, port, admin_port, settings)
         await stop.wait()
         for runner in runners:
             await runner.cleanup()
@@ -55,13 +64,17 @@ def run_emulator(host: str, port: int, admin_port: int, lifetime: float) -> int:
     return 0
 
 
-def run_demo(config: Config, emulator_port: int, curl: str) -> int:
-    """The emulator on ``emulator_port`` and the proxy in front of it, until Ctrl-C."""
+def run_demo(config: Config, emulator_port: int, auto_approve: float, curl: str) -> int:
+    """The emulator on ``emulator_port`` and the proxy in front of it, until Ctrl-C;
+    the emulator approves each payment ``auto_approve`` seconds after its creation."""
     redactor = Redactor(config.secrets)
     configure_logging(config.log.level, config.log.format, redactor)
 
     async def main() -> None:
-        runners = await _start_emulator("127.0.0.1", emulator_port, 0, 3600.0)
+        settings = EmulatorSettings(auto_approve=auto_approve)
+        runners = await _start_emulator(
+            "127.0.0.1", emulator_port, 0, settings, port_flag="--emulator-port"
+        )
 
         async def announce(_: web.BaseRunner) -> None:
             port = config.server.port
@@ -73,7 +86,7 @@ def run_demo(config: Config, emulator_port: int, curl: str) -> int:
             print("\nCtrl-C stops the demo.\n", flush=True)
 
         try:
-            await serve(config, redactor, ready=announce)
+            await serve(config, redactor, ready=announce, port_key="--port")
         finally:
             for runner in runners:
                 await runner.cleanup()

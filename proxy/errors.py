@@ -16,6 +16,7 @@
     ├── VersionNotSupported         505 not HTTP/1.0 or HTTP/1.1
     ├── BadGateway                  502 upstream unreachable or broken
     ├── TokenUnavailable            503 no token can be had (with Retry-After)
+    ├── UpstreamBusy                503 no upstream connection free in time (Retry-After)
     └── GatewayTimeout              504 upstream too slow
 
 No message built here ever includes a secret: details are written by the proxy from
@@ -144,6 +145,19 @@ class TokenUnavailable(ProxyError):
 
     def __init__(self, detail: str, *, retry_after: float, reason: str | None = None) -> None:
         super().__init__(detail, reason=reason)
+        self.retry_after = retry_after
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class UpstreamBusy(ProxyError):
+    status = 503
+    title = "Upstream busy"
+    slug = "upstream-busy"
+
+    def __init__(self, detail: str, *, retry_after: float) -> None:
+        super().__init__(detail)
         self.retry_after = retry_after
 
     def extra_headers(self) -> dict[str, str]:

@@ -1,8 +1,11 @@
 """Forwarding one call: body in, upstream request, answer streamed back.
 
-The only retry: an upstream 401 for a call that carried our token, whose body was small
-enough to hold, is replayed once with a fresh token. Everything else goes out once;
-Vipps writes are idempotent only by the client's own ``Idempotency-Key``.
+The only retries: the pool's one resend of a GET, HEAD, OPTIONS, PUT or DELETE whose
+pooled connection the upstream had closed before answering (``proxy.upstream``), and an
+upstream 401 that says our token was refused, for a call whose body was small enough to
+hold, replayed once with a fresh token; any other 401 is relayed as it came, its reason
+logged. Everything else goes out once; Vipps writes are idempotent only by the client's
+own ``Idempotency-Key``.
 
 A client's body may pause at most ``body_timeout`` seconds between two reads, held or
 streamed; then the call ends with 408 (if no answer has started) and reason
@@ -29,18 +32,26 @@ from proxy.errors import (
     PayloadTooLarge,
     ProxyError,
     RequestTimeout,
+    UpstreamBusy,
 )
 from proxy.headers import response_headers as clean_response_headers
 from proxy.headers import upstream_request_headers
 from proxy.inbound import continue_body
 from proxy.state import ProxyState
-from proxy.tokens import Token
-from proxy.upstream import ConnectFailed, Upstream, UpstreamPool, UpstreamResponse
+from proxy.tokens import MAX_REFUSAL_BODY, OTHER_REFUSAL, TOKEN_REFUSED, Token, refusal_cause
+from proxy.upstream import (
+    ConnectFailed,
+    NoFreeConnection,
+    Upstream,
+    UpstreamPool,
+    UpstreamResponse,
+)
 
 PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 CLIENT_BODY_TIMEOUT: Final = "client_body_timeout"
 REPLAYABLE_BODY: Final = 64 * 1024  # every ordinary Vipps call fits; larger ones stream
 NO_BODY_STATUSES: Final = frozenset({204, 304})
+UPSTREAM_BUSY_RETRY_AFTER: Final = 1.0  # seconds: a connection frees as soon as a call ends
 
 _log = structlog.get_logger("proxy.forwarding")
 
@@ -61,13 +72,19 @@ class CallRecord:
     bytes_out: int = 0
     error: str = ""
     replayed: bool = False
+    retried_stale_connection: bool = False
     credentials: str = ""
 
 
 def upstream_error(route: Route, exc: BaseException) -> ProxyError:
     """The one place that turns upstream failures (the pool's and aiohttp's client
-    errors it raises) into our 502 and 504."""
+    errors it raises) into our 502, 503 and 504."""
     where = route.upstream.host
+    if isinstance(exc, NoFreeConnection):
+        return UpstreamBusy(
+            f"every connection to {where} stayed in use for {route.connect_timeout} s",
+            retry_after=UPSTREAM_BUSY_RETRY_AFTER,
+        )
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return GatewayTimeout(f"connecting to {where} timed out", reason="connect_timeout")
     if isinstance(exc, TimeoutError):  # aiohttp's SocketTimeoutError is one
@@ -127,13 +144,35 @@ class Forwarder:
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._not_sent(route, call, exc) from None
-            if upstream.status == 401 and token is not None and creds is not None:
-                fresh_token_may_help = self._token_rejected(creds, token)
-                if replayable and attempt == 1 and fresh_token_may_help:
-                    upstream.release()
-                    continue
-            return await self._relay(request, upstream, route, call)
+            if upstream.retried:
+                call.retried_stale_connection = True
+            held = b""
+            if upstream.status == 401 and creds is not None and route.auth != "none":
+                held = await self._refusal_body(route, upstream)
+                cause = refusal_cause(upstream.raw_headers, held)
+                if cause == TOKEN_REFUSED and token is not None:
+                    fresh_token_may_help = self._token_rejected(creds, token)
+                    if replayable and attempt == 1 and fresh_token_may_help:
+                        upstream.release()
+                        continue
+                else:  # our key or something else: a new token would not help
+                    call.error = OTHER_REFUSAL if cause == TOKEN_REFUSED else cause
+            return await self._relay(request, upstream, route, call, held)
         raise AssertionError("unreachable: the second attempt always returns")
+
+    async def _refusal_body(self, route: Route, upstream: UpstreamResponse) -> bytes:
+        """The start of a 401's body (all of it, for the gateway's small ones), to tell
+        what was refused; relayed ahead of the rest if the 401 goes to the client."""
+        held = bytearray()
+        try:
+            while len(held) < MAX_REFUSAL_BODY and (
+                chunk := await upstream.content.read(MAX_REFUSAL_BODY - len(held))
+            ):
+                held += chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            upstream.close()
+            raise upstream_error(route, exc) from None
+        return bytes(held)
 
     def _not_sent(self, route: Route, call: CallRecord, exc: BaseException) -> ProxyError:
         """Our error for a failed upstream call; a streamed body over the limit is a 413,
@@ -216,8 +255,10 @@ class Forwarder:
         upstream: UpstreamResponse,
         route: Route,
         call: CallRecord,
+        held: bytes = b"",
     ) -> web.StreamResponse:
-        """Stream the upstream's answer to the client; after headers, faults abort."""
+        """Stream the upstream's answer to the client (``held``: its start, already
+        read); after headers, faults abort."""
         call.status = upstream.status
         response = web.StreamResponse(
             status=upstream.status,
@@ -227,6 +268,9 @@ class Forwarder:
         try:
             await response.prepare(request)
             if request.method != hdrs.METH_HEAD and upstream.status not in NO_BODY_STATUSES:
+                if held:
+                    await response.write(held)
+                    call.bytes_out += len(held)
                 content = upstream.content
                 if content.is_eof():  # a small answer is whole by now: no iterator
                     chunk = content.read_nowait()

@@ -1,12 +1,14 @@
-"""The shape of a request as received: what aiohttp's parser lets through but we refuse.
+"""The shape of a request as received: what aiohttp's parser lets through but we refuse,
+and our answer to what it refuses itself (``parser_refusal``).
 
 aiohttp (llhttp) already rejects the classic smuggling shapes. These checks close the
 gaps a gateway cares about, before anything is sent upstream: HTTP versions other than
 1.0 and 1.1, ``Transfer-Encoding`` on HTTP/1.0 (whose framing would then be ambiguous
 downstream), header blocks too large in total, and expectations other than
-``100-continue``. A ``100 Continue`` itself goes out only once the call has passed
-every check and its body is wanted (``continue_body``): a refused call never invites
-the body it will not read.
+``100-continue``; and on a route that passes the client's own ``Authorization``, the
+proxy's placeholder token there (``refuse_placeholder``). A ``100 Continue`` itself
+goes out only once the call has passed every check and its body is wanted
+(``continue_body``): a refused call never invites the body it will not read.
 """
 
 from __future__ import annotations
@@ -15,11 +17,21 @@ from itertools import chain
 from typing import Final
 
 from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
+from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooLong
 
-from proxy.errors import BadRequest, ExpectationFailed, HeadersTooLarge, VersionNotSupported
+from proxy.errors import (
+    BadRequest,
+    ExpectationFailed,
+    HeadersTooLarge,
+    ProxyError,
+    VersionNotSupported,
+)
 
 MAX_HEADER_BYTES: Final = 32 * 1024  # all fields together; each is also capped at 8190
 SUPPORTED_VERSIONS: Final = frozenset({HttpVersion10, HttpVersion11})
+TOO_MANY_FIELDS: Final = "Too many headers received"  # aiohttp's message, over 128 fields
+#: llhttp's words for a version it cannot read (``HTTP/1.2``, ``HTTP/x.y``)
+BAD_VERSION: Final = ("Invalid HTTP version", "Invalid major version", "Invalid minor version")
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -38,8 +50,35 @@ def check_request(request: web.BaseRequest) -> None:
         raise ExpectationFailed("only Expect: 100-continue is understood", reason="expect")
 
 
+def refuse_placeholder(request: web.BaseRequest, placeholder: str) -> None:
+    """On a route that passes the client's own ``Authorization`` upstream, a client
+    carrying the proxy's placeholder token is told so: the placeholder never leaves."""
+    for value in request.headers.getall(hdrs.AUTHORIZATION, ()):
+        if placeholder in value:
+            raise BadRequest(
+                "this route passes the client's own token upstream and has none of ours: "
+                "the token from the proxy's local token endpoint is a placeholder that "
+                'works only on routes with auth = "bearer"',
+                reason="placeholder_token",
+            )
+
+
 async def continue_body(request: web.BaseRequest) -> None:
     """Invite the body a client holds back for ``Expect: 100-continue`` (HTTP/1.1)."""
     if request.version == HttpVersion11 and hdrs.EXPECT in request.headers:
         await request.writer.write(CONTINUE)
         request.writer.output_size = 0  # the interim answer is not the response's size
+
+
+def parser_refusal(exc: HttpProcessingError) -> ProxyError:
+    """Our answer to a request aiohttp's parser refused: 431 for a line or a field count
+    over its limits, 505 for a version it cannot read, else 400.
+
+    The parser's message quotes the offending bytes (a header line, the target): it is
+    never used, in the answer or in a log; the details here are fixed phrases.
+    """
+    if isinstance(exc, LineTooLong) or exc.message == TOO_MANY_FIELDS:
+        return HeadersTooLarge("a request line or header field, or their number, is over the limit")
+    if isinstance(exc, BadStatusLine) and any(m in exc.message for m in BAD_VERSION):
+        return VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served", reason="version")
+    return BadRequest("the request is not well-formed HTTP/1.1")

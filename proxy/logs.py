@@ -30,8 +30,15 @@ LEVELS: Final = {
 }
 
 
+_JSON_OPTIONS: Final = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+
+
 def _dumps(obj: Any, default: Any = None) -> bytes:
-    return orjson.dumps(obj, default=str, option=orjson.OPT_APPEND_NEWLINE)
+    """One JSON line; one JSON cannot hold (a huge int, deep nesting) is written plain."""
+    try:
+        return orjson.dumps(obj, default=str, option=_JSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return orjson.dumps(_plain_line(obj), default=str, option=_JSON_OPTIONS)
 
 
 def configure_logging(
@@ -48,13 +55,13 @@ def configure_logging(
         _add_request_id,
         structlog.processors.add_log_level,
         _Clock(),
-        _Tracebacks(),
+        _Tracebacks(as_text=fmt == "console"),
         redact,
     ]
     out = stream if stream is not None else sys.stdout.buffer
     if fmt == "console":
         text_out: Any = sys.stdout if stream is None else _TextStream(out)
-        renderer: Processor = structlog.dev.ConsoleRenderer(colors=False)
+        renderer: Processor = _Console()
         factory: Any = structlog.PrintLoggerFactory(file=text_out)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
@@ -82,18 +89,58 @@ def _add_request_id(_: Any, __: str, event_dict: EventDict) -> EventDict:
 
 
 class _Tracebacks:
-    """Tracebacks as data, but never with local variables: locals can hold secrets.
-    Lines without ``exc_info`` (nearly all) skip structlog's renderer altogether."""
+    """Tracebacks as data (as plain text for the console, whose renderer wants a
+    string), but never with local variables: locals can hold secrets. Either way the
+    redactor sees them before they are written. Lines without ``exc_info`` (nearly
+    all) skip structlog's renderer altogether."""
 
-    def __init__(self) -> None:
-        self._render = structlog.processors.ExceptionRenderer(
-            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+    def __init__(self, *, as_text: bool = False) -> None:
+        self._render = (
+            structlog.processors.ExceptionRenderer()  # plain traceback text, no locals
+            if as_text
+            else structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
         )
 
     def __call__(self, logger: Any, method: str, event_dict: EventDict) -> EventDict:
         if "exc_info" in event_dict:
             return self._render(logger, method, event_dict)
         return event_dict
+
+
+class _Console:
+    """The console renderer, which never fails: a line it cannot render (a list where
+    it wants text, as ``exception``) is rendered again with every value made plain."""
+
+    def __init__(self) -> None:
+        self._render = structlog.dev.ConsoleRenderer(colors=False)
+
+    def __call__(self, logger: Any, method: str, event_dict: EventDict) -> str:
+        try:
+            return self._render(logger, method, dict(event_dict))  # it pops what it shows
+        except Exception:  # whatever it was, the line is still written
+            return self._render(logger, method, _plain_line(event_dict))
+
+
+def _plain_line(event_dict: Any) -> dict[str, Any]:
+    return {str(k): _plain(v, top=True) for k, v in event_dict.items()}
+
+
+def _plain(value: Any, *, top: bool = False) -> Any:
+    """``value`` as JSON's and the console's plain types, other objects as their repr;
+    at the top, lists and dicts too (the console wants text for ``exception``)."""
+    if value is None or isinstance(value, bool | float | str):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if top:
+        return repr(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return repr(value)
 
 
 class _Clock:
@@ -157,12 +204,8 @@ class _TextStream:
 
 def _route_stdlib(level: str, shared: list[Processor], fmt: str, out: _TextStream) -> None:
     """aiohttp and asyncio log through stdlib; render them like our own lines."""
-    renderer: Processor
-    if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
-    else:
-        renderer = _render_json_text
-    formatter = structlog.stdlib.ProcessorFormatter(
+    renderer: Processor = _Console() if fmt == "console" else _render_json_text
+    formatter = _SafeFormatter(
         foreign_pre_chain=[*shared[:-1], _name_event],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -179,7 +222,20 @@ def _route_stdlib(level: str, shared: list[Processor], fmt: str, out: _TextStrea
 
 
 def _render_json_text(_: Any, __: str, event_dict: Any) -> str:
-    return orjson.dumps(event_dict, default=str).decode()
+    return _dumps(event_dict)[:-1].decode()  # the handler adds the newline
+
+
+class _SafeFormatter(structlog.stdlib.ProcessorFormatter):
+    """A record whose message cannot be formatted (``"%d" % "text"``, from any library)
+    is written with its message and arguments as text, not as ``--- Logging error ---``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            return super().format(record)
+        except Exception:
+            plain = logging.makeLogRecord(record.__dict__)
+            plain.msg, plain.args = f"{record.msg!r} % {record.args!r}", None
+            return super().format(plain)
 
 
 def _name_event(_: Any, __: str, event_dict: Any) -> Any:

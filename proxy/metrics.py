@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Metric, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+from proxy.groupmetrics import MetricsGroup
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -91,6 +93,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        #: With ``workers > 1``: the run's metrics folder, so a scrape shows the group.
+        self.group: MetricsGroup | None = None
         self._calls = _CallCollector()
         self.registry.register(self._calls)
         r = self.registry
@@ -136,5 +140,24 @@ class Metrics:
             method = "OTHER"  # client-chosen strings must not grow the label set
         self._calls.observe(route, method, status, seconds, bytes_in, bytes_out)
 
+    def families(self) -> list[Metric]:
+        """This process's metric families, as a scrape would see them."""
+        return list(self.registry.collect())
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The Prometheus text: this process's, or with ``group`` set, the group's."""
+        if self.group is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry(auto_describe=False)
+        merged.register(_Families(self.group.collect(self.families())))
+        return generate_latest(merged)
+
+
+class _Families:
+    """Families already made (the group's, summed), for a registry to render."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -22,8 +23,10 @@ from aiohttp import web
 from proxy import events
 from proxy.app import ProxyApp, ProxyRunner
 from proxy.config import Config
+from proxy.groupmetrics import MetricsGroup, metrics_folder, share
 from proxy.logs import configure_logging
 from proxy.redact import Redactor
+from proxy.startup import EXIT_STARTUP, StartupError, listen, listen_error
 from proxy.tls import inbound_context
 
 _log = structlog.get_logger("proxy.server")
@@ -43,11 +46,11 @@ def run(config: Config) -> int:
     return _serve_process(config, reuse_port=False)
 
 
-def _serve_process(config: Config, *, reuse_port: bool) -> int:
+def _serve_process(config: Config, *, reuse_port: bool, metrics: Path | None = None) -> int:
     redactor = Redactor(config.secrets)
     configure_logging(config.log.level, config.log.format, redactor)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(config, redactor, reuse_port=reuse_port))
+        runner.run(serve(config, redactor, reuse_port=reuse_port, metrics=metrics))
     return 0
 
 
@@ -57,24 +60,44 @@ async def serve(
     *,
     reuse_port: bool = False,
     ready: Callable[[web.BaseRunner], Awaitable[None]] | None = None,
+    port_key: str = "server.port",
+    metrics: Path | None = None,
 ) -> None:
-    """Serve ``config`` until a stop signal, then drain. ``ready`` runs once listening."""
+    """Serve ``config`` until a stop signal, then drain. ``ready`` runs once listening.
+
+    ``metrics``: the run's metrics folder when this is one of several workers.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = await start(config, redactor, reuse_port=reuse_port)
+    runner = await start(config, redactor, reuse_port=reuse_port, port_key=port_key)
+    own = runner.proxy.state.metrics
+    sharing: asyncio.Task[None] | None = None
+    if metrics is not None:  # scrapes show the group; this worker's part goes to the folder
+        own.group = MetricsGroup(metrics)
+        sharing = asyncio.create_task(share(own.group, own.families))
     if ready is not None:
         await ready(runner)
     await stop.wait()
     _log.info(events.SHUTDOWN_STARTED, shutdown_timeout_s=config.server.shutdown_timeout)
     await runner.cleanup()
+    if sharing is not None and own.group is not None:
+        sharing.cancel()
+        own.group.write(own.families())  # the calls drained at shutdown count too
     _log.info(events.SHUTDOWN)
 
 
-async def start(config: Config, redactor: Redactor, *, reuse_port: bool = False) -> ProxyRunner:
-    """Start listening; the caller calls ``runner.cleanup()`` to drain and stop."""
+async def start(
+    config: Config, redactor: Redactor, *, reuse_port: bool = False, port_key: str = "server.port"
+) -> ProxyRunner:
+    """Start listening; the caller calls ``runner.cleanup()`` to drain and stop.
+
+    A port that cannot be listened on, or a certificate that cannot be loaded, raises
+    `StartupError` naming ``port_key`` or the certificate's key, with nothing left open.
+    """
     server = config.server
+    ssl_context = inbound_context(server)
     runner = ProxyRunner(
         ProxyApp(config, redactor),
         access_log=None,
@@ -92,11 +115,16 @@ async def start(config: Config, redactor: Redactor, *, reuse_port: bool = False)
         runner,
         server.host,
         server.port,
-        ssl_context=inbound_context(server),
+        ssl_context=ssl_context,
         reuse_port=reuse_port or None,
         backlog=1024,
     )
-    await site.start()
+    try:
+        await listen(site, port_key, server.host, server.port, "server.host")
+    except StartupError:
+        await runner.cleanup()
+        raise
+    runner.proxy.prefetch()
     _log.info(
         events.STARTUP,
         listening=site.name,
@@ -113,9 +141,15 @@ async def start(config: Config, redactor: Redactor, *, reuse_port: bool = False)
 def _run_workers(config: Config) -> int:
     """Start N worker processes on one port; forward stop signals; wait for all."""
     configure_logging(config.log.level, config.log.format, Redactor(config.secrets))
+    _preflight(config)
+    with metrics_folder() as folder:
+        return _start_workers(config, folder)
+
+
+def _start_workers(config: Config, metrics: Path) -> int:
     context = multiprocessing.get_context("spawn")
     workers = [
-        context.Process(target=_worker_main, args=(config,), name=f"vipps-proxy-worker-{i}")
+        context.Process(target=_worker_main, args=(config, metrics), name=f"vipps-proxy-worker-{i}")
         for i in range(config.server.workers)
     ]
     for worker in workers:
@@ -137,6 +171,32 @@ def _run_workers(config: Config) -> int:
     return status
 
 
-def _worker_main(config: Config) -> None:
+def _preflight(config: Config) -> None:
+    """What every worker would fail on, found once by the parent: certificate, port."""
+    server = config.server
+    inbound_context(server)
+
+    async def probe() -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            listener = await loop.create_server(
+                asyncio.Protocol, server.host, server.port, reuse_port=True
+            )
+        except OSError as exc:
+            raise listen_error(
+                "server.port", server.host, server.port, exc, "server.host"
+            ) from None
+        listener.close()
+        await listener.wait_closed()
+
+    asyncio.run(probe())
+
+
+def _worker_main(config: Config, metrics: Path) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
-    sys.exit(_serve_process(config, reuse_port=True))
+    try:
+        status = _serve_process(config, reuse_port=True, metrics=metrics)
+    except StartupError as exc:
+        print(f"vipps-proxy: {exc}", file=sys.stderr, flush=True)
+        status = EXIT_STARTUP
+    sys.exit(status)

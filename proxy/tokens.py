@@ -11,6 +11,12 @@ One :class:`TokenProvider` per credential set. Its rules:
   token is retried well before it expires and, with no token, every 5 s at most;
   while no valid token exists callers get :class:`~proxy.errors.TokenUnavailable`
   with a Retry-After;
+* at most one fetch a second per credential set, whatever the endpoint answers: a
+  fetch asked for sooner starts when the second is up;
+* a token is checked at the moment it is handed out, one just fetched included: a
+  token that lived less than its fetch took is never sent (503 with Retry-After);
+* the answer is read whole (1 MiB at most) and every lifetime field must be a finite
+  number: anything else is a failed fetch, never a crash;
 * :meth:`TokenProvider.invalidate` drops a token Vipps refused, if still current.
 """
 
@@ -18,9 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import math
 import random
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -36,11 +45,42 @@ from proxy.redact import Redactor
 from proxy.secret import Secret
 
 MAX_LIFETIME: Final = 7 * 24 * 3600.0  # distrust absurd lifetimes; a 401 still refreshes
-MIN_REFRESH_INTERVAL: Final = 1.0  # a token that lives 1 s is not fetched 100 times a second
+MIN_REFRESH_INTERVAL: Final = 1.0  # seconds between two fetches' starts, at least
+MAX_ANSWER: Final = 1 << 20  # bytes of a token answer; a larger one is a failed fetch
 MAX_ERROR_BODY: Final = 512
 NO_TOKEN_RETRY_CAP: Final = 5.0  # seconds between fetch attempts while calls get 503
 MIN_RETRY: Final = 0.1
 MIN_AGE_TO_INVALIDATE: Final = 1.0  # seconds; bounds 401-driven fetches to one a second
+#: What an access token may be made of: visible ASCII (a JWT, RFC 6750's b64token), so
+#: that it can never break or add to the header it is injected into.
+TOKEN_SHAPE: Final = re.compile(r"[\x21-\x7e]+")
+#: The fields that give a lifetime: durations must be above zero, all must be finite.
+DURATIONS: Final = ("expires_in", "ext_expires_in")
+INSTANTS: Final = ("expires_on", "not_before")
+
+
+#: What a 401 from Vipps is about, from its body and ``WWW-Authenticate``: only
+#: ``TOKEN_REFUSED`` makes a fresh token worth fetching; the others are log reasons.
+TOKEN_REFUSED: Final = "token"
+KEY_REFUSED: Final = "upstream_rejected_subscription_key"
+OTHER_REFUSAL: Final = "upstream_unauthorized"
+MAX_REFUSAL_BODY: Final = 8 * 1024  # bytes of a 401 read to tell; gateway bodies are small
+_TOKEN_WORDS: Final = (b"invalid", b"missing", b"expired")
+
+
+def refusal_cause(raw_headers: Iterable[tuple[bytes, bytes]], body: bytes) -> str:
+    """Why Vipps answered 401: its gateway says "invalid token", "missing token",
+    "expired" or ``Bearer error="invalid_token"`` for a token, and "invalid (or missing)
+    subscription key" for the key; anything else is just unauthorized."""
+    for name, value in raw_headers:
+        if name.lower() == b"www-authenticate" and b"invalid_token" in value.lower():
+            return TOKEN_REFUSED
+    text = body.lower()
+    if b"subscription" in text:
+        return KEY_REFUSED
+    if b"expired" in text or (b"token" in text and any(w in text for w in _TOKEN_WORDS)):
+        return TOKEN_REFUSED
+    return OTHER_REFUSAL
 
 
 class TokenFetchError(Exception):
@@ -75,7 +115,7 @@ def token_times(lifetime: float, received_at: float) -> tuple[float, float]:
     lifetime = min(lifetime, MAX_LIFETIME)
     safety = min(5.0, lifetime * 0.1)
     margin = min(max(60.0, lifetime * 0.1), lifetime / 2)
-    refresh_in = max(lifetime - margin, min(MIN_REFRESH_INTERVAL, lifetime - safety))
+    refresh_in = max(lifetime - margin, MIN_REFRESH_INTERVAL)
     return received_at + lifetime - safety, received_at + refresh_in
 
 
@@ -90,35 +130,43 @@ def parse_token_response(body: bytes, received_at: float) -> Token:
     access = data.get("access_token")
     if not isinstance(access, str) or not access:
         raise TokenFetchError("token response has no access_token")
+    if not TOKEN_SHAPE.fullmatch(access):
+        raise TokenFetchError("token response has an access_token that is not visible ASCII")
     lifetime = _lifetime(data)
-    if lifetime <= 0:
-        raise TokenFetchError("token response has a lifetime of zero or less")
     expires_at, refresh_at = token_times(lifetime, received_at)
     return Token(Secret(access), received_at, expires_at, refresh_at)
 
 
 def _lifetime(data: dict[str, Any]) -> float:
-    expires_in = _as_number(data.get("expires_in"))
-    if expires_in is not None:
-        return expires_in
-    expires_on = _as_number(data.get("expires_on"))
-    if expires_on is not None:
-        not_before = _as_number(data.get("not_before"))
-        return expires_on - (not_before if not_before is not None else time.time())
-    raise TokenFetchError("token response has neither expires_in nor expires_on")
+    """Seconds the token lives; every lifetime field present must be a finite number,
+    each duration and the lifetime itself above zero."""
+    numbers = {name: _as_number(name, data.get(name)) for name in (*DURATIONS, *INSTANTS)}
+    for name in DURATIONS:
+        value = numbers[name]
+        if value is not None and value <= 0:
+            raise TokenFetchError(f"token response has a lifetime of zero or less ({name})")
+    lifetime = numbers["expires_in"]
+    if lifetime is None:
+        expires_on, not_before = numbers["expires_on"], numbers["not_before"]
+        if expires_on is None:
+            raise TokenFetchError("token response has neither expires_in nor expires_on")
+        lifetime = expires_on - (not_before if not_before is not None else time.time())
+    if not lifetime > 0:
+        raise TokenFetchError("token response has a lifetime of zero or less (expires_on)")
+    return lifetime
 
 
-def _as_number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
+def _as_number(name: str, value: Any) -> float | None:
+    """A present lifetime field as a finite float; None when absent (or null)."""
+    if value is None:
         return None
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            raise TokenFetchError("token response has a malformed number") from None
-    raise TokenFetchError("token response has a malformed number")
+    number = math.nan
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError, OverflowError):
+            number = float(value.strip() if isinstance(value, str) else value)
+    if not math.isfinite(number):
+        raise TokenFetchError(f"token response has a lifetime that is not a finite number ({name})")
+    return number
 
 
 def token_request(creds: Credentials) -> dict[str, Any]:
@@ -182,6 +230,7 @@ class TokenProvider:
         self._timer: asyncio.TimerHandle | None = None
         self._failures = 0
         self._retry_at = 0.0
+        self._next_fetch_at = -math.inf  # no fetch starts before this (monotonic)
         self._closed = False
 
     # ------------------------------------------------------------------ for requests
@@ -201,9 +250,12 @@ class TokenProvider:
             raise self._unavailable(self._retry_at - now)
         fetch = self._start_fetch()
         try:
-            return await asyncio.shield(fetch), True
+            token = await asyncio.shield(fetch)
         except TokenFetchError:
             raise self._unavailable(max(self._retry_at - self._clock(), 1.0)) from None
+        if not token.valid(self._clock()):  # it lived less than its fetch took
+            raise self._unavailable(max(self._next_fetch_at - self._clock(), 1.0))
+        return token, True
 
     def invalidate(self, token: Token) -> bool:
         """Vipps refused ``token``: drop it if still ours; True if a fresh one may help.
@@ -249,15 +301,24 @@ class TokenProvider:
         )
 
     def _start_fetch(self) -> asyncio.Task[Token]:
+        """The fetch under way, or a new one: at once, or when the last one is a
+        second old (fetches per credential set stay at one a second, whatever the
+        endpoint says). Its failure is always retrieved, awaited or not."""
         if self._fetch is None:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            self._fetch = asyncio.get_running_loop().create_task(self._run_fetch())
+            now = self._clock()
+            wait = max(0.0, self._next_fetch_at - now)
+            self._next_fetch_at = now + wait + MIN_REFRESH_INTERVAL
+            self._fetch = asyncio.get_running_loop().create_task(self._run_fetch(wait))
+            self._fetch.add_done_callback(_consume_result)
         return self._fetch
 
-    async def _run_fetch(self) -> Token:
+    async def _run_fetch(self, wait: float) -> Token:
         try:
+            if wait > 0:
+                await asyncio.sleep(wait)
             token = await self._fetch_once()
         except TokenFetchError as exc:
             self._on_failure(exc)
@@ -278,9 +339,10 @@ class TokenProvider:
         self._log.info(events.TOKEN_FETCHED, valid_for_s=lifetime)
 
     def _on_failure(self, exc: TokenFetchError) -> None:
-        delay = self._retry_delay()
+        now = self._clock()
+        delay = max(self._retry_delay(), self._next_fetch_at - now)
         self._failures += 1
-        self._retry_at = self._clock() + delay
+        self._retry_at = now + delay
         self._metrics.token_fetch(self.creds.name, "error")
         token = self.current()
         self._log.warning(
@@ -295,7 +357,8 @@ class TokenProvider:
 
     def _retry_delay(self) -> float:
         """Backoff, but never so long that a held token expires first, and short
-        while there is no token at all: clients get 503s until the next attempt."""
+        while there is no token at all: clients get 503s until the next attempt.
+        (Never sooner than a second after the last attempt began, though.)"""
         delay = self._backoff.delay(self._failures)
         token = self.current()
         if token is None:
@@ -315,7 +378,7 @@ class TokenProvider:
         self._timer = None
         if not self._closed and self._fetch is None:
             # A background refresh: nobody awaits it, so its failure is only logged.
-            self._start_fetch().add_done_callback(_consume_result)
+            self._start_fetch()
 
     async def _fetch_once(self) -> Token:
         if self._insecure:
@@ -329,7 +392,7 @@ class TokenProvider:
                 allow_redirects=False,
                 **token_request(self.creds),
             ) as response:
-                body = await response.content.read(1 << 20)
+                body = await _read_whole(response.content, MAX_ANSWER)
                 received = self._clock()
                 if response.status != 200:
                     raise TokenFetchError(self._describe_error(response.status, body))
@@ -342,6 +405,16 @@ class TokenProvider:
         # a prefix that no longer matches, and the prefix would be logged.
         text = self._redactor.redact_text(body.decode("utf-8", "replace"))
         return f"token endpoint answered {status}: {text[:MAX_ERROR_BODY]}"
+
+
+async def _read_whole(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, however it is cut on the wire; over ``limit`` bytes, an error."""
+    body = bytearray()
+    while chunk := await content.read(limit + 1 - len(body)):
+        body += chunk
+        if len(body) > limit:
+            raise TokenFetchError(f"token response is larger than {limit >> 20} MiB")
+    return bytes(body)
 
 
 def _consume_result(task: asyncio.Task[Token]) -> None:

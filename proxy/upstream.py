@@ -6,19 +6,22 @@ the rest of the proxy together; a proxy forwards a request it already has and ne
 none of it. This module keeps the parts of aiohttp's client that carry the risk, its
 connection protocol (``ResponseHandler``: the llhttp response parser, flow control,
 read time-outs, payload errors) and its ``StreamWriter``, and does the rest itself:
-a pool per host, the request head, 1xx answers, and when a connection may be reused.
+a pool per origin with its own limit, name look-ups shared and kept briefly
+(``proxy.resolver``), the request head, 1xx answers, and when a connection may be reused.
 
-Nothing here ever resends a call: a connection that fails fails the call.
+A call is resent only as HTTP/1.1 allows (RFC 9112 §9.3.1) and aiohttp's connector did:
+once, on a new connection, when the pooled connection it went out on failed before a
+byte of answer came back (the upstream had closed it while idle), its method is
+idempotent and its body was held. POST and PATCH are never resent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -30,11 +33,23 @@ from aiohttp.http import HttpProcessingError, StreamWriter
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy.resolver import Resolver
+
 HAPPY_EYEBALLS_DELAY: Final = 0.25  # RFC 8305's recommended wait before the next address
 READ_BUFSIZE: Final = 2**18  # what a download is read in, at most, per wake-up
 #: Methods whose requests carry a body: without one they get Content-Length: 0,
 #: as aiohttp's client sends (some gateways answer 411 otherwise).
 BODY_METHODS: Final = frozenset({hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH})
+#: Methods a call may be resent with when its pooled connection turned out closed.
+RESENDABLE: Final = frozenset(
+    {hdrs.METH_GET, hdrs.METH_HEAD, hdrs.METH_OPTIONS, hdrs.METH_PUT, hdrs.METH_DELETE}
+)
+#: How a connection the upstream closed while idle fails the call written on it.
+STALE_CONNECTION_ERRORS: Final = (
+    aiohttp.ServerDisconnectedError,  # its FIN: closed, nothing came
+    aiohttp.ClientOSError,  # its RST, as aiohttp reports it when reading
+    ConnectionResetError,  # writing on a transport that closed meanwhile
+)
 
 Key = tuple[str, int, bool]
 Body = bytes | AsyncIterable[bytes] | None
@@ -42,6 +57,10 @@ Body = bytes | AsyncIterable[bytes] | None
 
 class ConnectFailed(aiohttp.ClientConnectionError):
     """No connection to the upstream could be made (refused, unreachable, TLS refused)."""
+
+
+class NoFreeConnection(aiohttp.ClientError):
+    """Every connection the pool may hold to the upstream stayed in use too long."""
 
 
 class MalformedAnswer(aiohttp.ClientError):
@@ -80,6 +99,27 @@ class Upstream:
         return (self.host, self.port, self.tls is not None)
 
 
+class _Connection(ResponseHandler):
+    """aiohttp's client protocol, noting whether it has been pooled (so carried a call
+    before) and whether any byte of the current call's answer came."""
+
+    reused = False
+    answered = False
+
+    def data_received(
+        self,
+        data: bytes,
+        _receive: Callable[[ResponseHandler, bytes], None] = ResponseHandler.data_received,
+    ) -> None:
+        self.answered = True
+        _receive(self, data)
+
+
+def _held(body: Body) -> bool:
+    """A body the pool has whole, so it can be sent again (not a stream)."""
+    return body is None or isinstance(body, bytes)
+
+
 class UpstreamResponse:
     """An answer's head, its body as an aiohttp ``StreamReader``, and its connection."""
 
@@ -91,6 +131,7 @@ class UpstreamResponse:
         "content",
         "raw_headers",
         "reason",
+        "retried",
         "status",
     )
 
@@ -98,17 +139,19 @@ class UpstreamResponse:
         self,
         pool: UpstreamPool,
         key: Key,
-        proto: ResponseHandler,
+        proto: _Connection,
         head: aiohttp.http.RawResponseMessage,
         content: aiohttp.StreamReader,
         body_task: asyncio.Task[None] | None,
     ) -> None:
         self._pool, self._key, self._body_task = pool, key, body_task
-        self._proto: ResponseHandler | None = proto
+        self._proto: _Connection | None = proto
         self.status: int = head.code
         self.reason: str = head.reason
         self.raw_headers = head.raw_headers
         self.content = content
+        #: Sent a second time, on a new connection: the pooled one was found closed.
+        self.retried = False
 
     def release(self) -> None:
         """Done with it: the connection goes back to the pool if it can carry another call.
@@ -132,15 +175,28 @@ class UpstreamResponse:
         self._pool.give_back(self._key, proto, reusable)
 
 
-class UpstreamPool:
-    """Keep-alive connections per upstream, at most ``limit`` in use at once."""
+class _Origin:
+    """One upstream origin's connections: in use, idle (newest last), and calls waiting."""
 
-    def __init__(self, limit: int, max_idle: float) -> None:
+    __slots__ = ("busy", "idle", "waiters")
+
+    def __init__(self) -> None:
+        self.busy = 0
+        self.idle: list[tuple[_Connection, float]] = []
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+
+class UpstreamPool:
+    """Keep-alive connections per upstream origin (host, port, TLS or not), at most
+    ``limit`` of them in use at once for each: a slow upstream holds up only its own
+    calls. A call that finds none free within ``connect_timeout`` fails with
+    ``NoFreeConnection``."""
+
+    def __init__(self, limit: int, max_idle: float, resolver: Resolver | None = None) -> None:
         self.limit = limit
         self.max_idle = max_idle
-        self._busy = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._idle: dict[Key, list[tuple[ResponseHandler, float]]] = {}
+        self.resolver = resolver or Resolver()
+        self._origins: dict[Key, _Origin] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -152,12 +208,38 @@ class UpstreamPool:
         headers: CIMultiDict[str],
         body: Body,
     ) -> UpstreamResponse:
-        """Send the call once and return the answer's head; the body is left to stream."""
-        proto = self._take_idle(up.key) if self._busy < self.limit else None
+        """Send the call and return the answer's head; the body is left to stream.
+
+        A call that met a connection the upstream had closed while idle is sent again,
+        once, on a new connection, if that is safe (see the module's docstring).
+        """
+        origin = self._origins.get(up.key) or self._origins.setdefault(up.key, _Origin())
+        proto = self._take_idle(origin) if origin.busy < self.limit else None
         if proto is None:
-            proto = await self._acquire(up)
+            proto = await self._acquire(up, origin)
         else:  # the common case, without a coroutine
-            self._busy += 1
+            origin.busy += 1
+        try:
+            return await self._send(up, proto, method, target, headers, body)
+        except STALE_CONNECTION_ERRORS:
+            if not proto.reused or proto.answered or method not in RESENDABLE or not _held(body):
+                raise
+        proto = await self._acquire(up, origin, fresh=True)
+        response = await self._send(up, proto, method, target, headers, body)
+        response.retried = True
+        return response
+
+    async def _send(
+        self,
+        up: Upstream,
+        proto: _Connection,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        body: Body,
+    ) -> UpstreamResponse:
+        """Send the call once on ``proto``; on failure the connection is closed."""
+        proto.answered = False
         body_task = None
         try:
             proto.set_response_params(
@@ -189,41 +271,44 @@ class UpstreamPool:
             raise
         return UpstreamResponse(self, up.key, proto, head, content, body_task)
 
-    async def _acquire(self, up: Upstream) -> ResponseHandler:
-        """A connection for one call: an idle one if there is, else a new one."""
-        if self._busy >= self.limit:
-            await self._wait_for_slot(up)
-        self._busy += 1
-        proto = self._take_idle(up.key)
+    async def _acquire(self, up: Upstream, origin: _Origin, fresh: bool = False) -> _Connection:
+        """A connection for one call: an idle one if there is (and not ``fresh``), else
+        a new one."""
+        if origin.busy >= self.limit:
+            await self._wait_for_slot(up, origin)
+        origin.busy += 1
+        proto = None if fresh else self._take_idle(origin)
         if proto is not None:
             return proto
         try:
-            return await _connect(up)
+            return await _connect(up, self.resolver)
         except BaseException:
-            self._free_slot()
+            self._free_slot(origin)
             raise
 
-    async def _wait_for_slot(self, up: Upstream) -> None:
-        """Until fewer than ``limit`` connections are in use; bounded by connect_timeout."""
+    async def _wait_for_slot(self, up: Upstream, origin: _Origin) -> None:
+        """Until fewer than ``limit`` of the origin's connections are in use; bounded by
+        connect_timeout."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(up.connect_timeout):
-                while self._busy >= self.limit:
+                while origin.busy >= self.limit:
                     waiter = loop.create_future()
-                    self._waiters.append(waiter)
+                    origin.waiters.append(waiter)
                     try:
                         await waiter
                     except asyncio.CancelledError:
                         if waiter.done() and not waiter.cancelled():
-                            self._wake_next()  # woken, then cancelled: pass the turn on
+                            _wake_next(origin)  # woken, then cancelled: pass the turn on
                         raise
         except TimeoutError:
-            raise aiohttp.ConnectionTimeoutError(
-                f"no free connection to {up.host} within {up.connect_timeout} s"
+            raise NoFreeConnection(
+                f"all {self.limit} connections to {up.host} stayed in use"
+                f" for {up.connect_timeout} s"
             ) from None
 
-    def _take_idle(self, key: Key) -> ResponseHandler | None:
-        idle = self._idle.get(key)
+    def _take_idle(self, origin: _Origin) -> _Connection | None:
+        idle = origin.idle
         oldest_allowed = time.monotonic() - self.max_idle
         while idle:
             proto, since = idle.pop()
@@ -232,47 +317,39 @@ class UpstreamPool:
             proto.close()
         return None
 
-    def give_back(self, key: Key, proto: ResponseHandler, reusable: bool) -> None:
+    def give_back(self, key: Key, proto: _Connection, reusable: bool) -> None:
         """Pool the connection if it is clean and the pool is open; else close it."""
-        self._free_slot()
+        origin = self._origins[key]
+        self._free_slot(origin)
         if reusable and not self._closed and proto.is_connected() and not proto.should_close:
             # A read resumed after the body ended can restart aiohttp's read timer;
             # idle in the pool, that timer must not fail the connection's next call.
             proto.read_timeout = None
             proto.start_timeout()
-            self._idle.setdefault(key, []).append((proto, time.monotonic()))
+            proto.reused = True
+            origin.idle.append((proto, time.monotonic()))
             if self._sweeper is None:
                 self._sweeper = asyncio.get_running_loop().call_later(self.max_idle, self._sweep)
         else:
             proto.close()
 
-    def _free_slot(self) -> None:
-        self._busy -= 1
-        self._wake_next()
-
-    def _wake_next(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+    def _free_slot(self, origin: _Origin) -> None:
+        origin.busy -= 1
+        _wake_next(origin)
 
     def _sweep(self) -> None:
         """Close connections idle longer than ``max_idle``; run again while any are left."""
         self._sweeper = None
         oldest_allowed = time.monotonic() - self.max_idle
-        for key, idle in list(self._idle.items()):
+        for origin in self._origins.values():
             keep = []
-            for proto, since in idle:
+            for proto, since in origin.idle:
                 if _fit_for_a_call(proto, since, oldest_allowed):
                     keep.append((proto, since))
                 else:
                     proto.close()
-            if keep:
-                self._idle[key] = keep
-            else:
-                del self._idle[key]
-        if self._idle:
+            origin.idle = keep
+        if any(origin.idle for origin in self._origins.values()):
             self._sweeper = asyncio.get_running_loop().call_later(self.max_idle, self._sweep)
 
     async def close(self) -> None:
@@ -281,31 +358,39 @@ class UpstreamPool:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        for idle in self._idle.values():
-            for proto, _ in idle:
+        for origin in self._origins.values():
+            for proto, _ in origin.idle:
                 proto.close()
-        self._idle.clear()
+            origin.idle = []
 
 
-def _fit_for_a_call(proto: ResponseHandler, since: float, oldest_allowed: float) -> bool:
+def _wake_next(origin: _Origin) -> None:
+    while origin.waiters:
+        waiter = origin.waiters.popleft()
+        if not waiter.done():
+            waiter.set_result(None)
+            return
+
+
+def _fit_for_a_call(proto: _Connection, since: float, oldest_allowed: float) -> bool:
     """An idle connection that may carry another call: young enough, open, and with
     nothing pending on it (no early bytes, no error from a timer or the peer)."""
     return since >= oldest_allowed and proto.is_connected() and not proto.should_close
 
 
-async def _connect(up: Upstream) -> ResponseHandler:
+async def _connect(up: Upstream, resolver: Resolver) -> _Connection:
     """A new connection: every address the name has, raced RFC 8305 style (as aiohttp's
     connector does), so an unreachable IPv6 address costs 250 ms, not connect_timeout."""
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(up.connect_timeout):
-            infos = await loop.getaddrinfo(up.host, up.port, type=socket.SOCK_STREAM)
+            infos = await resolver.resolve(up.host, up.port)
             sock = await aiohappyeyeballs.start_connection(
                 infos, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, interleave=1
             )
             try:
                 _, proto = await loop.create_connection(
-                    lambda: ResponseHandler(loop),
+                    lambda: _Connection(loop),
                     sock=sock,
                     ssl=up.tls,
                     # as aiohttp does: a certificate never names the root's trailing dot

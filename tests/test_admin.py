@@ -82,3 +82,30 @@ async def test_legacy_token_call_is_answered_even_without_a_covering_route(
     status, _, body = await get(proxy.at("/accesstoken/get"), "POST")
     assert status == 200
     assert orjson.loads(body)["access_token"].startswith("vipps-proxy-placeholder-")
+
+
+async def test_the_placeholder_never_leaves_on_a_route_that_passes_the_clients_token(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """On an auth = "none" route the client's own Authorization goes upstream; the
+    placeholder there is refused with a 400 problem that says so, and never sent."""
+    routes = [
+        {"prefix": "/vipps-userinfo-api/", "upstream": str(emulator.url), "auth": "none"},
+        {"prefix": "/", "upstream": str(emulator.url)},
+    ]
+    proxy = await start_proxy(make_config(emulator.token_url, extra={"routes": routes}))
+    _, _, body = await get(proxy.at("/accesstoken/get"), "POST")
+    placeholder = orjson.loads(body)["access_token"]
+
+    headers = {"Authorization": f"Bearer {placeholder}"}
+    status, ctype, body = await get(proxy.at("/vipps-userinfo-api/userinfo/x"), headers=headers)
+    own_status, _, _ = await get(
+        proxy.at("/vipps-userinfo-api/userinfo/x"), headers={"Authorization": "Bearer users-own"}
+    )
+
+    assert (status, ctype) == (400, "application/problem+json")
+    assert "passes the client's own token" in orjson.loads(body)["detail"]
+    assert placeholder not in body.decode()
+    sent = [v for r in emulator.state.received for v in r.values("Authorization")]
+    assert sent == ["Bearer users-own"]  # the user's own token passes; ours never
+    assert own_status == 401  # judged by the upstream itself: it never issued that token

@@ -6,7 +6,7 @@ credentials, or none: the proxy answers the SDK's token call with a placeholder 
 sends every API call on with its own real token and keys. The SDK has no base-URL
 option, so ``tests/clients/sdk_flow.mjs`` rewrites the origin of its ``fetch``.
 
-The packages come from ``npm ci --prefix tests/clients`` (``make install`` runs it);
+The packages come from ``npm ci --prefix tests/clients`` (``make test`` runs it first);
 when they are missing the first test runs that command itself. The tests are skipped
 only when node or the packages cannot be had, and never under CI, where that fails.
 """
@@ -31,7 +31,6 @@ from .conftest import (
     DEMO_MSN,
     DEMO_SUBSCRIPTION_KEY,
     TOKEN_FIELDS,
-    EmulatorFactory,
     ProxyFactory,
     RunningEmulator,
     RunningProxy,
@@ -42,7 +41,7 @@ CLIENTS = Path(__file__).parent / "clients"
 SDK_FLOW = CLIENTS / "sdk_flow.mjs"
 SDK_PACKAGE = CLIENTS / "node_modules" / "@vippsmobilepay" / "sdk" / "package.json"
 INSTALL = ("npm", "ci", "--prefix", str(CLIENTS), "--no-audit", "--no-fund")
-INSTALL_HINT = "run `npm ci --prefix tests/clients` (make install does)"
+INSTALL_HINT = "run `npm ci --prefix tests/clients` (make test does)"
 INSTALL_SECONDS = 300
 FLOW_SECONDS = 60
 SDK_ORIGIN = "https://apitest.vipps.no"
@@ -165,12 +164,6 @@ def assert_no_client_credentials(received: ReceivedRequest, *client_values: str)
     for name, value in received.headers:
         for secret in client_values:
             assert secret not in value, f"{name} carries the client's own {secret!r}"
-
-
-@pytest.fixture
-async def emulator(start_emulator: EmulatorFactory) -> RunningEmulator:
-    """The emulator with payments waiting for approval, as in Vipps's test environment."""
-    return await start_emulator(auto_authorize=False)
 
 
 SYSTEM_DEFAULTS = {

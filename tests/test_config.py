@@ -277,3 +277,30 @@ def test_secrets_do_not_show_in_repr(tmp_path: Path) -> None:
     text = repr(load_config(write(tmp_path, GOOD), ENV))
     for secret in ENV.values():
         assert secret not in text
+
+
+def test_check_names_every_missing_variable_in_one_run(tmp_path: Path) -> None:
+    """Four variables missing: `check` names all four, one line each, and exits 2."""
+    text = GOOD.replace("${VIPPS_MSN:-123456}", "${VIPPS_MSN}")
+    result = run_cli("check", "--config", str(write(tmp_path, text)), env={})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"vipps-proxy: credentials.main.{key}: environment variable {name} is not set"
+        for key, name in (
+            ("client_id", "VIPPS_CLIENT_ID"),
+            ("client_secret", "VIPPS_CLIENT_SECRET"),
+            ("subscription_key", "VIPPS_SUBSCRIPTION_KEY"),
+            ("merchant_serial_number", "VIPPS_MSN"),
+        )
+    ]
+
+
+@pytest.mark.parametrize("msn", ["abc", "12 34", "123456x", "-1", "١٢٣"])
+def test_a_merchant_serial_number_that_is_not_digits_is_refused(tmp_path: Path, msn: str) -> None:
+    """An MSN is digits; anything else is a config error naming the key."""
+    path = write(tmp_path, GOOD.replace("${VIPPS_MSN:-123456}", msn))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ENV)
+    assert (
+        str(info.value) == f"credentials.main.merchant_serial_number: must be digits, not {msn!r}"
+    )

@@ -43,7 +43,13 @@ INVALID_KEY = (
     "Access denied due to invalid subscription key. "
     "Make sure to provide a valid key for an active subscription."
 )
-INVALID_TOKEN = "Unauthorized. Access token is missing or invalid."
+MISSING_KEY = (
+    "Access denied due to missing subscription key. "
+    "Make sure to include subscription key when making requests to an API."
+)
+INVALID_TOKEN = "Access denied due to invalid token"
+MISSING_TOKEN = "Access denied due to missing token"
+EXPIRED_TOKEN = "Access denied due to expired token"
 OLD_ESTATE = SalesUnit(
     client_id="old-client-id",
     client_secret="old-client-secret",
@@ -128,6 +134,15 @@ async def create_payment(
     )
 
 
+async def approved_payment(client: Client, headers: dict[str, str]) -> aiohttp.ClientResponse:
+    """Create the default payment and approve it as the user would, through the test call."""
+    created = await create_payment(client, headers)
+    approve = "/epayment/v1/test/payments/order-123456/approve"
+    approved = await client.post(approve, headers=headers, json={})
+    assert approved.status == 200
+    return created
+
+
 async def adjust(
     client: Client, headers: dict[str, str], action: str, value: int | None, key: str
 ) -> aiohttp.ClientResponse:
@@ -153,6 +168,30 @@ async def test_accesstoken_answers_seven_string_fields(client: Client) -> None:
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == "3600"
     assert int(body["expires_on"]) - int(body["not_before"]) == 3600
+
+
+@pytest.mark.parametrize("path", ["/accessToken/get", "/ACCESSTOKEN/GET", "/AccessToken/Get"])
+async def test_accesstoken_path_is_served_in_any_case(client: Client, path: str) -> None:
+    """Vipps' gateway serves the token path in any case; so does the emulator."""
+    response = await client.post(path, headers=token_headers())
+    assert response.status == 200
+    assert set(await response.json()) == TOKEN_FIELDS
+    assert list(emulator_state(client.app).received) == []  # a token call, not an API call
+
+
+async def test_jwt_token_path_is_served_in_any_case(client: Client) -> None:
+    """The jwt-token path in another case answers the same."""
+    response = await client.post(
+        "/API/Access-Token/JWT-Token",
+        headers={"Ocp-Apim-Subscription-Key": DEMO_SUBSCRIPTION_KEY},
+        json={
+            "client_id": DEMO_CLIENT_ID,
+            "client_secret": DEMO_CLIENT_SECRET,
+            "resource": "https://api.vipps.no",
+        },
+    )
+    assert response.status == 200
+    assert set(await response.json()) == TOKEN_FIELDS
 
 
 async def test_expires_in_as_number_sends_numbers(make_client: MakeClient) -> None:
@@ -312,7 +351,7 @@ async def test_token_really_expires(make_client: MakeClient) -> None:
     after = await client.get("/epayment/v1/payments/order-000000", headers=headers)
     assert before.status == 404
     assert after.status == 401
-    assert await after.json() == {"statusCode": 401, "message": INVALID_TOKEN}
+    assert await after.json() == {"statusCode": 401, "message": EXPIRED_TOKEN}
 
 
 async def test_api_without_token_gets_401(client: Client) -> None:
@@ -320,7 +359,24 @@ async def test_api_without_token_gets_401(client: Client) -> None:
     headers = {"Ocp-Apim-Subscription-Key": DEMO_SUBSCRIPTION_KEY}
     response = await client.get("/epayment/v1/payments/order-000000", headers=headers)
     assert response.status == 401
-    assert (await response.json())["message"] == INVALID_TOKEN
+    assert (await response.json())["message"] == MISSING_TOKEN
+
+
+async def test_api_with_an_unknown_token_gets_401(client: Client) -> None:
+    """A token the gateway never issued gets the invalid-token 401, as Vipps words it."""
+    headers = api_headers("eyJ-never-issued-by-this-emulator")
+    response = await client.get("/epayment/v1/payments/order-000000", headers=headers)
+    assert response.status == 401
+    assert await response.json() == {"statusCode": 401, "message": INVALID_TOKEN}
+
+
+async def test_api_without_a_subscription_key_gets_401(client: Client) -> None:
+    """No subscription key at all gets the gateway's missing-key 401."""
+    headers = api_headers(await fetch_token(client))
+    del headers["Ocp-Apim-Subscription-Key"]
+    response = await client.get("/epayment/v1/payments/order-000000", headers=headers)
+    assert response.status == 401
+    assert await response.json() == {"statusCode": 401, "message": MISSING_KEY}
 
 
 async def test_api_with_unknown_key_gets_401(client: Client) -> None:
@@ -338,6 +394,7 @@ async def test_token_of_another_unit_is_refused(client: Client) -> None:
     headers = api_headers(token, DEMO_SALES_UNIT_2)
     response = await client.get("/epayment/v1/payments/order-000000", headers=headers)
     assert response.status == 401
+    assert (await response.json())["message"] == INVALID_TOKEN
 
 
 async def test_foreign_merchant_serial_number_gets_403(client: Client) -> None:
@@ -366,7 +423,7 @@ async def test_unknown_path_is_a_problem_after_authentication(client: Client) ->
 async def test_payment_flow_create_get_capture_refund(client: Client) -> None:
     """A payment is created, read, captured and refunded, its aggregate following."""
     headers = await authed(client)
-    created = await create_payment(client, headers)
+    created = await approved_payment(client, headers)
     fetched = await client.get("/epayment/v1/payments/order-123456", headers=headers)
     captured = await adjust(client, headers, "capture", 10_000, "capture-1")
     refunded = await adjust(client, headers, "refund", 4_000, "refund-1")
@@ -436,7 +493,7 @@ async def test_invalid_create_body_lists_each_error(client: Client) -> None:
 async def test_capture_beyond_the_amount_is_400(client: Client) -> None:
     """Capturing more than is authorized gets a 400 problem."""
     headers = await authed(client)
-    await create_payment(client, headers)
+    await approved_payment(client, headers)
     response = await adjust(client, headers, "capture", 10_001, "capture-1")
     assert response.status == 400
 
@@ -444,7 +501,7 @@ async def test_capture_beyond_the_amount_is_400(client: Client) -> None:
 async def test_refund_beyond_the_captured_is_400(client: Client) -> None:
     """Refunding more than is captured gets a 400 problem."""
     headers = await authed(client)
-    await create_payment(client, headers)
+    await approved_payment(client, headers)
     await adjust(client, headers, "capture", 1_000, "capture-1")
     response = await adjust(client, headers, "refund", 1_001, "refund-1")
     assert response.status == 400
@@ -453,7 +510,7 @@ async def test_refund_beyond_the_captured_is_400(client: Client) -> None:
 async def test_capture_replay_captures_once(client: Client) -> None:
     """A capture replayed with its Idempotency-Key does not capture twice."""
     headers = await authed(client)
-    await create_payment(client, headers)
+    await approved_payment(client, headers)
     await adjust(client, headers, "capture", 3_000, "capture-1")
     again = await adjust(client, headers, "capture", 3_000, "capture-1")
     assert again.status == 200
@@ -463,7 +520,7 @@ async def test_capture_replay_captures_once(client: Client) -> None:
 async def test_cancel_terminates_and_then_capture_conflicts(client: Client) -> None:
     """A cancelled, uncaptured payment is TERMINATED and can no longer be captured."""
     headers = await authed(client)
-    await create_payment(client, headers)
+    await approved_payment(client, headers)
     cancelled = await adjust(client, headers, "cancel", None, "cancel-1")
     capture = await adjust(client, headers, "capture", 1_000, "capture-1")
     body = await cancelled.json()
@@ -475,7 +532,7 @@ async def test_cancel_terminates_and_then_capture_conflicts(client: Client) -> N
 async def test_events_log_each_step(client: Client) -> None:
     """The event log lists CREATED, AUTHORIZED and CAPTURED in order."""
     headers = await authed(client)
-    await create_payment(client, headers)
+    await approved_payment(client, headers)
     await adjust(client, headers, "capture", 2_000, "capture-1")
     response = await client.get("/epayment/v1/payments/order-123456/events", headers=headers)
     events = await response.json()
@@ -483,18 +540,45 @@ async def test_events_log_each_step(client: Client) -> None:
     assert events[-1]["idempotencyKey"] == "capture-1"
 
 
-async def test_without_auto_authorize_approve_is_needed(make_client: MakeClient) -> None:
-    """With auto_authorize off a payment waits in CREATED until the test approve call."""
-    client = await make_client(auto_authorize=False)
+async def test_a_new_payment_waits_in_created_until_the_user_approves(client: Client) -> None:
+    """As at Vipps, a payment is CREATED (not capturable) until the test approve call."""
     headers = await authed(client)
     await create_payment(client, headers)
+    fetched = await client.get("/epayment/v1/payments/order-123456", headers=headers)
     early = await adjust(client, headers, "capture", 1_000, "capture-1")
     approve = "/epayment/v1/test/payments/order-123456/approve"
     approved = await client.post(approve, headers=headers, json={})
     late = await adjust(client, headers, "capture", 1_000, "capture-2")
+    assert (await fetched.json())["state"] == "CREATED"
     assert early.status == 409
     assert approved.status == 200
     assert late.status == 200
+
+
+async def test_auto_approve_waits_its_seconds(make_client: MakeClient) -> None:
+    """With auto_approve = 60 a payment is still CREATED right after its creation."""
+    client = await make_client(auto_approve=60)
+    headers = await authed(client)
+    await create_payment(client, headers)
+    fetched = await client.get("/epayment/v1/payments/order-123456", headers=headers)
+    assert (await fetched.json())["state"] == "CREATED"
+
+
+async def test_auto_approve_approves_once_its_seconds_passed(make_client: MakeClient) -> None:
+    """With auto_approve a payment becomes AUTHORIZED by itself, as if the user said yes."""
+    client = await make_client(auto_approve=0.05)
+    headers = await authed(client)
+    await create_payment(client, headers)
+    state = "CREATED"
+    for _ in range(200):  # a bounded wait, not a timing assertion
+        fetched = await client.get("/epayment/v1/payments/order-123456", headers=headers)
+        state = (await fetched.json())["state"]
+        if state != "CREATED":
+            break
+        await asyncio.sleep(0.05)
+    assert state == "AUTHORIZED"
+    captured = await adjust(client, headers, "capture", 1_000, "capture-1")
+    assert captured.status == 200
 
 
 async def test_payment_of_another_unit_is_not_found(client: Client) -> None:
@@ -550,12 +634,25 @@ async def test_openid_configuration_needs_no_auth(client: Client) -> None:
     assert body["issuer"].endswith("/access-management-1.0/access/")
 
 
-async def test_userinfo_answers_a_bearer_without_subscription_key(client: Client) -> None:
-    """Userinfo answers any bearer token when no subscription key is sent."""
-    headers = {"Authorization": "Bearer a-user-token"}
+async def test_userinfo_answers_a_token_it_issued_without_subscription_key(
+    client: Client,
+) -> None:
+    """Userinfo answers a bearer token the emulator issued when no subscription key is sent."""
+    headers = {"Authorization": f"Bearer {await fetch_token(client)}"}
     response = await client.get("/vipps-userinfo-api/userinfo/some-sub", headers=headers)
     assert response.status == 200
     assert (await response.json())["sub"] == "some-sub"
+
+
+@pytest.mark.parametrize(
+    "token", ["a-user-token", "<This value will be overwritten by the pre-request script>"]
+)
+async def test_userinfo_refuses_a_bearer_it_never_issued(client: Client, token: str) -> None:
+    """Any other bearer, a Postman placeholder included, gets the gateway's 401."""
+    headers = {"Authorization": f"Bearer {token}"}
+    response = await client.get("/vipps-userinfo-api/userinfo/some-sub", headers=headers)
+    assert response.status == 401
+    assert (await response.json())["statusCode"] == 401
 
 
 async def test_userinfo_refuses_a_subscription_key(client: Client) -> None:

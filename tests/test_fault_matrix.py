@@ -135,6 +135,11 @@ TOKEN_OUTAGES = [
         "token response has a lifetime of zero or less",
         id="token-expires_in-zero",
     ),
+    pytest.param(
+        {"expires_in_text": "nan"},
+        "token response has a lifetime that is not a finite number",
+        id="token-expires_in-nan",
+    ),
 ]
 
 
@@ -164,12 +169,100 @@ async def test_token_fault_without_a_held_token_gives_503_and_heals(
     assert await metric(proxy, "vipps_proxy_token_fetches_total", result="error") >= 1
     assert await metric(proxy, "vipps_proxy_token_fetches_total", result="ok") == 0
     assert await metric(proxy, "vipps_proxy_requests_total", status="503") == 1
+    assert [line for line in proxy.logs.lines() if line["level"] == "error"] == []
 
     emulator.state.faults.clear()
     await wait_for_status(proxy, 404)
     assert await metric(proxy, "vipps_proxy_token_fetches_total", result="ok") == 1
     assert calls(proxy)[-1]["token"] in {"fetched", "cached"}
     assert "error" not in calls(proxy)[-1]
+
+
+async def test_start_up_token_failure_logs_warnings_only_and_heals(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """The token endpoint refuses the first fetches at start-up: warnings, never an
+    error-level line (no asyncio 'Task exception was never retrieved'); not ready,
+    503 to calls; healed by the first good fetch."""
+    emulator.state.faults.token = "error500"
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
+
+    async def failed_twice() -> bool:
+        return len(refresh_failures(proxy)) >= 2
+
+    await wait_until(failed_twice, "two failed fetches")
+    assert (await get(proxy, "/-/ready"))[0] == 503
+    assert await status_of(proxy) == 503
+    assert await metric(proxy, "vipps_proxy_token_fetches_total", result="error") >= 2
+    assert all(event["level"] == "warning" for event in refresh_failures(proxy))
+    assert [line for line in proxy.logs.lines() if line["level"] == "error"] == []
+    assert "never retrieved" not in proxy.logs.text()
+
+    emulator.state.faults.clear()
+    await wait_for_status(proxy, 404)
+    assert (await get(proxy, "/-/ready"))[0] == 200
+
+
+async def test_a_token_answer_in_two_pieces_is_read_whole(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """A token answer written in two pieces 0.2 s apart (a gateway, TLS records) is
+    read whole: calls succeed, one fetch, no failure."""
+    emulator.state.faults.token = "split_answer"
+    emulator.state.faults.token_delay = 0.2
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
+
+    assert await status_of(proxy) == 404
+    assert refresh_failures(proxy) == []
+    assert len(proxy.logs.events("token_fetched")) == 1
+    assert await metric(proxy, "vipps_proxy_token_fetches_total", result="ok") == 1
+    assert await metric(proxy, "vipps_proxy_token_fetches_total", result="error") == 0
+
+
+async def test_tiny_lifetimes_give_503_never_an_expired_token_and_heal(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """Tokens that expire before they can be used (1e-9 s): calls get 503 + Retry-After,
+    no expired token goes upstream, the endpoint is asked at most once a second; a
+    normal lifetime heals."""
+    emulator.state.faults.expires_in_text = "1e-09"
+    started = time.monotonic()
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
+    answers = [await get(proxy, PAYMENT) for _ in range(5)]
+    elapsed = time.monotonic() - started
+
+    assert {status for status, _, _ in answers} == {503}
+    assert all(int(headers["Retry-After"]) >= 1 for _, headers, _ in answers)
+    assert [r for r in emulator.state.received if r.raw_path == PAYMENT] == []
+    assert emulator.state.token_requests["accesstoken"] <= int(elapsed) + 1
+    assert {line["error"] for line in calls(proxy)} == {"token_unavailable"}
+    assert await metric(proxy, "vipps_proxy_requests_total", status="503") == 5
+
+    emulator.state.faults.clear()
+    await wait_for_status(proxy, 404)
+
+
+async def test_a_401_for_the_subscription_key_is_relayed_without_a_fetch(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """Vipps refusing our subscription key (userinfo refuses any): its 401 reaches the
+    client as sent, the token is kept and nothing is fetched or replayed."""
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
+    assert await status_of(proxy) == 404
+    await asyncio.sleep(MIN_AGE_TO_INVALIDATE)  # old enough that a token 401 would drop it
+
+    status, _, body = await get(proxy, "/vipps-userinfo-api/userinfo/x")
+
+    assert status == 401
+    assert orjson.loads(body)["message"].startswith("Access denied due to invalid subscription key")
+    line = calls(proxy)[-1]
+    assert (line["status"], line["error"]) == (401, "upstream_rejected_subscription_key")
+    assert "replayed" not in line
+    assert proxy.logs.events("token_rejected_by_upstream") == []
+    assert await metric(proxy, "vipps_proxy_token_rejections_total") == 0
+    assert await metric(proxy, "vipps_proxy_token_fetches_total", result="ok") == 1
+    assert await metric(proxy, "vipps_proxy_requests_total", status="401") == 1
+    assert await status_of(proxy) == 404  # the same token serves the next call
 
 
 async def test_tiny_expires_in_keeps_serving_with_bounded_refreshes(

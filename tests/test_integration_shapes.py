@@ -47,7 +47,8 @@ async def estate(emulator: RunningEmulator, start_proxy: ProxyFactory) -> Runnin
             {
                 "prefix": "/vipps-userinfo-api/",
                 "upstream": up,
-                "auth": "none",
+                "credentials": "oslo",
+                "auth": "bearer",
                 "subscription_key": False,
             },
         ],
@@ -160,13 +161,8 @@ async def test_login_passes_through_untouched(
 async def test_userinfo_never_gets_a_subscription_key(
     estate: RunningProxy, emulator: RunningEmulator
 ) -> None:
-    """userinfo answers 401 to any subscription key; the route never sends one."""
-    status, _ = await call(
-        estate,
-        "GET",
-        "/vipps-userinfo-api/userinfo/some-sub",
-        headers={"Authorization": "Bearer users-own-token"},
-    )
+    """userinfo answers 401 to any subscription key; the route sends our token, no key."""
+    status, _ = await call(estate, "GET", "/vipps-userinfo-api/userinfo/some-sub")
     assert status == 200
     assert emulator.state.received[-1].values("Ocp-Apim-Subscription-Key") == []
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import gc
 import io
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from proxy import events
 from proxy.logs import CALL_ID, configure_logging
 from proxy.redact import Redactor
 from proxy.secret import Secret
@@ -305,3 +308,119 @@ def test_an_exception_is_logged_as_data_without_local_variables(
     assert exc["frames"]
     assert b"in-a-local" not in json_lines.getvalue()
     assert all("locals" not in frame for frame in exc["frames"])
+
+
+# ------------------------------------------- every event, both formats, never a failure
+
+EVENTS = sorted(v for k, v in vars(events).items() if k.isupper() and isinstance(v, str))
+ODD_FIELDS: dict[str, Any] = {
+    "routes": ["/ -> http://x (bearer)", 1, None],
+    "nested": {"a": [1, {"b": 2.5}], "c": None},
+    "raw": b"\xff\x00bytes",
+    "big": 10**30,
+    "keys": {1: "int key", (2, 3): "tuple key"},
+    "exception": ["a list where a string is expected"],
+    "text": "ünïcode\n\ttabs",
+}
+
+
+def _boom() -> BaseException:
+    try:
+        raise ValueError("TokenFetchError('token endpoint answered 401: s3cret-value')")
+    except ValueError as exc:
+        return exc
+
+
+def emit_everything() -> None:
+    """Every event the proxy logs, with odd values, and the stdlib records of aiohttp
+    and asyncio (with tracebacks) that reach the same renderers."""
+    log = structlog.get_logger("proxy.test")
+    for name in EVENTS:
+        log.warning(name, status=200, error="x", **ODD_FIELDS)
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError:
+        log.exception(events.INTERNAL_ERROR, path="/a")
+    logging.getLogger("asyncio").error(
+        "Task exception was never retrieved\nfuture: <Task finished>", exc_info=_boom()
+    )
+    logging.getLogger("aiohttp.server").exception("Error handling request", exc_info=_boom())
+    logging.getLogger("aiohttp.client").warning("a %s with %d args", "record", 2)
+    logging.getLogger("aiohttp.web").warning("a bad %d format", "not a number")
+    logging.getLogger("py.warnings").warning(["not", "a", "string"])
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_no_event_or_stdlib_record_makes_a_renderer_fail(
+    fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every event the proxy emits, odd values, asyncio's and aiohttp's records with
+    tracebacks: each is written, in both formats, and none makes logging fail."""
+    saved = structlog.get_config()
+    out = io.BytesIO()
+    configure_logging("debug", fmt, Redactor([Secret("s3cret-value")]), out, cache=False)
+    try:
+        emit_everything()
+    finally:
+        structlog.configure(**saved)
+    text = out.getvalue().decode()
+    assert "--- Logging error ---" not in capsys.readouterr().err
+    for name in EVENTS:
+        assert name in text
+    assert "Task exception was never retrieved" in text
+    assert "Error handling request" in text
+    assert "s3cret-value" not in text
+    if fmt == "json":
+        lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+        assert len(lines) >= len(EVENTS) + 5
+
+
+@pytest.mark.parametrize("fault", ["wrong-secret", "unreachable"])
+async def test_a_token_endpoint_failing_at_start_logs_no_asyncio_error(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, fault: str
+) -> None:
+    """A wrong client_secret or an unreachable token URL at start-up: token_refresh_failed
+    warnings, and no asyncio 'Task exception was never retrieved' at level error."""
+    if fault == "wrong-secret":
+        config = make_config(
+            emulator.token_url, emulator.url, credentials={"client_secret": "a-wrong-secret"}
+        )
+    else:
+        config = make_config(f"http://127.0.0.1:{free_port()}/accesstoken/get", emulator.url)
+    proxy = await start_proxy(config)
+    for _ in range(100):
+        if proxy.logs.events("token_refresh_failed"):
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.1)
+    gc.collect()
+    await asyncio.sleep(0)
+
+    assert proxy.logs.events("token_refresh_failed")
+    assert "never retrieved" not in proxy.logs.text()
+    assert [line for line in proxy.logs.lines() if line["level"] == "error"] == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/accesstoken/get", 200),  # a legacy token call, answered with a placeholder
+        ("GET", "/nowhere", 404),  # no route
+        ("CONNECT", "/echo/x", 405),  # a problem answer
+    ],
+)
+async def test_answers_the_proxy_makes_itself_log_their_real_size(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, method: str, path: str, status: int
+) -> None:
+    """bytes_out of a token, 404 or problem answer is the body the client received."""
+    config = make_config(emulator.token_url, emulator.url, route={"prefix": "/echo/"})
+    proxy = await start_proxy(config)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.request(method, proxy.at(path)) as response,
+    ):
+        assert response.status == status
+        size = len(await response.read())
+    (line,) = proxy.logs.events("request_completed")
+    assert size > 0
+    assert line["bytes_out"] == size

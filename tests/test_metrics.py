@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from proxy.groupmetrics import MetricsGroup
 from proxy.metrics import Metrics
+
+from .conftest import RunningEmulator, free_port
+from .processes import ProxyProcess, write_config
 
 
 def scrape(metrics: Metrics) -> list[str]:
@@ -57,3 +67,68 @@ def test_in_flight_reads_the_live_count_at_scrape_time() -> None:
     assert "vipps_proxy_in_flight_requests 3.0" in scrape(metrics)
     metrics.active -= 3
     assert "vipps_proxy_in_flight_requests 0.0" in scrape(metrics)
+
+
+def test_a_group_scrape_sums_every_workers_snapshot(tmp_path: Path) -> None:
+    """Two workers' metrics through the run's folder: either one's scrape shows both."""
+    first, second = Metrics(), Metrics()
+    first.group, second.group = MetricsGroup(tmp_path, 1), MetricsGroup(tmp_path, 2)
+    for _ in range(3):
+        first.observe_call("/", "GET", 200, 0.01, 5, 7)
+    for _ in range(2):
+        second.observe_call("/", "GET", 200, 0.3, 1, 1)
+    second.upstream_errors.labels("/", "read_timeout").inc()
+    second.group.write(second.families())
+    lines = scrape(first)
+    assert 'vipps_proxy_requests_total{method="GET",route="/",status="200"} 5.0' in lines
+    assert 'vipps_proxy_request_duration_seconds_bucket{le="0.01",route="/"} 3.0' in lines
+    assert 'vipps_proxy_request_duration_seconds_count{route="/"} 5.0' in lines
+    assert 'vipps_proxy_request_bytes_total{route="/"} 17.0' in lines
+    assert 'vipps_proxy_upstream_errors_total{kind="read_timeout",route="/"} 1.0' in lines
+
+
+async def test_workers_2_one_scrape_counts_every_call(
+    emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """workers = 2: N calls spread over both workers; one scrape counts N; the run's
+    metrics folder is gone after exit."""
+    run_tmp = tmp_path / "run-tmp"
+    run_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(run_tmp))
+    port = free_port()
+    config = write_config(
+        tmp_path / "w.toml", str(emulator.token_url), str(emulator.url), port, workers=2
+    )
+    process = await asyncio.to_thread(ProxyProcess, config, port, tmp_path / "w.log")
+    calls = 20
+    try:
+        for i in range(calls):  # a connection each, so the kernel spreads them over both
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as c,
+                c.get(process.url(f"/echo/{i}")) as response,
+            ):
+                assert response.status == 200
+        counted = (0.0, 0.0)
+        async with aiohttp.ClientSession() as client:
+            for _ in range(100):  # a bounded wait: siblings share their counts each second
+                async with client.get(process.url("/-/metrics")) as response:
+                    counted = requests_counted(await response.text())
+                if counted == (calls, calls):
+                    break
+                await asyncio.sleep(0.1)
+        assert counted == (calls, calls)
+        assert await asyncio.to_thread(process.terminate) == 0
+        assert list(run_tmp.iterdir()) == []
+    finally:
+        process.close()
+
+
+def requests_counted(text: str) -> tuple[float, float]:
+    """The scrape's count of calls on route / and its duration histogram's count."""
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("vipps_proxy_requests_total{") and 'route="/"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+        if line.startswith('vipps_proxy_request_duration_seconds_count{route="/"}'):
+            count = float(line.rsplit(" ", 1)[1])
+    return total, count

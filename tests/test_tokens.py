@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from proxy.tokens import MIN_AGE_TO_INVALIDATE, TokenFetchError, parse_token_response, token_times
 from tests.conftest import (
@@ -207,12 +209,138 @@ def test_refresh_comes_ahead_of_expiry(lifetime: float, refresh_at: float) -> No
 async def test_refresh_retries_come_before_the_held_token_expires(
     start_emulator: EmulatorFactory, start_proxy: ProxyFactory
 ) -> None:
-    """While a token is held, every failed refresh is retried before that token expires."""
-    emulator = await start_emulator(token_lifetime=4.0)
+    """While a token is held, every failed refresh is retried before that token expires
+    (tokens with a second or more left: attempts are at most one a second)."""
+    emulator = await start_emulator(token_lifetime=8.0)
     proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
     assert await get_status(proxy) == 404
     emulator.state.faults.token = "error500"
-    await asyncio.sleep(3.5)  # refresh due at 2 s, token good until 3.6 s
+    await asyncio.sleep(6.3)  # refresh due at 4 s, retries a second apart, token good to 7.2 s
     failures = [e for e in proxy.logs.events("token_refresh_failed") if e["holding_valid_token"]]
     assert len(failures) >= 3
     assert all(e["retry_in_s"] < e["token_valid_for_s"] for e in failures)
+
+
+# ------------------------------------------------ which 401s are about the token
+
+INVALID_KEY_BODY = (
+    b'{"statusCode": 401, "message": "Access denied due to invalid subscription key. '
+    b'Make sure to provide a valid key for an active subscription."}'
+)
+REFUSALS = [
+    pytest.param(
+        b'{"statusCode":401,"message":"Access denied due to invalid token"}',
+        {},
+        "token",
+        id="invalid-token",
+    ),
+    pytest.param(
+        b'{"statusCode":401,"message":"Access denied due to missing token"}',
+        {},
+        "token",
+        id="missing-token",
+    ),
+    pytest.param(
+        b'{"statusCode":401,"message":"Access denied due to expired token"}',
+        {},
+        "token",
+        id="expired-token",
+    ),
+    pytest.param(
+        b"", {"WWW-Authenticate": 'Bearer error="invalid_token"'}, "token", id="www-authenticate"
+    ),
+    pytest.param(INVALID_KEY_BODY, {}, "upstream_rejected_subscription_key", id="invalid-key"),
+    pytest.param(
+        b'{"statusCode":401,"message":"Access denied due to missing subscription key."}',
+        {},
+        "upstream_rejected_subscription_key",
+        id="missing-key",
+    ),
+    pytest.param(b'{"title":"Unauthorized","status":401}', {}, "upstream_unauthorized", id="other"),
+    pytest.param(b"", {}, "upstream_unauthorized", id="empty"),
+]
+
+
+@pytest.mark.parametrize(("body", "headers", "cause"), REFUSALS)
+async def test_only_a_401_about_the_token_drops_it_and_replays(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    aiohttp_raw_server: Any,
+    body: bytes,
+    headers: dict[str, str],
+    cause: str,
+) -> None:
+    """A 401 saying the token is bad is healed with a fresh one; any other 401 goes back
+    to the client byte for byte, with no token fetch and a reason in its log line."""
+    answered: list[int] = []
+
+    async def handler(request: web.BaseRequest) -> web.Response:
+        answered.append(1)
+        if len(answered) == 2:
+            return web.Response(status=401, body=body, headers=headers)
+        return web.Response(text="ok")
+
+    upstream = await aiohttp_raw_server(handler)
+    proxy = await start_proxy(make_config(emulator.token_url, upstream.make_url("")))
+    assert await get_status(proxy, "/a") == 200
+    await asyncio.sleep(MIN_AGE_TO_INVALIDATE)  # old enough to be dropped, if it should be
+
+    async with aiohttp.ClientSession() as client, client.get(proxy.at("/a")) as response:
+        status, got = response.status, await response.read()
+
+    line = proxy.logs.events("request_completed")[-1]
+    if cause == "token":
+        assert (status, line["replayed"]) == (200, "true")
+        assert emulator.state.token_requests["accesstoken"] == 2
+        assert len(proxy.logs.events("token_rejected_by_upstream")) == 1
+    else:
+        assert (status, got) == (401, body)
+        assert response.headers.get("WWW-Authenticate") == headers.get("WWW-Authenticate")
+        assert line["error"] == cause
+        assert "replayed" not in line
+        assert emulator.state.token_requests["accesstoken"] == 1
+        assert proxy.logs.events("token_rejected_by_upstream") == []
+        assert len(answered) == 2
+
+
+async def test_userinfo_with_our_subscription_key_costs_no_token_fetch(
+    proxy: RunningProxy, emulator: RunningEmulator
+) -> None:
+    """The demo's case: userinfo refuses the subscription key we inject. The 401 goes
+    back as Vipps sent it; the token is kept, nothing is fetched or replayed."""
+    assert await get_status(proxy) == 404
+    await asyncio.sleep(MIN_AGE_TO_INVALIDATE)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(proxy.at("/vipps-userinfo-api/userinfo/x")) as response,
+    ):
+        assert response.status == 401
+        body = await response.json()
+    assert "invalid subscription key" in body["message"]
+    assert emulator.state.token_requests["accesstoken"] == 1
+    assert proxy.logs.events("token_rejected_by_upstream") == []
+    line = proxy.logs.events("request_completed")[-1]
+    assert line["error"] == "upstream_rejected_subscription_key"
+    assert await get_status(proxy) == 404  # the token still works
+
+
+async def test_a_large_401_is_relayed_whole(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, aiohttp_raw_server: Any
+) -> None:
+    """A 401 body larger than what is read to classify it still reaches the client whole."""
+    body = (
+        b'{"message":"Access denied due to invalid subscription key","pad":"'
+        + b"x" * 100_000
+        + b'"}'
+    )
+
+    async def handler(request: web.BaseRequest) -> web.Response:
+        return web.Response(status=401, body=body)
+
+    upstream = await aiohttp_raw_server(handler)
+    proxy = await start_proxy(make_config(emulator.token_url, upstream.make_url("")))
+    async with aiohttp.ClientSession() as client, client.get(proxy.at("/a")) as response:
+        assert (response.status, await response.read()) == (401, body)
+    assert (
+        proxy.logs.events("request_completed")[-1]["error"] == "upstream_rejected_subscription_key"
+    )

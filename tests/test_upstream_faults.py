@@ -106,19 +106,35 @@ async def test_upstream_5xx_passes_through_unchanged(
         assert "request_id" not in await response.text()
 
 
-async def test_dropped_connection_is_not_retried(
+async def test_dropped_post_is_not_resent(
     emulator: RunningEmulator, start_proxy: ProxyFactory
 ) -> None:
-    """An upstream that drops a PUT gets it once: 502 to the client, never a resend."""
+    """An upstream that drops a POST on a pooled connection gets it once: 502, no resend."""
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy.at("/echo/warm"), data=b"1") as response:
+            assert response.status == 200  # a pooled upstream connection now exists
+        emulator.state.faults.api = "reset"
+        emulator.state.faults.fail_count = 1
+        async with client.post(proxy.at("/echo/once"), data=b"2") as response:
+            assert response.status == 502
+    assert [r.raw_path for r in emulator.state.received].count("/echo/once") == 1
+
+
+async def test_dropped_put_on_a_pooled_connection_is_resent_once(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """A PUT (idempotent, body held) whose pooled connection is reset unanswered goes
+    again on a new connection, once: the client gets the second attempt's answer."""
     proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
     async with aiohttp.ClientSession() as client:
         async with client.put(proxy.at("/echo/warm"), data=b"1") as response:
             assert response.status == 200  # a pooled upstream connection now exists
         emulator.state.faults.api = "reset"
         emulator.state.faults.fail_count = 1
-        async with client.put(proxy.at("/echo/once"), data=b"2") as response:
-            assert response.status == 502
-    assert [r.raw_path for r in emulator.state.received].count("/echo/once") == 1
+        async with client.put(proxy.at("/echo/twice"), data=b"2") as response:
+            assert response.status == 200
+    assert [r.raw_path for r in emulator.state.received].count("/echo/twice") == 2
 
 
 async def test_upstream_failures_are_counted_by_kind(

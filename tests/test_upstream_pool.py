@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -20,7 +22,16 @@ import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.upstream import ConnectFailed, MalformedAnswer, Upstream, UpstreamPool, UpstreamResponse
+from proxy.app import POOL_SIZE
+from proxy.resolver import Resolver
+from proxy.upstream import (
+    ConnectFailed,
+    MalformedAnswer,
+    NoFreeConnection,
+    Upstream,
+    UpstreamPool,
+    UpstreamResponse,
+)
 from tests.conftest import ProxyFactory, RunningEmulator, free_port, make_config
 
 pytestmark = pytest.mark.timeout(10)
@@ -93,10 +104,12 @@ Answer = Callable[[Conn], Awaitable[None]]
 
 
 async def answer_ok(conn: Conn) -> None:
-    """200 with a body naming the connection and the call on it, e.g. ``conn 0 call 1``."""
+    """200 with a body naming the connection and the call on it, e.g. ``conn 0 call 1``
+    (to a HEAD, only the head)."""
     await conn.read_body()
     body = f"conn {conn.index} call {len(conn.requests)}".encode()
-    await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+    await conn.send(head if conn.requests[-1].head.startswith(b"HEAD ") else head + body)
 
 
 class RawUpstream:
@@ -464,15 +477,16 @@ async def test_call_over_the_limit_waits_until_one_is_released(
         second.cancel()
 
 
-async def test_call_over_the_limit_times_out_after_connect_timeout(
+async def test_call_over_the_limit_fails_after_connect_timeout_as_no_free_connection(
     raw_upstream: UpstreamFactory, make_pool: PoolFactory
 ) -> None:
-    """With limit=1 held and never released, a second call fails: ConnectionTimeoutError."""
+    """With limit=1 held and never released, a second call fails: NoFreeConnection, not a
+    connect time-out (nothing was connecting)."""
     upstream = await raw_upstream(answer_ok)
     pool, up = make_pool(limit=1), upstream.upstream(connect_timeout=0.3)
     first = await start(pool, up)
     try:
-        with pytest.raises(aiohttp.ConnectionTimeoutError):
+        with pytest.raises(NoFreeConnection):
             await start(pool, up)
         assert len(upstream.requests) == 1
     finally:
@@ -491,10 +505,112 @@ async def test_releasing_twice_frees_one_slot_only(
     first.release()
     second = await start(pool, up)
     try:
-        with pytest.raises(aiohttp.ConnectionTimeoutError):
+        with pytest.raises(NoFreeConnection):
             await start(pool, up)
     finally:
         second.release()
+
+
+async def test_an_origin_at_its_limit_does_not_hold_up_another_origin(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory
+) -> None:
+    """The limit is per origin: with one upstream's only connection held, another's call
+    is answered, and the held one's next call still waits for its own."""
+    held, other = await raw_upstream(answer_ok), await raw_upstream(answer_ok)
+    pool = make_pool(limit=1)
+    busy_up = held.upstream(connect_timeout=0.3)
+    first = await start(pool, busy_up)
+    try:
+        assert await call(pool, other.upstream(connect_timeout=0.3)) == (200, b"conn 0 call 1")
+        with pytest.raises(NoFreeConnection):
+            await start(pool, busy_up)
+    finally:
+        first.release()
+
+
+class CountedLookUps:
+    """Every name look-up the event loop is asked for, counted by name; each is made."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.names: list[str] = []
+        self._real = loop.getaddrinfo
+
+    async def getaddrinfo(self, host: str, *args: object, **kwargs: object) -> object:
+        self.names.append(host)
+        return await self._real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def look_ups(monkeypatch: pytest.MonkeyPatch) -> CountedLookUps:
+    """Counts the look-ups this test's event loop makes (the system resolver still answers)."""
+    loop = asyncio.get_running_loop()
+    counted = CountedLookUps(loop)
+    monkeypatch.setattr(loop, "getaddrinfo", counted.getaddrinfo)
+    return counted
+
+
+async def test_concurrent_cold_calls_to_one_name_make_one_look_up(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory, look_ups: CountedLookUps
+) -> None:
+    """50 calls at once to ``localhost``, none pooled yet: one look-up, 50 answers."""
+    upstream = await raw_upstream(answer_ok)
+    url = URL(f"http://localhost:{upstream.port}{BASE}")
+    up = Upstream.of(url, ssl.create_default_context(), WAIT, WAIT)
+    pool = make_pool(limit=100)
+    answers = await asyncio.gather(*(call(pool, up) for _ in range(50)))
+    assert [status for status, _ in answers] == [200] * 50
+    assert len(upstream.connections) == 50
+    assert look_ups.names == ["localhost"]
+
+
+async def test_a_name_is_looked_up_again_once_its_answer_is_older_than_the_ttl(
+    raw_upstream: UpstreamFactory, look_ups: CountedLookUps
+) -> None:
+    """Within the ttl new connections use the kept answer; after it, the name is asked again."""
+    upstream = await raw_upstream(answer_ok)
+    url = URL(f"http://localhost:{upstream.port}{BASE}")
+    up = Upstream.of(url, ssl.create_default_context(), WAIT, WAIT)
+    pool = UpstreamPool(limit=10, max_idle=0.0, resolver=Resolver(ttl=0.3))
+    try:
+        await call(pool, up)
+        await call(pool, up)  # max_idle 0: a new connection, the kept answer
+        assert look_ups.names == ["localhost"]
+        await asyncio.sleep(0.5)
+        await call(pool, up)
+        assert look_ups.names == ["localhost", "localhost"]
+        assert len(upstream.connections) == 3
+    finally:
+        await pool.close()
+
+
+async def test_a_caller_cancelled_during_a_shared_look_up_leaves_it_to_the_others(
+    look_ups: CountedLookUps,
+) -> None:
+    """Two callers share a look-up; the first is cancelled; the second still gets the
+    addresses, from the one look-up."""
+    resolver = Resolver()
+    first = asyncio.create_task(resolver.resolve("localhost", 80))
+    second = asyncio.create_task(resolver.resolve("localhost", 80))
+    await asyncio.sleep(0)  # both are waiting on the look-up now
+    first.cancel()
+    async with asyncio.timeout(WAIT):
+        addresses = await second
+    assert first.cancelled()
+    assert any(info[4][0] in ("127.0.0.1", "::1") for info in addresses)
+    assert look_ups.names == ["localhost"]
+
+
+async def test_a_failed_look_up_is_not_kept(
+    make_pool: PoolFactory, look_ups: CountedLookUps
+) -> None:
+    """A name that does not resolve fails each call with its own look-up: no negative cache."""
+    url = URL(f"http://no-such-host.invalid:80{BASE}")
+    up = Upstream.of(url, ssl.create_default_context(), WAIT, WAIT)
+    pool = make_pool()
+    for _ in range(2):
+        with pytest.raises(ConnectFailed):
+            await start(pool, up)
+    assert look_ups.names == ["no-such-host.invalid"] * 2
 
 
 # --- failures ------------------------------------------------------------------------
@@ -774,3 +890,220 @@ async def test_early_answer_to_a_streamed_body_logs_no_error_in_the_proxy(
         writer.close()
     errors = [line for line in proxy.logs.lines() if line.get("level") == "error"]
     assert errors == []
+
+
+# --- a pooled connection the upstream closed just before reuse ---------------------------
+
+
+async def hang_up_on_second_call(conn: Conn) -> None:
+    """Conn 0 answers its first call keep-alive, then reads the next and closes unanswered."""
+    if conn.index == 0 and len(conn.requests) == 2:
+        await conn.read_body()
+        conn.writer.close()
+        return
+    await answer_ok(conn)
+
+
+async def reset_on_second_call(conn: Conn) -> None:
+    """As ``hang_up_on_second_call``, with a TCP reset (SO_LINGER 0) instead of a FIN."""
+    if conn.index == 0 and len(conn.requests) == 2:
+        await conn.read_body()
+        sock = conn.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.writer.transport.abort()
+        return
+    await answer_ok(conn)
+
+
+@pytest.mark.parametrize("answer", [hang_up_on_second_call, reset_on_second_call])
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"])
+async def test_idempotent_call_on_a_stale_connection_is_resent_once_on_a_new_one(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory, answer: Answer, method: str
+) -> None:
+    """The reused connection fails before a byte of answer: the call goes again, on conn 1."""
+    upstream = await raw_upstream(answer)
+    pool, up = make_pool(), upstream.upstream()
+    assert await call(pool, up) == (200, b"conn 0 call 1")
+    body = b"same" if method == "PUT" else None
+    headers = host_headers(up)
+    if body is not None:
+        headers["Content-Length"] = str(len(body))
+    response = await start(pool, up, method, headers=headers, body=body)
+    try:
+        assert response.status == 200
+        assert response.retried
+        if method != "HEAD":
+            async with asyncio.timeout(WAIT):
+                assert await response.content.read() == b"conn 1 call 1"
+    finally:
+        response.release()
+    second, resent = upstream.connections[0].requests[1], upstream.connections[1].requests[0]
+    assert resent.head == second.head
+    assert resent.body == second.body == (body or b"")
+
+
+async def test_upstream_closing_an_idle_connection_just_before_reuse_is_resent(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory
+) -> None:
+    """The upstream closes its idle side and the next call is written before the pool
+    hears of it (no turn of the event loop between): the call is resent on conn 1."""
+    upstream = await raw_upstream(answer_ok)
+    pool, up = make_pool(), upstream.upstream()
+    assert await call(pool, up) == (200, b"conn 0 call 1")
+    upstream.connections[0].writer.close()
+    assert await call(pool, up) == (200, b"conn 1 call 1")
+    assert len(upstream.connections) == 2
+
+
+async def test_a_call_that_waited_for_a_stale_connection_is_resent_too(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory
+) -> None:
+    """At the limit, a call waits and is then given the released connection, which the
+    upstream closes unanswered: that call is resent on a new connection as well."""
+    upstream = await raw_upstream(hang_up_on_second_call)
+    pool, up = make_pool(limit=1), upstream.upstream()
+    first = await start(pool, up)
+    second = asyncio.create_task(call(pool, up))
+    try:
+        done, _ = await asyncio.wait({second}, timeout=0.3)
+        assert not done, "the second call did not wait for the held connection"
+        async with asyncio.timeout(WAIT):
+            assert await first.content.read() == b"conn 0 call 1"
+        first.release()
+        async with asyncio.timeout(WAIT):
+            assert await second == (200, b"conn 1 call 1")
+    finally:
+        second.cancel()
+    assert upstream.connections[1].requests[0].head == upstream.connections[0].requests[1].head
+
+
+async def partial_answer_on_second_call(conn: Conn) -> None:
+    """Conn 0's second call gets the start of a status line, then the connection closes."""
+    if conn.index == 0 and len(conn.requests) == 2:
+        await conn.read_body()
+        await conn.send(b"HTTP/1.1 20")
+        conn.writer.close()
+        return
+    await answer_ok(conn)
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "answer"),
+    [
+        ("POST", b'{"amount": 100}', hang_up_on_second_call),
+        ("POST", None, hang_up_on_second_call),
+        ("PATCH", b'{"amount": 100}', reset_on_second_call),
+        ("PUT", "streamed", hang_up_on_second_call),
+        ("GET", None, partial_answer_on_second_call),
+    ],
+    ids=["POST", "POST-no-body", "PATCH", "PUT-streamed", "GET-answer-begun"],
+)
+async def test_a_call_that_may_not_be_repeated_is_not_resent_on_a_stale_connection(
+    raw_upstream: UpstreamFactory,
+    make_pool: PoolFactory,
+    method: str,
+    body: bytes | str | None,
+    answer: Answer,
+) -> None:
+    """POST and PATCH, a streamed body, or an answer already begun: the failure stands,
+    and the upstream received the call once."""
+    upstream = await raw_upstream(answer)
+    pool, up = make_pool(), upstream.upstream()
+    assert await call(pool, up) == (200, b"conn 0 call 1")
+    sent = chunks(b"not ", b"twice") if body == "streamed" else body
+    assert not isinstance(sent, str)
+    with pytest.raises(aiohttp.ClientError):
+        await start(pool, up, method, body=sent)
+    assert [r.head.split(b" ")[0] for r in upstream.requests] == [b"GET", method.encode()]
+    assert len(upstream.connections) == 1
+
+
+async def test_through_the_proxy_a_get_on_a_stale_connection_is_answered_and_logged(
+    raw_upstream: UpstreamFactory, emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """The client gets the upstream's 200, and the call's one line says it was resent."""
+    upstream = await raw_upstream(hang_up_on_second_call)
+    config = make_config(
+        emulator.token_url, f"http://127.0.0.1:{upstream.port}", route={"auth": "none"}
+    )
+    proxy = await start_proxy(config)
+    async with aiohttp.ClientSession() as client:
+        for path in ("/first", "/second"):
+            async with client.get(proxy.at(path)) as response:
+                assert response.status == 200
+    assert upstream.connections[1].requests[0].head.startswith(b"GET /second ")
+    lines = proxy.logs.events("request_completed")
+    assert [line.get("retried_stale_connection") for line in lines] == [None, "true"]
+    assert all("error" not in line and line["level"] == "info" for line in lines)
+
+
+async def test_through_the_proxy_a_post_on_a_stale_connection_is_not_resent(
+    raw_upstream: UpstreamFactory, emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """A POST on a connection the upstream dropped gets 502; the upstream saw it once."""
+    upstream = await raw_upstream(hang_up_on_second_call)
+    config = make_config(
+        emulator.token_url, f"http://127.0.0.1:{upstream.port}", route={"auth": "none"}
+    )
+    proxy = await start_proxy(config)
+    async with aiohttp.ClientSession() as client:
+        async with client.get(proxy.at("/first")) as response:
+            assert response.status == 200
+        async with client.post(proxy.at("/pay"), data=b'{"amount": 100}') as response:
+            assert response.status == 502
+            assert response.content_type == "application/problem+json"
+    assert [r.head.split(b" ")[:2] for r in upstream.requests] == [
+        [b"GET", b"/first"],
+        [b"POST", b"/pay"],
+    ]
+    (_, post_line) = proxy.logs.events("request_completed")
+    assert post_line["error"] == "upstream_ServerDisconnectedError"
+    assert "retried_stale_connection" not in post_line
+
+
+async def test_through_the_proxy_a_saturated_upstream_gives_503_busy_and_spares_others(
+    raw_upstream: UpstreamFactory, emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """POOL_SIZE calls stuck on one upstream: a call to another route is answered 200, and
+    one more to the stuck upstream gets 503 ``upstream_busy`` with Retry-After."""
+    all_stuck, let_go = asyncio.Event(), asyncio.Event()
+
+    async def stall(conn: Conn) -> None:
+        await conn.read_body()
+        if len(slow.requests) == POOL_SIZE:
+            all_stuck.set()
+        await let_go.wait()
+        await answer_ok(conn)
+
+    slow, fast = await raw_upstream(stall), await raw_upstream(answer_ok)
+    limits = {"auth": "none", "connect_timeout": 0.5, "read_timeout": 30}
+    routes = [
+        {"prefix": "/slow", "upstream": f"http://127.0.0.1:{slow.port}", **limits},
+        {"prefix": "/fast", "upstream": f"http://127.0.0.1:{fast.port}", **limits},
+    ]
+    proxy = await start_proxy(make_config(emulator.token_url, extra={"routes": routes}))
+    clients = []
+    try:
+        for n in range(POOL_SIZE):
+            _, writer = await asyncio.open_connection(*proxy.address)
+            writer.write(b"GET /slow/%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
+            clients.append(writer)
+        await wait_for(all_stuck)
+        async with aiohttp.ClientSession() as client:
+            async with client.get(proxy.at("/fast/ok")) as response:
+                assert response.status == 200
+                assert await response.read() == b"conn 0 call 1"
+            async with client.get(proxy.at("/slow/one-more")) as response:
+                assert response.status == 503
+                assert response.content_type == "application/problem+json"
+                assert response.headers["Retry-After"] == "1"
+                assert (await response.json(content_type=None))["status"] == 503
+    finally:
+        let_go.set()
+        for writer in clients:
+            writer.close()
+    busy = [line for line in proxy.logs.events("request_completed") if line["status"] == 503]
+    assert [(line["path"], line["error"], line["level"]) for line in busy] == [
+        ("/slow/one-more", "upstream_busy", "warning")
+    ]
+    assert len(slow.requests) == POOL_SIZE

@@ -16,7 +16,15 @@ INVALID_SUBSCRIPTION_KEY = (
     "Access denied due to invalid subscription key. "
     "Make sure to provide a valid key for an active subscription."
 )
-INVALID_ACCESS_TOKEN = "Unauthorized. Access token is missing or invalid."
+MISSING_SUBSCRIPTION_KEY = (
+    "Access denied due to missing subscription key. "
+    "Make sure to include subscription key when making requests to an API."
+)
+# The gateway's token refusals, as Vipps words them: a proxy reads these to tell a
+# refused token (fetch a new one) from a refused key (a new token will not help).
+INVALID_TOKEN = "Access denied due to invalid token"
+MISSING_TOKEN = "Access denied due to missing token"
+EXPIRED_TOKEN = "Access denied due to expired token"
 
 
 class Rejection(Exception):

@@ -6,6 +6,8 @@
   the emulator checks credentials before it says that a path does not exist.
 """
 
+import re
+
 from aiohttp import web
 
 from . import checkout, echo, epayment, login, tokens
@@ -31,10 +33,15 @@ def create_emulator(settings: EmulatorSettings = DEFAULT_SETTINGS) -> web.Applic
 
 
 def add_token_routes(router: web.UrlDispatcher) -> None:
-    """The three token endpoints."""
-    router.add_post(tokens.ACCESSTOKEN_PATH, tokens.accesstoken_get)
-    router.add_post(tokens.JWT_TOKEN_PATH, tokens.jwt_token)
-    router.add_post(tokens.OAUTH2_PATH, tokens.oauth2_token)
+    """The three token endpoints, in any case: Vipps' gateway serves /accessToken/get."""
+    router.add_post(_any_case(tokens.ACCESSTOKEN_PATH), tokens.accesstoken_get)
+    router.add_post(_any_case(tokens.JWT_TOKEN_PATH), tokens.jwt_token)
+    router.add_post(_any_case(tokens.OAUTH2_PATH), tokens.oauth2_token)
+
+
+def _any_case(path: str) -> str:
+    """A route pattern matching ``path`` whatever the case of its letters."""
+    return "/{path:(?i:" + re.escape(path.removeprefix("/")) + ")}"
 
 
 def add_epayment_routes(router: web.UrlDispatcher) -> None:
@@ -75,7 +82,7 @@ def add_diagnostic_routes(router: web.UrlDispatcher) -> None:
 @web.middleware
 async def record_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Remember each API request as it arrived; its body length once it is answered."""
-    if request.path in tokens.TOKEN_PATHS:
+    if request.path.lower() in tokens.TOKEN_PATHS:
         return await handler(request)
     received = ReceivedRequest(request.method, request.raw_path, echo.raw_headers(request))
     request_state(request).record(received)

@@ -9,7 +9,16 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from .answers import INVALID_ACCESS_TOKEN, INVALID_SUBSCRIPTION_KEY, Rejection, apim_error, problem
+from .answers import (
+    EXPIRED_TOKEN,
+    INVALID_SUBSCRIPTION_KEY,
+    INVALID_TOKEN,
+    MISSING_SUBSCRIPTION_KEY,
+    MISSING_TOKEN,
+    Rejection,
+    apim_error,
+    problem,
+)
 from .keys import request_state
 from .settings import SalesUnit
 
@@ -61,7 +70,10 @@ def bearer_token(request: web.Request) -> str | None:
 def require_subscription_key(request: web.Request) -> SalesUnit:
     """The unit of the request's API subscription key; else the gateway's 401."""
     units = request_state(request).settings.sales_units
-    unit = unit_by_key(units, request.headers.get(SUBSCRIPTION_KEY), token_call=False)
+    key = request.headers.get(SUBSCRIPTION_KEY)
+    if key is None:
+        raise Rejection(apim_error(401, MISSING_SUBSCRIPTION_KEY))
+    unit = unit_by_key(units, key, token_call=False)
     if unit is None:
         raise Rejection(apim_error(401, INVALID_SUBSCRIPTION_KEY))
     return unit
@@ -85,8 +97,13 @@ def authenticate_api(request: web.Request) -> SalesUnit:
     """The API rule: a known subscription key, a live token of that unit, its MSN."""
     unit = require_subscription_key(request)
     token = bearer_token(request)
-    owner = None if token is None else request_state(request).token_owner(token)
+    if token is None:
+        raise Rejection(apim_error(401, MISSING_TOKEN))
+    state = request_state(request)
+    owner = state.token_owner(token)
+    if owner is None and token in state.tokens:
+        raise Rejection(apim_error(401, EXPIRED_TOKEN))
     if owner is None or owner != unit:
-        raise Rejection(apim_error(401, INVALID_ACCESS_TOKEN))
+        raise Rejection(apim_error(401, INVALID_TOKEN))
     require_merchant(request, unit)
     return unit

@@ -1,10 +1,10 @@
 """ePayment API v1: create, get, events, capture, cancel, refund, and the test approve.
 
 Payments live in ``EmulatorState.payments`` by reference and are visible only to the
-sales unit that created them. With ``EmulatorSettings.auto_authorize`` (the default) a
-new payment is AUTHORIZED at once, as if the user approved it in the app, so a whole
-create → get → capture → refund flow runs offline; without it, the payment stays
-CREATED until ``POST /epayment/v1/test/payments/{reference}/approve``.
+sales unit that created them. A new payment stays CREATED until the user approves it:
+here ``POST /epayment/v1/test/payments/{reference}/approve``, the test endpoint of
+Vipps' spec, or ``EmulatorSettings.auto_approve`` seconds after its creation (the demo
+sets that, so its payments become AUTHORIZED as if someone said yes in the app).
 """
 
 import secrets
@@ -52,9 +52,8 @@ async def create_payment(request: web.Request) -> web.StreamResponse:
         redirect_url=_redirect_url(wanted.user_flow),
         metadata=wanted.metadata,
     )
-    if state.settings.auto_authorize:
-        payment.authorize()
     state.payments[payment.reference] = payment
+    _approve_when_due(payment, state.settings.auto_approve)
     return _created(payment)
 
 
@@ -100,10 +99,18 @@ def _payment(request: web.Request) -> Payment:
 
 
 def _find(request: web.Request, unit: SalesUnit) -> Payment:
-    payment = request_state(request).payments.get(request.match_info["reference"])
+    state = request_state(request)
+    payment = state.payments.get(request.match_info["reference"])
     if payment is None or payment.merchant_serial_number != unit.merchant_serial_number:
         raise Rejection(problem(request, 404, "Not Found", "No payment with this reference."))
+    _approve_when_due(payment, state.settings.auto_approve)
     return payment
+
+
+def _approve_when_due(payment: Payment, after: float | None) -> None:
+    """With ``auto_approve``, a CREATED payment old enough is approved before it is seen."""
+    if after is not None and payment.state == "CREATED" and payment.age() >= after:
+        payment.authorize()
 
 
 def _adjustment_target(request: web.Request) -> tuple[str, Payment]:

@@ -10,7 +10,7 @@ How the faults are acted out on the wire lives in ``injection``.
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal, get_args
 
-TokenFault = Literal["down", "slow", "error500", "invalid_json", "missing_fields"]
+TokenFault = Literal["down", "slow", "error500", "invalid_json", "missing_fields", "split_answer"]
 ApiFault = Literal["error500", "error503", "stall_headers", "stall_body", "reset_mid_body", "reset"]
 
 TOKEN_FAULTS: frozenset[str] = frozenset(get_args(TokenFault))
@@ -27,8 +27,12 @@ class Faults:
 
     - ``token``: "down" closes the connection unanswered, "slow" waits ``token_delay``
       first, "error500" answers 500 with HTML, "invalid_json" a truncated JSON body,
-      "missing_fields" a 200 without ``access_token``.
+      "missing_fields" a 200 without ``access_token``, "split_answer" a good answer
+      written in two pieces ``token_delay`` apart (as a gateway or TLS records cut it).
     - ``expires_in_override``: issued tokens live (and say they live) this many seconds.
+    - ``expires_in_text``: the literal ``expires_in`` and ``ext_expires_in`` the answer
+      carries (``"nan"``, ``"1e-09"``); the token lives that long when it is a finite
+      positive number, else the usual lifetime.
     - ``api``: "error500"/"error503" answer a problem, "stall_headers" waits
       ``api_delay`` before answering, "stall_body" sends the headers and part of the
       body then waits ``api_delay``, "reset_mid_body" sends part then aborts the
@@ -40,6 +44,7 @@ class Faults:
     token: TokenFault | None = None
     token_delay: float = DEFAULT_DELAY
     expires_in_override: int | None = None
+    expires_in_text: str | None = None
     api: ApiFault | None = None
     api_delay: float = DEFAULT_DELAY
     fail_count: int | None = None
@@ -51,7 +56,7 @@ class Faults:
 
     def take_token(self) -> "Faults | None":
         """The faults for one token request (None: none apply), counted against fail_count."""
-        if self.token is None and self.expires_in_override is None:
+        if self.token is None and self.expires_in_override is None and not self.expires_in_text:
             return None
         return self._take()
 

@@ -1,13 +1,15 @@
 """Vipps Login: OpenID discovery and userinfo, which a proxy passes untouched.
 
-Userinfo wants the *user's* token and no subscription key: like the real endpoint,
-it refuses a request that carries ``Ocp-Apim-Subscription-Key``.
+Userinfo wants a token the emulator issued and no subscription key: like the real
+endpoint, it refuses any other bearer and a request that carries
+``Ocp-Apim-Subscription-Key``.
 """
 
 from aiohttp import web
 
-from .answers import INVALID_ACCESS_TOKEN, INVALID_SUBSCRIPTION_KEY, apim_error
+from .answers import INVALID_SUBSCRIPTION_KEY, INVALID_TOKEN, MISSING_TOKEN, apim_error
 from .credentials import SUBSCRIPTION_KEY, bearer_token
+from .keys import request_state
 
 LOGIN_PREFIX = "/access-management-1.0/access"
 USERINFO_PATH = "/vipps-userinfo-api/userinfo"
@@ -37,8 +39,11 @@ async def userinfo(request: web.Request) -> web.StreamResponse:
     """``GET /vipps-userinfo-api/userinfo[/{sub}]``: a made-up user."""
     if SUBSCRIPTION_KEY in request.headers:
         return apim_error(401, INVALID_SUBSCRIPTION_KEY)
-    if bearer_token(request) is None:
-        return apim_error(401, INVALID_ACCESS_TOKEN)
+    token = bearer_token(request)
+    if token is None:
+        return apim_error(401, MISSING_TOKEN)
+    if request_state(request).token_owner(token) is None:
+        return apim_error(401, INVALID_TOKEN)
     sub = request.match_info.get("sub", "c06c4afe-d9e1-4c5d-939a-177d752a0944")
     return web.json_response(
         {

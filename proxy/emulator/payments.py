@@ -7,6 +7,7 @@ operation and amount is a no-op; with another operation or amount it is a confli
 """
 
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -74,9 +75,14 @@ class Payment:
     psp_reference: str = field(default_factory=lambda: str(secrets.randbelow(10**10)))
     events: list[PaymentEvent] = field(default_factory=list)
     adjustments: dict[str, tuple[Operation, int]] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.monotonic, repr=False)
 
     def __post_init__(self) -> None:
         self._log("CREATED", self.amount.value, self.idempotency_key)
+
+    def age(self) -> float:
+        """Seconds since the payment was created."""
+        return time.monotonic() - self.created_at
 
     def authorize(self) -> None:
         """The user approved the payment in the app."""

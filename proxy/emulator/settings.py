@@ -60,9 +60,10 @@ class EmulatorSettings:
     expires_in_as_number: bool = False
     # The `resource` a jwt-token request must name; echoed in every token response.
     resource: str = DEFAULT_RESOURCE
-    # True: a created payment is AUTHORIZED at once, so create→capture→refund works
-    # offline. False: it stays CREATED until POST .../test/payments/{ref}/approve.
-    auto_authorize: bool = True
+    # None: a created payment stays CREATED until the user approves it, which here is
+    # POST /epayment/v1/test/payments/{reference}/approve, as at Vipps. A number: it is
+    # also approved that many seconds after its creation (0: at once).
+    auto_approve: float | None = None
     # How many API requests EmulatorState.received keeps (the oldest drop out).
     received_limit: int = 1000
 

@@ -10,6 +10,7 @@ anything else, and neither answers nor logs ever contain a secret or a token.
 
 import asyncio
 import base64
+import math
 import time
 import uuid
 from datetime import UTC, datetime
@@ -44,7 +45,9 @@ async def accesstoken_get(request: web.Request) -> web.StreamResponse:
         return early
     unit = _unit_by_token_key(request)
     _require_client(unit, request.headers.get("client_id"), request.headers.get("client_secret"))
-    return _azure_answer(request_state(request), unit, faults, "accesstoken")
+    return await _send(
+        request, _azure_answer(request_state(request), unit, faults, "accesstoken"), faults
+    )
 
 
 async def jwt_token(request: web.Request) -> web.StreamResponse:
@@ -59,7 +62,9 @@ async def jwt_token(request: web.Request) -> web.StreamResponse:
             _azure_error(400, "invalid_resource", 500011, "The resource principal was not found.")
         )
     _require_client(unit, client_id, client_secret)
-    return _azure_answer(request_state(request), unit, faults, "jwt-token")
+    return await _send(
+        request, _azure_answer(request_state(request), unit, faults, "jwt-token"), faults
+    )
 
 
 async def oauth2_token(request: web.Request) -> web.StreamResponse:
@@ -79,9 +84,11 @@ async def oauth2_token(request: web.Request) -> web.StreamResponse:
         )
     token, lifetime = _issue(state, unit, faults, "oauth2")
     body: dict[str, object] = {"token_type": "Bearer", "expires_in": lifetime, "scope": "api"}
+    if faults is not None and faults.expires_in_text:
+        body["expires_in"] = faults.expires_in_text
     if token is not None:
         body = {"access_token": token, **body}
-    return web.json_response(body)
+    return await _send(request, web.json_response(body), faults)
 
 
 def _count(request: web.Request, style: TokenStyle) -> Faults | None:
@@ -104,8 +111,8 @@ async def _act_out(request: web.Request, faults: Faults | None) -> web.StreamRes
             return web.Response(status=500, text=ERROR_PAGE, content_type="text/html")
         case "invalid_json":
             return web.Response(text=BROKEN_JSON, content_type="application/json")
-        case "missing_fields":
-            pass  # answered normally, less the token: see _issue
+        case "missing_fields" | "split_answer":
+            pass  # answered normally, less the token or in two pieces: see _issue, _send
     return None
 
 
@@ -172,6 +179,8 @@ def _issue(
     lifetime = state.settings.token_lifetime
     if faults is not None and faults.expires_in_override is not None:
         lifetime = faults.expires_in_override
+    if faults is not None and faults.expires_in_text:
+        lifetime = _text_lifetime(faults.expires_in_text, lifetime)
     if faults is not None and faults.token == "missing_fields":
         return None, int(lifetime)
     token = state.issue_token(unit, lifetime)
@@ -182,6 +191,15 @@ def _issue(
         expires_in=int(lifetime),
     )
     return token, int(lifetime)
+
+
+def _text_lifetime(text: str, default: float) -> float:
+    """The lifetime ``expires_in_text`` gives a token: its value if finite and positive."""
+    try:
+        value = float(text)
+    except ValueError:
+        return default
+    return value if math.isfinite(value) and value > 0 else default
 
 
 def _azure_answer(
@@ -198,10 +216,29 @@ def _azure_answer(
     as_number = state.settings.expires_in_as_number
     body: dict[str, object] = {"token_type": "Bearer"}
     body.update({name: value if as_number else str(value) for name, value in numbers.items()})
+    if faults is not None and faults.expires_in_text:
+        body["expires_in"] = body["ext_expires_in"] = faults.expires_in_text
     body["resource"] = state.settings.resource
     if token is not None:
         body["access_token"] = token
     return web.json_response(body)
+
+
+async def _send(
+    request: web.Request, response: web.Response, faults: Faults | None
+) -> web.StreamResponse:
+    """``response`` as it is, or under "split_answer" in two pieces ``token_delay`` apart."""
+    if faults is None or faults.token != "split_answer" or not isinstance(response.body, bytes):
+        return response
+    body = response.body
+    stream = web.StreamResponse(status=response.status, headers=response.headers)
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    await stream.write(body[: len(body) // 2])
+    await asyncio.sleep(faults.token_delay)
+    await stream.write(body[len(body) // 2 :])
+    await stream.write_eof()
+    return stream
 
 
 def _azure_error(status: int, error: str, code: int, description: str) -> web.Response:

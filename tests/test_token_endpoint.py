@@ -1,0 +1,424 @@
+"""A hostile token endpoint: answers in pieces, strange lifetimes, any shape at all.
+
+The endpoints here are raw asyncio socket servers on 127.0.0.1, so that the bytes and
+their timing on the wire are the test's: a JSON answer written byte by byte or in two
+pieces, with a Content-Length or chunked. The proxy in front of them is the real one;
+its upstream is the emulator, whose echo endpoint shows the token that arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from yarl import URL
+
+from proxy.config import Config
+from proxy.logs import configure_logging
+from proxy.redact import Redactor
+from proxy.server import start
+from proxy.tokens import TokenFetchError, parse_token_response
+from tests.conftest import (
+    LogSink,
+    ProxyFactory,
+    RunningEmulator,
+    RunningProxy,
+    make_config,
+)
+
+ECHO = "/echo/token-check"
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.split-answer-token.c2lnbmF0dXJl"
+MIB = 1 << 20
+
+Writer = Callable[[asyncio.StreamWriter, bytes], Awaitable[None]]
+
+
+def token_json(**fields: Any) -> bytes:
+    """A Vipps-shaped token answer (strings, as Vipps sends), with ``fields`` changed."""
+    now = int(time.time())
+    body: dict[str, Any] = {
+        "token_type": "Bearer",
+        "expires_in": "3600",
+        "ext_expires_in": "3600",
+        "expires_on": str(now + 3600),
+        "not_before": str(now),
+        "resource": "00000002-0000-0000-c000-000000000000",
+        "access_token": TOKEN,
+    }
+    body.update(fields)
+    return json.dumps(body).encode()
+
+
+def http_answer(body: bytes, *, chunked: bool = False, status: int = 200) -> bytes:
+    """A whole HTTP/1.1 answer: ``body`` with a Content-Length, or in 16-byte chunks."""
+    head = f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    if not chunked:
+        return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+    chunks = [body[i : i + 16] for i in range(0, len(body), 16)]
+    framed = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks)
+    return f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + framed + b"0\r\n\r\n"
+
+
+async def all_at_once(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(data)
+    await writer.drain()
+
+
+async def byte_by_byte(writer: asyncio.StreamWriter, data: bytes) -> None:
+    for i in range(len(data)):
+        writer.write(data[i : i + 1])
+        await writer.drain()
+        await asyncio.sleep(0.001)
+
+
+async def in_two_pieces(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """The head and half the body, then 0.2 s later the rest (a gateway, TLS records)."""
+    cut = data.index(b"\r\n\r\n") + 4 + (len(data) - data.index(b"\r\n\r\n")) // 2
+    writer.write(data[:cut])
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.write(data[cut:])
+    await writer.drain()
+
+
+class RawTokenEndpoint:
+    """A loopback token endpoint that answers every request with ``answer`` via ``write``."""
+
+    def __init__(self, answer: bytes, write: Writer = all_at_once) -> None:
+        self.answer = answer
+        self.write = write
+        self.requests = 0
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> URL:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return URL(f"http://127.0.0.1:{port}/accesstoken/get")
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.requests += 1
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            await self.write(writer, self.answer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def token_endpoint() -> AsyncIterator[Callable[..., Awaitable[RawTokenEndpoint]]]:
+    """Starts raw token endpoints; stops them after the test."""
+    servers: list[asyncio.Server] = []
+
+    async def factory(answer: bytes, write: Writer = all_at_once) -> RawTokenEndpoint:
+        endpoint = RawTokenEndpoint(answer, write)
+        endpoint.server = await asyncio.start_server(endpoint._serve, "127.0.0.1", 0)
+        servers.append(endpoint.server)
+        return endpoint
+
+    yield factory
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+EndpointFactory = Callable[..., Awaitable[RawTokenEndpoint]]
+
+
+async def call(proxy: RunningProxy, path: str = ECHO) -> tuple[int, dict[str, str], bytes]:
+    async with aiohttp.ClientSession() as client, client.get(proxy.at(path)) as response:
+        return response.status, dict(response.headers), await response.read()
+
+
+def sent_authorization(body: bytes) -> list[str]:
+    echoed = orjson.loads(body)
+    return [v for k, v in echoed["headers"] if k.lower() == "authorization"]
+
+
+# ------------------------------------------------------------ 1. answers in pieces
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("write", [byte_by_byte, in_two_pieces], ids=["byte-by-byte", "two-pieces"])
+async def test_a_token_answer_arriving_in_pieces_is_read_whole(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    token_endpoint: EndpointFactory,
+    write: Writer,
+    chunked: bool,
+) -> None:
+    """However the answer is cut on the wire, the whole JSON is read and the token used."""
+    endpoint = await token_endpoint(http_answer(token_json(), chunked=chunked), write)
+    proxy = await start_proxy(make_config(endpoint.url, emulator.url))
+
+    status, _, body = await call(proxy)
+
+    assert status == 200
+    assert sent_authorization(body) == [f"Bearer {TOKEN}"]
+    assert proxy.logs.events("token_refresh_failed") == []
+    assert endpoint.requests == 1
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_token_answer_over_one_mib_is_a_failed_fetch(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    token_endpoint: EndpointFactory,
+    chunked: bool,
+) -> None:
+    """An answer larger than 1 MiB is refused as such, never parsed from a prefix."""
+    answer = http_answer(token_json(padding="x" * MIB), chunked=chunked)
+    endpoint = await token_endpoint(answer)
+    proxy = await start_proxy(make_config(endpoint.url, emulator.url))
+
+    status, headers, _ = await call(proxy)
+
+    assert status == 503
+    assert int(headers["Retry-After"]) >= 1
+    failures = proxy.logs.events("token_refresh_failed")
+    assert failures
+    assert all("larger than 1 MiB" in event["error"] for event in failures)
+
+
+# ------------------------------------------------------------------ 2. lifetimes
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"expires_in": "nan"},
+        {"expires_in": "NaN"},
+        {"expires_in": "inf"},
+        {"expires_in": "-Infinity"},
+        {"expires_in": "1e400"},
+        {"expires_in": "0"},
+        {"expires_in": "-5"},
+        {"expires_in": "soon"},
+        {"expires_in": True},
+        {"expires_in": [3600]},
+        {"expires_in": {"s": 3600}},
+        {"ext_expires_in": "nan"},
+        {"ext_expires_in": "-1"},
+        {"expires_in": None, "ext_expires_in": None, "expires_on": "nan"},
+        {"expires_in": None, "ext_expires_in": None, "not_before": "inf"},
+        {"expires_in": None, "ext_expires_in": None, "expires_on": "1", "not_before": "2"},
+    ],
+    ids=repr,
+)
+def test_a_lifetime_field_that_is_not_a_finite_positive_number_fails_the_fetch(
+    fields: dict[str, Any],
+) -> None:
+    """Every lifetime field must be a finite number; durations must be above zero."""
+    body = orjson.loads(token_json())
+    body.update(fields)
+    body = {k: v for k, v in body.items() if v is not None}
+    with pytest.raises(TokenFetchError, match="token response"):
+        parse_token_response(orjson.dumps(body), 0.0)
+
+
+@pytest.mark.parametrize("lifetime", ["nan", "inf", "-1", "x"])
+async def test_a_nan_lifetime_is_a_logged_failed_fetch_with_backoff(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    token_endpoint: EndpointFactory,
+    lifetime: str,
+) -> None:
+    """expires_in "nan": 503 + Retry-After (never a 500), a token_refresh_failed line
+    saying why, and retries with backoff rather than a fetch per call."""
+    endpoint = await token_endpoint(http_answer(token_json(expires_in=lifetime)))
+    started = time.monotonic()
+    proxy = await start_proxy(make_config(endpoint.url, emulator.url))
+
+    results = [await call(proxy) for _ in range(20)]
+
+    elapsed = time.monotonic() - started
+    assert {status for status, _, _ in results} == {503}
+    assert all(int(headers["Retry-After"]) >= 1 for _, headers, _ in results)
+    failures = proxy.logs.events("token_refresh_failed")
+    assert failures
+    assert all("lifetime" in event["error"] for event in failures)
+    assert proxy.logs.events("token_fetched") == []
+    assert endpoint.requests <= elapsed + 2  # backoff: nowhere near one per call
+
+
+@pytest.mark.parametrize("lifetime", ["0.001", "1e-09"])
+async def test_tiny_lifetimes_cost_at_most_one_fetch_a_second(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    token_endpoint: EndpointFactory,
+    lifetime: str,
+) -> None:
+    """Whatever lifetime the endpoint claims, a credential set is fetched for at most
+    once a second; calls meanwhile get 503 + Retry-After, never a 500."""
+    endpoint = await token_endpoint(http_answer(token_json(expires_in=lifetime)))
+    started = time.monotonic()  # the first fetch starts with the proxy
+    proxy = await start_proxy(make_config(endpoint.url, emulator.url))
+    statuses: list[int] = []
+    while time.monotonic() - started < 2.0:
+        batch = await asyncio.gather(*(call(proxy) for _ in range(5)))
+        statuses += [status for status, _, _ in batch]
+        assert all(int(h["Retry-After"]) >= 1 for s, h, _ in batch if s == 503)
+
+    elapsed = time.monotonic() - started
+    assert set(statuses) <= {200, 503}
+    assert endpoint.requests <= math.floor(elapsed) + 1
+
+
+async def test_a_token_expired_when_fetched_is_never_sent(
+    start_emulator: Callable[..., Awaitable[RunningEmulator]], start_proxy: ProxyFactory
+) -> None:
+    """A token that lives 1e-9 s has expired before it could be injected: the call gets
+    503 + Retry-After and the upstream never sees the expired token."""
+    emulator = await start_emulator()
+    emulator.state.faults.expires_in_text = "1e-09"
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
+
+    results = await asyncio.gather(*(call(proxy, "/epayment/v1/payments/p-1") for _ in range(5)))
+
+    assert {status for status, _, _ in results} == {503}
+    assert all(int(headers["Retry-After"]) >= 1 for _, headers, _ in results)
+    assert [r for r in emulator.state.received if r.raw_path == "/epayment/v1/payments/p-1"] == []
+    assert emulator.state.token_requests["accesstoken"] >= 1
+
+
+# ------------------------------------------------- 2. any answer at all: never a 500
+
+SPECIAL_NUMBERS = st.sampled_from(
+    ["nan", "NaN", "inf", "-inf", "Infinity", "1e400", "-0", "0", "1e-09", "0.001", "3600", "", " "]
+)
+ANY_NUMBER = st.one_of(
+    SPECIAL_NUMBERS,
+    st.integers(),
+    st.floats(),
+    st.floats().map(str),
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
+)
+ANY_VALUE = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.text(max_size=20), ANY_NUMBER),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=5,
+)
+TOKEN_VALUE = st.one_of(
+    st.just(TOKEN),
+    st.just(TOKEN),
+    st.just(TOKEN),
+    st.text(max_size=40),
+    st.text(st.characters(max_codepoint=127), max_size=40),
+    ANY_VALUE,
+)
+FIELD_NAMES = ["expires_in", "ext_expires_in", "expires_on", "not_before", "access_token"]
+
+
+@st.composite
+def token_answers(draw: st.DrawFn) -> tuple[int, bytes]:
+    """A status and a body: mostly token-shaped JSON with odd values, sometimes junk."""
+    status = draw(st.sampled_from([200, 200, 200, 201, 204, 400, 401, 500, 503]))
+    if draw(st.integers(0, 9)) == 0:
+        return status, draw(st.binary(max_size=64))
+    body: dict[str, Any] = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "expires_in": ANY_NUMBER | ANY_VALUE,
+                "ext_expires_in": ANY_NUMBER | ANY_VALUE,
+                "expires_on": ANY_NUMBER | ANY_VALUE,
+                "not_before": ANY_NUMBER | ANY_VALUE,
+                "token_type": ANY_VALUE,
+            },
+        )
+    )
+    if draw(st.integers(0, 4)):
+        body["access_token"] = draw(TOKEN_VALUE)
+    shape = draw(st.sampled_from(["object", "object", "list", "scalar"]))
+    data: Any = body if shape == "object" else [body] if shape == "list" else body.get("expires_in")
+    return status, json.dumps(data).encode()  # the stdlib writes NaN, Infinity, huge ints
+
+
+async def _one_answer(status: int, body: bytes, upstream: URL) -> tuple[list[int], int, float]:
+    """Three concurrent calls through a fresh proxy whose token endpoint answers so."""
+    answer = http_answer(body, status=status)
+    endpoint = RawTokenEndpoint(answer)
+    endpoint.server = await asyncio.start_server(endpoint._serve, "127.0.0.1", 0)
+    config: Config = make_config(endpoint.url, upstream)
+    sink = LogSink()
+    redactor = Redactor(config.secrets)
+    configure_logging("debug", "json", redactor, sink, cache=False)  # type: ignore[arg-type]
+    started = time.monotonic()
+    runner = await start(config, redactor)
+    host, port = runner.addresses[0][:2]
+    try:
+        async with aiohttp.ClientSession() as client:
+
+            async def one() -> int:
+                async with client.get(f"http://{host}:{port}/x") as response:
+                    await response.read()
+                    return response.status
+
+            statuses = list(await asyncio.gather(one(), one(), one()))
+    finally:
+        await runner.cleanup()
+        endpoint.server.close()
+        await endpoint.server.wait_closed()
+    assert "internal_error" not in sink.text()
+    return statuses, endpoint.requests, time.monotonic() - started
+
+
+async def _upstream_ok() -> tuple[asyncio.Server, URL]:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(token_answers())
+@example((200, token_json(expires_in="nan")))
+@example((200, token_json(expires_in="1e-09")))
+@example((200, token_json(access_token="eyJ\r\nX-Injected: 1")))
+@example((200, token_json(access_token="eyJ\u00e9\u2603")))
+def test_no_token_endpoint_answer_becomes_a_500(answer: tuple[int, bytes]) -> None:
+    """Any status and any JSON shape or value from the token endpoint: calls get 200 or
+    503, never a 500, and the endpoint is asked at most about once a second."""
+    status, body = answer
+
+    async def run() -> tuple[list[int], int, float]:
+        server, upstream = await _upstream_ok()
+        try:
+            return await _one_answer(status, body, upstream)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    statuses, fetches, elapsed = asyncio.run(run())
+    assert set(statuses) <= {200, 503}, (statuses, body)
+    assert fetches <= math.floor(elapsed) + 1
