@@ -25,6 +25,8 @@ READY: Final = "/-/ready"
 METRICS: Final = "/-/metrics"
 ADMIN_PREFIX: Final = "/-/"
 LEGACY_TOKEN_PATHS: Final = frozenset({"/accesstoken/get", "/api/access-token/jwt-token"})
+#: A normal form has at most one trailing slash.
+_LEGACY_LENGTHS: Final = frozenset(len(p) + s for p in LEGACY_TOKEN_PATHS for s in (0, 1))
 PLACEHOLDER_LIFETIME: Final = 3600
 AAD_RESOURCE: Final = "00000002-0000-0000-c000-000000000000"
 
@@ -32,8 +34,11 @@ AAD_RESOURCE: Final = "00000002-0000-0000-c000-000000000000"
 def is_legacy_token_path(normal_path: str) -> bool:
     """A legacy token path in any spelling the upstream reads as one: ``normal_path`` is
     normalised (encodings, doubled slashes, dot segments), and case and a trailing
-    slash do not count."""
-    return fold_case(normal_path).rstrip("/") in LEGACY_TOKEN_PATHS
+    slash do not count. Other lengths, nearly every call, are ruled out first."""
+    return (
+        len(normal_path) in _LEGACY_LENGTHS
+        and fold_case(normal_path).rstrip("/") in LEGACY_TOKEN_PATHS
+    )
 
 
 def admin_response(state: ProxyState, path: str) -> web.Response:

@@ -121,6 +121,8 @@ class Router:
         route = self.match(normal)
         if route is None:
             raise NotFound(f"no route for path {normal}", reason="no_route")
+        if normal == raw_path:  # most calls: a plain path without a query
+            return route
         plain = raw_path.split("?", 1)[0]
         if normal != plain and self.match(decode_unreserved(plain)) is not route:
             raise BadRequest(
