@@ -1,7 +1,8 @@
 """What the proxy answers itself: health, readiness, metrics, and legacy token calls.
 
 Legacy apps (and the official plugins and SDKs) still ask ``POST /accesstoken/get`` or
-``POST /api/access-token/jwt-token`` for a token before their calls. The proxy answers
+``POST /api/access-token/jwt-token`` for a token before their calls (in any spelling
+the upstream reads as one of these; other methods there get 405). The proxy answers
 with all seven fields as strings and a *placeholder* ``access_token``: the real token
 never leaves the proxy, and the placeholder is worthless anywhere else (the proxy
 strips every client ``Authorization`` header and injects the real token).
@@ -16,6 +17,7 @@ from typing import Final
 import orjson
 from aiohttp import web
 
+from proxy.routing import fold_case
 from proxy.state import ProxyState
 
 HEALTH: Final = "/-/health"
@@ -23,12 +25,20 @@ READY: Final = "/-/ready"
 METRICS: Final = "/-/metrics"
 ADMIN_PREFIX: Final = "/-/"
 LEGACY_TOKEN_PATHS: Final = frozenset({"/accesstoken/get", "/api/access-token/jwt-token"})
+#: A normal form has at most one trailing slash.
+_LEGACY_LENGTHS: Final = frozenset(len(p) + s for p in LEGACY_TOKEN_PATHS for s in (0, 1))
 PLACEHOLDER_LIFETIME: Final = 3600
 AAD_RESOURCE: Final = "00000002-0000-0000-c000-000000000000"
 
 
-def is_legacy_token_call(method: str, path: str) -> bool:
-    return method == "POST" and path.lower() in LEGACY_TOKEN_PATHS
+def is_legacy_token_path(normal_path: str) -> bool:
+    """A legacy token path in any spelling the upstream reads as one: ``normal_path`` is
+    normalised (encodings, doubled slashes, dot segments), and case and a trailing
+    slash do not count. Other lengths, nearly every call, are ruled out first."""
+    return (
+        len(normal_path) in _LEGACY_LENGTHS
+        and fold_case(normal_path).rstrip("/") in LEGACY_TOKEN_PATHS
+    )
 
 
 def admin_response(state: ProxyState, path: str) -> web.Response:

@@ -1,9 +1,9 @@
 """``ProxyApp``: the handler every call meets, on aiohttp's low-level server.
 
-Order of checks for a call: client address (403), method (405 for CONNECT), request
-shape (400/417/431/505), reserved ``/-/`` paths, client key (407), legacy token calls,
-route (400/404), credentials (403), then forwarding. Every call ends in exactly one log
-line and one metrics update.
+Order of checks for a call: client address (403), method (405 for CONNECT and TRACE),
+request shape (400/417/431/505), reserved ``/-/`` paths, client key (407), the path's
+normal form (400), legacy token calls (405 unless POST), route (400/404), credentials
+(403), then forwarding. Every call ends in exactly one log line and one metrics update.
 
 The proxy has one handler and its own router, so it runs on ``web.Server`` rather than
 an ``Application``: no URL dispatcher, middleware chain or per-call ``Request`` with app
@@ -30,7 +30,7 @@ from proxy.access import Allowlist, check_client_key, peer_address
 from proxy.admin import (
     ADMIN_PREFIX,
     admin_response,
-    is_legacy_token_call,
+    is_legacy_token_path,
     legacy_token_response,
 )
 from proxy.config import Config
@@ -57,7 +57,9 @@ from proxy.upstream import UpstreamPool
 
 MAX_REQUEST_ID: Final = 128
 #: Answers after which the connection is closed: the request was malformed or hostile.
-CLOSE_AFTER: Final = frozenset({400, 405, 431, 505})
+CLOSE_AFTER: Final = frozenset({400, 405, 408, 431, 505})
+#: Methods refused with 405 before anything else is looked at.
+REFUSED_METHODS: Final = frozenset({hdrs.METH_CONNECT, hdrs.METH_TRACE})
 POOL_SIZE: Final = 256  # upstream connections in use at once, per upstream origin
 MAX_IDLE_UPSTREAM: Final = 15.0  # seconds a pooled upstream connection may sit idle
 
@@ -254,14 +256,24 @@ def _body_size(response: web.StreamResponse) -> int:
 
 class _ProxyServer(web.Server):
     """aiohttp's low-level server, whose connections answer refused requests the proxy's
-    way (``ProxyApp.refused``) instead of aiohttp's text/plain 400 and ERROR traceback."""
+    way (``ProxyApp.refused``) instead of aiohttp's text/plain 400 and ERROR traceback,
+    and which holds at most ``max_connections`` client connections: one more is closed
+    the moment it is accepted, before a byte is read."""
 
     def __init__(self, proxy: ProxyApp, **kwargs: Any) -> None:
         super().__init__(proxy.handle, **kwargs)
         self.proxy = proxy
+        self.max_connections = proxy.state.config.server.max_connections
 
     def __call__(self) -> RequestHandler:
         return _ConnectionHandler(self, loop=self._loop, **self._kwargs)
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        if len(self._connections) >= self.max_connections:
+            transport.abort()
+            handler.force_close()  # its parser never runs; its task ends at once
+            return
+        super().connection_made(handler, transport)
 
 
 class _ConnectionHandler(RequestHandler):
@@ -305,8 +317,10 @@ async def _dispatch(
     if relay is not None and (hook := relay.match(call.path)) is not None:
         return await relay.receive(request, hook, call)  # its own checks: signature, CIDRs
     state.allowlist.check(call.client)
-    if request.method == hdrs.METH_CONNECT:
-        raise MethodNotAllowed("CONNECT is not served: this is not a forward proxy")
+    if request.method in REFUSED_METHODS:
+        # CONNECT would open a tunnel; TRACE would have the upstream reflect the
+        # credentials the proxy injects back to the client.
+        raise MethodNotAllowed(f"{request.method} is not served by this proxy")
     check_request(request)
     if call.path.startswith(ADMIN_PREFIX):
         call.route = "admin"
@@ -314,13 +328,17 @@ async def _dispatch(
         call.status = response.status
         return response
     check_client_key(state.config.server.client_keys, request)
-    if is_legacy_token_call(request.method, call.path):
+    normal = state.router.normal(request.raw_path)
+    if is_legacy_token_path(normal):
         # A reserved path: answered here unless the route it falls under opts out.
-        covering = state.router.match(call.path)
+        covering = state.router.match(normal)
         if covering is None or covering.local_token_endpoints:
-            call.route, call.status = "legacy_token", 200
+            call.route = "legacy_token"
+            if request.method != hdrs.METH_POST:
+                raise MethodNotAllowed("a token is asked for with POST", allow="POST")
+            call.status = 200
             return legacy_token_response(state)
-    route = state.router.resolve(request.raw_path)
+    route = state.router.route(request.raw_path, normal)
     call.route, call.upstream = route.name, route.upstream_text
     creds = pick_credentials(
         route, state.config.credentials, request.headers.get(MERCHANT_SERIAL_NUMBER)

@@ -36,6 +36,18 @@ LOOPBACK: Final[tuple[Network, ...]] = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("::1/128"),
 )
+#: Addresses that are not public: private (RFC 1918), loopback, link-local, and IPv6
+#: unique-local. No two of them touch, so a network inside their union is inside one.
+NOT_PUBLIC: Final[tuple[Network, ...]] = (
+    *LOOPBACK,
+    ipaddress.ip_network("10.0.0.0/8"),
+    ipaddress.ip_network("172.16.0.0/12"),
+    ipaddress.ip_network("192.168.0.0/16"),
+    ipaddress.ip_network("169.254.0.0/16"),
+    ipaddress.ip_network("fe80::/10"),
+    ipaddress.ip_network("fc00::/7"),
+)
+MIN_CLIENT_KEY: Final = 16  # characters; a shorter shared key can be guessed
 SYSTEM_HEADER_MAX: Final = 30  # Vipps truncates Vipps-System-* values at 30 characters
 
 _REF = re.compile(r"\$\{([^}]*)\}")
@@ -74,6 +86,8 @@ class ServerConfig:
     max_body_bytes: int = 0
     allow_open_network: bool = False
     header_timeout: float = 20.0
+    body_timeout: float = 20.0
+    max_connections: int = 1024
 
 
 @dataclass(frozen=True)
@@ -356,7 +370,7 @@ def _integer(table: _Table, name: str, default: int, low: int, high: int) -> int
 def _server(t: _Table) -> ServerConfig:
     t.allow_only(*ServerConfig.__dataclass_fields__)
     keys = tuple(
-        Secret(_check_type(k, str, f"{t.key}.client_keys[{i}]"))
+        _client_key(k, f"{t.key}.client_keys[{i}]")
         for i, k in enumerate(t.get("client_keys", list, []))
     )
     server = ServerConfig(
@@ -372,10 +386,23 @@ def _server(t: _Table) -> ServerConfig:
         max_body_bytes=_integer(t, "max_body_bytes", 0, 0, 2**62),
         allow_open_network=t.get("allow_open_network", bool, False),
         header_timeout=t.number("header_timeout", 20.0, minimum=0.1),
+        body_timeout=t.number("body_timeout", 20.0, minimum=0.1),
+        max_connections=_integer(t, "max_connections", 1024, 1, 1_000_000),
     )
     _check_server_tls(server, t.key)
     _check_exposure(server, t.key)
     return server
+
+
+def _client_key(value: Any, key: str) -> Secret:
+    """A client key: a string of at least MIN_CLIENT_KEY characters (``${KEY:-}`` with
+    KEY unset is empty, and must not count as a guard)."""
+    text = _check_type(value, str, key)
+    if not text.strip():
+        raise ConfigError(key, "is empty")
+    if len(text) < MIN_CLIENT_KEY:
+        raise ConfigError(key, f"must be at least {MIN_CLIENT_KEY} characters")
+    return Secret(text)
 
 
 def _networks(t: _Table) -> tuple[Network, ...]:
@@ -402,17 +429,29 @@ def _check_server_tls(server: ServerConfig, key: str) -> None:
 
 
 def _check_exposure(server: ServerConfig, key: str) -> None:
-    """Refuse to hand our credentials to a whole network by accident."""
+    """Refuse to hand our credentials to the internet by accident: a listener beyond
+    loopback, unguarded, may let in private, loopback and link-local addresses only."""
     if _is_loopback_host(server.host) or server.allow_open_network:
         return
-    guarded = bool(server.client_keys) or bool(server.client_ca)
-    everyone = all(not net.is_loopback and net.prefixlen == 0 for net in server.allow_clients)
-    if everyone and not guarded:
-        raise ConfigError(
-            f"{key}.allow_clients",
-            "listening beyond loopback lets every address in without client_keys or "
-            "client_ca; narrow allow_clients, add either, or set allow_open_network = true",
-        )
+    if server.client_keys or server.client_ca:
+        return
+    for i, net in enumerate(server.allow_clients):
+        if covers_public(net):
+            raise ConfigError(
+                f"{key}.allow_clients[{i}]",
+                f"{net} lets in public addresses while listening beyond loopback without "
+                "client_keys or client_ca; narrow allow_clients to private networks, add "
+                "either, or set allow_open_network = true",
+            )
+
+
+def covers_public(net: Network) -> bool:
+    """True if ``net`` holds any address that is not private, loopback, link-local or
+    unique-local."""
+    return not any(
+        net.version == other.version and net.subnet_of(other)  # type: ignore[arg-type]
+        for other in NOT_PUBLIC
+    )
 
 
 def _is_loopback_host(host: str) -> bool:

@@ -7,8 +7,9 @@
     ├── BadRequest                  400 malformed request
     ├── Forbidden                   403 client or merchant not allowed
     ├── NotFound                    404 no route
-    ├── MethodNotAllowed            405 CONNECT and friends
+    ├── MethodNotAllowed            405 CONNECT, TRACE; not POST on a token path
     ├── ProxyAuthRequired           407 missing or wrong client key
+    ├── RequestTimeout              408 a request body stalled past body_timeout
     ├── PayloadTooLarge             413 body above max_body_bytes
     ├── ExpectationFailed           417 an Expect other than 100-continue
     ├── HeadersTooLarge             431 header block too large in total
@@ -78,8 +79,18 @@ class MethodNotAllowed(ProxyError):
     title = "Method not allowed"
     slug = "method-not-allowed"
 
+    def __init__(
+        self,
+        detail: str,
+        *,
+        reason: str | None = None,
+        allow: str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+    ) -> None:
+        super().__init__(detail, reason=reason)
+        self.allow = allow
+
     def extra_headers(self) -> dict[str, str]:
-        return {"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"}
+        return {"Allow": self.allow}
 
 
 class HeadersTooLarge(ProxyError):
@@ -92,6 +103,12 @@ class VersionNotSupported(ProxyError):
     status = 505
     title = "HTTP version not supported"
     slug = "version-not-supported"
+
+
+class RequestTimeout(ProxyError):
+    status = 408
+    title = "Request timeout"
+    slug = "request-timeout"
 
 
 class ProxyAuthRequired(ProxyError):

@@ -6,10 +6,15 @@ upstream 401 that says our token was refused, for a call whose body was small en
 hold, replayed once with a fresh token; any other 401 is relayed as it came, its reason
 logged. Everything else goes out once; Vipps writes are idempotent only by the client's
 own ``Idempotency-Key``.
+
+A client's body may pause at most ``body_timeout`` seconds between two reads, held or
+streamed; then the call ends with 408 (if no answer has started) and reason
+``client_body_timeout``, and a streamed call's upstream connection is discarded.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
@@ -26,6 +31,7 @@ from proxy.errors import (
     GatewayTimeout,
     PayloadTooLarge,
     ProxyError,
+    RequestTimeout,
     UpstreamBusy,
 )
 from proxy.headers import upstream_request_headers
@@ -42,6 +48,7 @@ from proxy.upstream import (
 )
 
 PAYLOAD_TOO_LARGE: Final = "payload_too_large"
+CLIENT_BODY_TIMEOUT: Final = "client_body_timeout"
 REPLAYABLE_BODY: Final = 64 * 1024  # every ordinary Vipps call fits; larger ones stream
 NO_BODY_STATUSES: Final = frozenset({204, 304})
 UPSTREAM_BUSY_RETRY_AFTER: Final = 1.0  # seconds: a connection frees as soon as a call ends
@@ -101,6 +108,7 @@ class Forwarder:
             for r in state.config.routes
         }
         self.max_body = state.config.server.max_body_bytes
+        self.body_timeout = state.config.server.body_timeout
 
     async def forward(
         self, request: web.BaseRequest, route: Route, creds: Credentials | None, call: CallRecord
@@ -168,13 +176,21 @@ class Forwarder:
         return bytes(held)
 
     def _not_sent(self, route: Route, call: CallRecord, exc: BaseException) -> ProxyError:
-        """Our error for a failed upstream call; a streamed body over the limit is a 413."""
+        """Our error for a failed upstream call; a streamed body over the limit is a 413,
+        one that stalled is a 408."""
+        if call.error == CLIENT_BODY_TIMEOUT:
+            return self._body_timed_out()
         error = upstream_error(route, exc)
         if isinstance(error, BadGateway) and call.error == PAYLOAD_TOO_LARGE:
             return PayloadTooLarge(
                 f"the body is larger than {self.max_body} bytes", reason=PAYLOAD_TOO_LARGE
             )
         return error
+
+    def _body_timed_out(self) -> RequestTimeout:
+        return RequestTimeout(
+            f"no request body byte for {self.body_timeout:g} s", reason=CLIENT_BODY_TIMEOUT
+        )
 
     def _token_rejected(self, creds: Credentials, token: Token) -> bool:
         self.state.metrics.token_rejections.labels(creds.name).inc()
@@ -190,21 +206,48 @@ class Forwarder:
             return None, True
         await continue_body(request)
         if length is not None and length <= REPLAYABLE_BODY:
+            content = request.content
             try:
-                body = await request.read()
+                if content.is_eof():  # the usual small call: the body came with the head
+                    body = content.read_nowait()
+                else:
+                    body = b"".join([chunk async for chunk in self._chunks(content)])
             except (aiohttp.ClientError, ConnectionError):
                 raise BadRequest("the request body ended early", reason="client_body") from None
+            except _BodyStalled:
+                raise self._body_timed_out() from None
             call.bytes_in = len(body)
             return body, True
         return None, False
 
     async def _stream(self, request: web.BaseRequest, call: CallRecord) -> AsyncIterator[bytes]:
         """The client's body, chunk by chunk as it arrives, counted and capped."""
-        async for chunk in request.content.iter_any():
-            call.bytes_in += len(chunk)
-            if self.max_body and call.bytes_in > self.max_body:
-                call.error = PAYLOAD_TOO_LARGE
-                raise PayloadTooLarge(f"the body is larger than {self.max_body} bytes")
+        try:
+            async for chunk in self._chunks(request.content):
+                call.bytes_in += len(chunk)
+                if self.max_body and call.bytes_in > self.max_body:
+                    call.error = PAYLOAD_TOO_LARGE
+                    raise PayloadTooLarge(f"the body is larger than {self.max_body} bytes")
+                yield chunk
+        except _BodyStalled:
+            # The upstream call fails with this (its connection is not reused) and
+            # _not_sent answers 408. An answer already started cannot become a 408:
+            # the client is cut, which ends the relay and the upstream call.
+            call.error = CLIENT_BODY_TIMEOUT
+            if call.status and request.transport is not None:
+                request.transport.abort()
+            raise
+
+    async def _chunks(self, content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+        """The body's chunks as they come, none more than ``body_timeout`` after the last."""
+        while True:
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    chunk = await content.readany()
+            except TimeoutError:
+                raise _BodyStalled from None
+            if not chunk:
+                return
             yield chunk
 
     async def _relay(
@@ -252,6 +295,11 @@ class Forwarder:
         self.state.metrics.upstream_errors.labels(route.name, call.error).inc()
         if request.transport is not None:
             request.transport.abort()
+
+
+class _BodyStalled(Exception):
+    """The client sent no body byte for ``body_timeout`` seconds. Not a TimeoutError:
+    the upstream pool reads those as an upstream that stopped taking the body."""
 
 
 def _abort_reason(exc: BaseException) -> str:

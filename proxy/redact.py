@@ -2,13 +2,25 @@
 
 The first line is that no code logs a secret. This catches the rest: an upstream error
 body that echoes a key, an exception message that quotes a header. Known values are
-the config's secrets and every token fetched.
+the config's secrets and every token fetched; the config's secrets also in base64
+(standard and URL-safe, without padding: the secret alone, and the Basic header's
+``id:secret``, which the config lists as a secret of its own). Any of these may be written with some
+of its characters JSON-escaped (``\\u002d``, ``\\/``) or percent-encoded (either case).
+
+The plain forms are worked out once, when a secret becomes known; a text is searched
+for them, the longest first, skipping those longer than the text. Only a text with
+``%`` or a backslash can hold an escaped form: it is decoded once and searched again,
+and a form found there is masked in the text by a pattern made for it (then kept).
 """
 
 from __future__ import annotations
 
+import base64
+import bisect
+import re
 from collections.abc import Iterable, MutableMapping
 from typing import Any, Final
+from urllib.parse import unquote
 
 from proxy.secret import MASK, Secret
 
@@ -29,6 +41,11 @@ MAX_TOKENS_KEPT: Final = 64  # old tokens stay secret too, but memory stays boun
 MIN_SECRET_LENGTH: Final = 4  # scrubbing one-letter "secrets" would mangle every line
 MAX_KEYS_KNOWN: Final = 1024  # bounds the set of log keys remembered as not sensitive
 _SCALARS: Final = frozenset({int, float, bool, type(None)})
+_JSON_ESCAPE: Final = re.compile(r'\\(u[0-9a-fA-F]{4}|["\\/bfnrt])')
+#: JSON's short escapes: the letter after the backslash, and the character it stands for.
+_JSON_SHORT: Final = dict(zip('"\\/bfnrt', '"\\/\b\f\n\r\t', strict=True))
+_JSON_SHORT_FOR: Final = {char: letter for letter, char in _JSON_SHORT.items()}
+MAX_PATTERNS: Final = 256  # escaped-form patterns kept; made only when one is found
 
 
 class Redactor:
@@ -37,22 +54,53 @@ class Redactor:
     def __init__(self, secrets: Iterable[Secret] = ()) -> None:
         self._fixed = [s.reveal() for s in secrets if len(s.reveal()) >= MIN_SECRET_LENGTH]
         self._tokens: list[str] = []
-        self._values: tuple[str, ...] = tuple(self._fixed)
+        self._values: tuple[str, ...] = ()
+        self._longest_first: list[int] = []  # minus each value's length, for bisect
+        self._patterns: dict[str, re.Pattern[str]] = {}
         self._plain_keys: set[str] = set()  # log keys seen not to be sensitive
+        self._remember()
 
     def add(self, value: str) -> None:
         """Remember a new secret (a fetched token)."""
         if len(value) < MIN_SECRET_LENGTH or value in self._tokens:
             return
         self._tokens = [*self._tokens[-(MAX_TOKENS_KEPT - 1) :], value]
-        # Longest first, so a secret that contains another is masked whole.
-        self._values = tuple(sorted({*self._fixed, *self._tokens}, key=len, reverse=True))
+        self._remember()
+
+    def _remember(self) -> None:
+        """Every plain form of every secret, longest first, so that a secret that
+        contains another is masked whole."""
+        # A token goes on the wire as written (it is base64url already), so it is
+        # searched as written and escaped, not in base64: one search less per line.
+        forms = {form for value in self._fixed for form in _forms(value)}
+        forms.update(self._tokens)
+        self._values = tuple(sorted(forms, key=len, reverse=True))
+        self._longest_first = [-len(value) for value in self._values]
+
+    def _fitting(self, text: str) -> tuple[str, ...]:
+        """The plain forms no longer than ``text``: the others cannot be in it."""
+        if not self._values or len(text) >= len(self._values[0]):
+            return self._values
+        return self._values[bisect.bisect_left(self._longest_first, -len(text)) :]
 
     def redact_text(self, text: str) -> str:
-        for value in self._values:
+        for value in self._fitting(text):
             if value in text:
                 text = text.replace(value, MASK)
+        if _may_hide(text):
+            decoded = _decoded(text)
+            for value in self._fitting(decoded):
+                if value in decoded:
+                    text = self._pattern(value).sub(MASK, text)
         return text
+
+    def _pattern(self, value: str) -> re.Pattern[str]:
+        pattern = self._patterns.get(value)
+        if pattern is None:
+            pattern = re.compile("".join(map(_char_pattern, value)))
+            if len(self._patterns) < MAX_PATTERNS:
+                self._patterns[value] = pattern
+        return pattern
 
     def __call__(
         self, logger: Any, method: str, event_dict: MutableMapping[str, Any]
@@ -76,7 +124,12 @@ class Redactor:
             elif kind not in _SCALARS:
                 return False
         joined = "\n".join(texts)
-        return not any(value in joined for value in self._values)
+        if any(map(joined.__contains__, self._fitting(joined))):
+            return False
+        if not _may_hide(joined):
+            return True
+        decoded = _decoded(joined)
+        return not any(map(decoded.__contains__, self._fitting(decoded)))
 
     def _plain(self, event_dict: MutableMapping[str, Any]) -> bool:
         """No key is sensitive; the keys are remembered, so most lines skip this."""
@@ -99,3 +152,45 @@ class Redactor:
                 for k, v in value.items()
             }
         return self.redact_text(str(value))
+
+
+def _forms(secret: str) -> tuple[str, ...]:
+    """A secret and its base64 forms. Unpadded: the padding may be escaped or dropped."""
+    raw = secret.encode("utf-8", "surrogatepass")
+    standard = base64.b64encode(raw).decode("ascii").rstrip("=")
+    return (secret, standard, standard.replace("+", "-").replace("/", "_"))
+
+
+def _may_hide(text: str) -> bool:
+    """Only a text with ``%`` or a backslash can hold an escaped form of a secret."""
+    return "%" in text or "\\" in text
+
+
+def _decoded(text: str) -> str:
+    """``text`` with JSON escapes, then percent-encodings, decoded."""
+    if "\\" in text:
+        text = _JSON_ESCAPE.sub(_json_char, text)
+        # \ud83d\ude00 decodes to two halves of one character: join them.
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    return unquote(text, errors="surrogateescape") if "%" in text else text
+
+
+def _json_char(match: re.Match[str]) -> str:
+    escape = match.group(1)
+    return chr(int(escape[1:], 16)) if len(escape) == 5 else _JSON_SHORT[escape]
+
+
+def _char_pattern(char: str) -> str:
+    """One character as written, JSON-escaped or percent-encoded (hex in either case)."""
+    units = char.encode("utf-16-be", "surrogatepass").hex()  # two for an astral one
+    json = "".join("\\\\u" + _any_case(units[i : i + 4]) for i in range(0, len(units), 4))
+    options = [re.escape(char), json]
+    if char in _JSON_SHORT_FOR:
+        options.append(re.escape("\\" + _JSON_SHORT_FOR[char]))
+    encoded = char.encode("utf-8", "surrogatepass")
+    options.append("".join("%" + _any_case(f"{byte:02x}") for byte in encoded))
+    return "(?:" + "|".join(options) + ")"
+
+
+def _any_case(hex_digits: str) -> str:
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in hex_digits)

@@ -1,45 +1,70 @@
 """Choosing a route: normalise the path, take the longest prefix, pick credentials.
 
-The path is only *examined* in normalised form; what goes upstream is the client's raw
-path, byte for byte. Normalising decodes the encodings that can hide a climb
-(``%2e``, ``%2f``, ``%5c``, backslashes), folds doubled slashes and resolves dot
-segments. A path that climbs above the root, or whose raw form would fall under another
-route than its normalised form, is refused: ``/a/../b`` never borrows route ``a``.
+The route is chosen on the path as the upstream reads it; what goes upstream is the
+client's raw path, byte for byte. Normalising decodes percent-encoded unreserved
+characters (RFC 3986 §6.2.2.2: ``/epaymen%74`` is ``/epayment``), the encodings that
+can hide a climb (``%2f``, ``%5c``, backslashes), folds doubled slashes and resolves
+dot segments; prefixes match case-insensitively (``/Recurring`` is ``/recurring``), as
+Vipps' gateway matches them. A ``;`` in the path is refused (Vipps' APIs have no path
+parameters, and servlet-style servers drop what follows one). A path that climbs above
+the root, or whose raw form would fall under another route than its normalised form,
+is refused: ``/a/../b`` never borrows route ``a``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+import string
+from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from proxy.config import Credentials, Route
 from proxy.errors import BadRequest, Forbidden, NotFound
 
-_HIDDEN: Final = re.compile(r"%(2[eEfF]|5[cC])")
-_DECODE: Final = {"2e": ".", "2f": "/", "5c": "/"}
+_ENCODED: Final = re.compile(r"%([0-9A-Fa-f]{2})")
+#: ``%xx`` (lower-case hex) of each unreserved character, and the character.
+_UNRESERVED: Final = {f"{ord(c):02x}": c for c in string.ascii_letters + string.digits + "-._~"}
+#: What normalising decodes, in one pass (a decoded ``%`` never starts another escape).
+_NORMAL: Final = {**_UNRESERVED, "2f": "/", "5c": "/"}
+#: Lower-cases ASCII letters only: ``str.lower`` maps the Kelvin sign to ``k``.
+_ASCII_LOWER: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
 def normalise_path(raw_path: str) -> str:
-    """The path as a server would resolve it; raises BadRequest if it climbs above /."""
+    """The path as a server would resolve it; raises BadRequest if it climbs above /
+    or has a ``;``."""
     path = raw_path.split("?", 1)[0].split("#", 1)[0]
     if _plain(path):
         return path
-    path = _HIDDEN.sub(lambda m: _DECODE[m.group(1).lower()], path).replace("\\", "/")
+    if ";" in path:
+        raise BadRequest("a path must not contain ';'", reason="path_parameter")
+    path = _ENCODED.sub(_decoder(_NORMAL), path).replace("\\", "/")
     out: list[str] = []
     segments = path.split("/")
-    for raw_segment in segments[1:]:
-        # `..;x` is a dot segment to servlet-style upstreams: judge it without parameters.
-        segment = raw_segment.split(";", 1)[0]
+    for segment in segments[1:]:
         if segment == "..":
             if not out:
                 raise BadRequest("the path climbs above the root", reason="path_traversal")
             out.pop()
         elif segment not in (".", ""):
-            out.append(raw_segment)
-    last = segments[-1].split(";", 1)[0]
-    trailing = "/" if last in ("", ".", "..") and out else ""
+            out.append(segment)
+    trailing = "/" if segments[-1] in ("", ".", "..") and out else ""
     return "/" + "/".join(out) + trailing
+
+
+def decode_unreserved(path: str) -> str:
+    """Percent-encoded unreserved characters decoded (RFC 3986 §6.2.2.2), nothing else."""
+    return _ENCODED.sub(_decoder(_UNRESERVED), path) if "%" in path else path
+
+
+def _decoder(table: dict[str, str]) -> Callable[[re.Match[str]], str]:
+    """A substitution for ``_ENCODED`` that decodes what ``table`` holds."""
+    return lambda match: table.get(match.group(1).lower(), match.group(0))
+
+
+def fold_case(path: str) -> str:
+    """ASCII letters lower-cased, every other character kept."""
+    return path.lower() if path.isascii() else path.translate(_ASCII_LOWER)
 
 
 def _plain(path: str) -> bool:
@@ -67,26 +92,39 @@ class Router:
     """Longest-prefix match over the configured routes."""
 
     def __init__(self, routes: Iterable[Route]) -> None:
-        self._routes = sorted(routes, key=lambda r: len(r.prefix.rstrip("/")), reverse=True)
+        ordered = sorted(routes, key=lambda r: len(r.prefix.rstrip("/")), reverse=True)
+        self._routes = [(fold_case(route.prefix), route) for route in ordered]
 
     def match(self, path: str) -> Route | None:
-        for route in self._routes:
-            if under(path, route.prefix):
+        """The route of the longest prefix covering ``path``, in any letter case."""
+        folded = fold_case(path)
+        for prefix, route in self._routes:
+            if under(folded, prefix):
                 return route
         return None
 
     def resolve(self, raw_path: str) -> Route:
         """The route for a request's raw path, or a ProxyError."""
+        return self.route(raw_path, self.normal(raw_path))
+
+    @staticmethod
+    def normal(raw_path: str) -> str:
+        """The normal form of a request target's path, or a BadRequest."""
         if not raw_path.startswith("/"):
             raise BadRequest("only origin-form request targets are accepted", reason="target")
         if "#" in raw_path:
             raise BadRequest("a request target must not carry a fragment", reason="target")
-        plain = raw_path.split("?", 1)[0]
-        normal = normalise_path(plain)
+        return normalise_path(raw_path)
+
+    def route(self, raw_path: str, normal: str) -> Route:
+        """The route for a raw path whose normal form is ``normal``, or a ProxyError."""
         route = self.match(normal)
         if route is None:
             raise NotFound(f"no route for path {normal}", reason="no_route")
-        if normal != plain and self.match(plain) is not route:
+        if normal == raw_path:  # most calls: a plain path without a query
+            return route
+        plain = raw_path.split("?", 1)[0]
+        if normal != plain and self.match(decode_unreserved(plain)) is not route:
             raise BadRequest(
                 "the path leaves the prefix of the route it names", reason="path_traversal"
             )

@@ -25,8 +25,9 @@ class Secret:
         return self._value
 
     def matches(self, candidate: str) -> bool:
-        """Constant-time comparison with ``candidate``."""
-        return hmac.compare_digest(self._value.encode(), candidate.encode())
+        """Constant-time comparison with ``candidate``, whatever it holds: header values
+        that are not UTF-8 arrive with lone surrogates, which plain ``encode`` refuses."""
+        return hmac.compare_digest(_utf8(self._value), _utf8(candidate))
 
     def __bool__(self) -> bool:
         return bool(self._value)
@@ -49,3 +50,7 @@ class Secret:
     def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
         # Worker processes receive the config by pickling; the value must survive that.
         return (Secret, (self._value,))
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from proxy.config import ConfigError, load_config, parse_config
 
@@ -109,21 +112,144 @@ def test_invalid_values_name_their_key(doc: dict[str, object], message: str) -> 
     assert str(info.value).startswith(message)
 
 
+MAIN = {
+    "token_url": "https://apitest.vipps.no/accesstoken/get",
+    "client_id": "a",
+    "client_secret": "bbbb",
+    "subscription_key": "cccc",
+}
+
+
+def server_doc(**server: object) -> dict[str, object]:
+    return {"server": server, "credentials": {"main": MAIN}}
+
+
 def test_open_listener_without_client_auth_is_refused() -> None:
     """Listening beyond loopback while letting in everyone needs an explicit opt-in."""
-    doc = {
-        "server": {"host": "0.0.0.0", "allow_clients": ["0.0.0.0/0", "::/0"]},
-        "credentials": {
-            "main": {
-                "token_url": "https://apitest.vipps.no/accesstoken/get",
-                "client_id": "a",
-                "client_secret": "bbbb",
-                "subscription_key": "cccc",
-            }
-        },
-    }
-    with pytest.raises(ConfigError, match=r"^server\.allow_clients: listening beyond loopback"):
+    doc = server_doc(host="0.0.0.0", allow_clients=["0.0.0.0/0", "::/0"])
+    with pytest.raises(ConfigError, match=r"^server\.allow_clients\[0\]: 0\.0\.0\.0/0 lets in"):
         parse_config(doc, {})
+
+
+#: Not public, as the refusal reads it: private, loopback, link-local, unique-local.
+NOT_PUBLIC = [
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "::1/128",
+        "fe80::/10",
+        "fc00::/7",
+    )
+]
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def public(address: int, version: int) -> bool:
+    ip = ipaddress.ip_address(address) if version == 4 else ipaddress.IPv6Address(address)
+    return not any(ip in net for net in NOT_PUBLIC)
+
+
+def holds_a_public_address(net: Net) -> bool:
+    """Independently of the code: ``net`` is an interval of addresses, the non-public
+    ranges are intervals; ``net`` holds a public address if its first or last one is
+    public, or if an address just outside a non-public range falls inside it."""
+    first, last = int(net.network_address), int(net.broadcast_address)
+    edges = [first, last]
+    for other in NOT_PUBLIC:
+        if other.version == net.version:
+            edges += [int(other.network_address) - 1, int(other.broadcast_address) + 1]
+    return any(first <= a <= last and a >= 0 and public(a, net.version) for a in edges)
+
+
+@st.composite
+def networks(draw: st.DrawFn) -> Net:
+    """Any network; half of them near a non-public range, inside it or around it."""
+    if draw(st.booleans()):
+        near = draw(st.sampled_from(NOT_PUBLIC))
+        size = near.max_prefixlen
+        offset = draw(st.integers(0, near.num_addresses - 1))
+        address = int(near.network_address) + offset
+        prefix = draw(st.integers(max(0, near.prefixlen - 4), size))
+    else:
+        size = draw(st.sampled_from([32, 128]))
+        address = draw(st.integers(0, 2**size - 1))
+        prefix = draw(st.integers(0, size))
+    ip = ipaddress.IPv4Address(address) if size == 32 else ipaddress.IPv6Address(address)
+    return ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(networks(), min_size=1, max_size=3))
+@example([ipaddress.ip_network("0.0.0.0/1"), ipaddress.ip_network("128.0.0.0/1")])
+@example([ipaddress.ip_network("8.8.8.0/24")])
+@example([ipaddress.ip_network("172.0.0.0/11")])
+@example([ipaddress.ip_network("::ffff:0.0.0.0/96")])
+@example([ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.168.0.0/16")])
+def test_an_unguarded_listener_is_refused_exactly_when_a_public_address_gets_in(
+    nets: list[Net],
+) -> None:
+    """host 0.0.0.0, no client_keys or client_ca: refused if and only if allow_clients
+    lets in any public address, however the networks are cut."""
+    allow = ["127.0.0.0/8", "::1/128", *map(str, nets)]
+    doc = server_doc(host="0.0.0.0", allow_clients=allow)
+    if any(holds_a_public_address(net) for net in nets):
+        with pytest.raises(ConfigError, match=r"^server\.allow_clients\[\d\]: .* public"):
+            parse_config(doc, {})
+    else:
+        assert parse_config(doc, {}).server.allow_clients[2:] == tuple(nets)
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        {"host": "127.0.0.1"},
+        {"host": "::1"},
+        {"host": "localhost"},
+        {"host": "0.0.0.0", "allow_open_network": True},
+        {"host": "0.0.0.0", "client_keys": ["k" * 16]},
+    ],
+    ids=["loopback-v4", "loopback-v6", "localhost", "opted-in", "client-keys"],
+)
+def test_a_public_allow_list_is_allowed_when_loopback_opted_in_or_keyed(
+    server: dict[str, object],
+) -> None:
+    """``0.0.0.0/0`` passes on a loopback listener, with the opt-in, or with client keys."""
+    config = parse_config(server_doc(allow_clients=["0.0.0.0/0"], **server), {})
+    assert str(config.server.allow_clients[0]) == "0.0.0.0/0"
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ([""], "server.client_keys[0]: is empty"),
+        (["   "], "server.client_keys[0]: is empty"),
+        (["k" * 16, "${UNSET_KEY:-}"], "server.client_keys[1]: is empty"),
+        (["short-key-15-ch"], "server.client_keys[0]: must be at least 16 characters"),
+    ],
+    ids=["empty", "blank", "unset-with-empty-default", "fifteen-characters"],
+)
+def test_empty_and_short_client_keys_are_config_errors(keys: list[str], message: str) -> None:
+    """A client key that is empty (``${KEY:-}`` with KEY unset) or short guards nothing."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(server_doc(client_keys=keys), {})
+    assert str(info.value) == message
+
+
+def test_an_unset_client_key_behind_an_open_listener_fails_check(tmp_path: Path) -> None:
+    """The attack's config: listening on every address, letting in every address, its
+    only guard a key from an unset variable. ``check`` exits 2 with one line."""
+    text = GOOD.replace(
+        "[credentials.main]",
+        '[server]\nhost = "0.0.0.0"\nallow_clients = ["0.0.0.0/0"]\n'
+        'client_keys = ["${VIPPS_PROXY_KEY:-}"]\n\n[credentials.main]',
+    )
+    result = run_cli("check", "--config", str(write(tmp_path, text)), env=ENV)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["vipps-proxy: server.client_keys[0]: is empty"]
 
 
 def test_check_exits_2_with_one_line_naming_the_key(tmp_path: Path) -> None:

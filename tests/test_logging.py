@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
 import gc
 import io
@@ -14,6 +15,9 @@ import aiohttp
 import orjson
 import pytest
 import structlog
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from yarl import URL
 
 from proxy import events
 from proxy.logs import CALL_ID, configure_logging
@@ -109,6 +113,21 @@ async def test_no_secret_in_any_output_at_debug_level(
     assert "token_refresh_failed" in output
 
 
+async def test_a_path_with_bytes_that_are_not_utf8_is_served_and_logged(
+    proxy: RunningProxy,
+) -> None:
+    """``%FF`` and a broken UTF-8 sequence in the path: the call is forwarded and its
+    line logged with the path as sent (the redactor decodes such paths to search them)."""
+    path = "/echo/%FF%C3(%e"
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(URL(proxy.at(path), encoded=True)) as response,
+    ):
+        assert response.status == 200
+    (line,) = [line for line in proxy.logs.events("request_completed") if line["status"] == 200]
+    assert line["path"] == path
+
+
 def test_redactor_masks_plain_lines_and_leaves_clean_ones_alone() -> None:
     """A secret inside a plain string or under a sensitive key is masked; clean lines pass."""
     redactor = Redactor([Secret("s3cret-value")])
@@ -119,6 +138,89 @@ def test_redactor_masks_plain_lines_and_leaves_clean_ones_alone() -> None:
     assert redactor(None, "info", {"Authorization": "Bearer abc"})["Authorization"] == "***"
     nested = redactor(None, "info", {"routes": ["s3cret-value"]})
     assert nested["routes"] == ["***"]
+
+
+# ----- secrets in the forms an echo may take
+
+
+@st.composite
+def escaped(draw: st.DrawFn, secret: str) -> str:
+    """``secret`` with each character as written, JSON-escaped or percent-encoded, the
+    hex digits in either case. A ``%`` or backslash among escapes is itself escaped,
+    as any encoder writes it (else it would read as the start of an escape)."""
+    out = ""
+    for char in secret:
+        way = draw(st.sampled_from(["plain", "json", "percent"]))
+        if way == "plain" and char in "%\\":
+            way = "percent"
+        case = draw(st.sampled_from([str.lower, str.upper]))
+        if way == "json":
+            units = char.encode("utf-16-be", "surrogatepass").hex()
+            out += "".join("\\u" + case(units[i : i + 4]) for i in range(0, len(units), 4))
+        elif way == "percent":
+            out += "".join("%" + case(f"{byte:02x}") for byte in char.encode())
+        else:
+            out += char
+    return out
+
+
+SECRET_TEXT = st.text(
+    st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=8, max_size=40
+)
+#: Text around a secret that can neither start nor end an escape or the secret itself.
+AROUND = st.text(st.sampled_from(" <>|"), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(SECRET_TEXT, st.data(), AROUND, AROUND)
+@example("demo-client-secret", None, "<", ">")
+def test_a_secret_is_masked_with_any_of_its_characters_escaped(
+    secret: str, data: st.DataObject | None, before: str, after: str
+) -> None:
+    """Each character written as is, as ``\\uXXXX`` or as ``%XX`` (either case): masked."""
+    if data is None:  # the explicit example: every character escaped
+        written = "".join(f"\\u{ord(c):04x}" for c in secret)
+    else:
+        written = data.draw(escaped(secret))
+    redactor = Redactor([Secret(secret), Secret("an-unrelated-secret")])
+    text = before + written + after
+    assert redactor.redact_text(text) == before + "***" + after
+    line = redactor(None, "info", {"event": "x", "detail": text})
+    assert line["detail"] == before + "***" + after
+
+
+@settings(max_examples=200, deadline=None)
+@given(SECRET_TEXT, st.sampled_from(["standard", "urlsafe"]), st.booleans(), AROUND)
+def test_a_secret_is_masked_in_base64(
+    secret: str, alphabet: str, padded: bool, before: str
+) -> None:
+    """The secret alone in base64, standard or URL-safe, with or without padding."""
+    encode = base64.b64encode if alphabet == "standard" else base64.urlsafe_b64encode
+    written = encode(secret.encode()).decode()
+    written = written if padded else written.rstrip("=")
+    redacted = Redactor([Secret(secret)]).redact_text(f"{before}Basic {written}")
+    assert written.rstrip("=") not in redacted
+    assert redacted.startswith(f"{before}Basic ***")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.sampled_from([*"%\\u0adfFC3(/ ", "\udcff", "\ud83d", "é"]), max_size=24))
+@example("%FF")
+@example("%C3(")
+@example("\\ud83d%ed%a0%80")
+def test_any_text_passes_the_redactor_unchanged_when_it_hides_no_secret(text: str) -> None:
+    """Broken escapes, bytes that are not UTF-8 when decoded, lone surrogates: the text
+    comes back as it was, never an exception (a log line must not fail a call)."""
+    redactor = Redactor([Secret("demo-client-secret")])
+    assert redactor.redact_text(text) == text
+    assert redactor(None, "info", {"event": "x", "path": text}) == {"event": "x", "path": text}
+
+
+def test_a_clean_line_with_escapes_is_left_alone() -> None:
+    """Percent-encodings and JSON escapes that hide no secret change nothing."""
+    redactor = Redactor([Secret("demo-client-secret")])
+    line = {"event": "x", "path": "/a%20b/%64emo", "detail": "\\u0041\\/ 100%"}
+    assert redactor(None, "info", dict(line)) == line
 
 
 ODD_SECRET = 'sk"with\\escapes/and-ünïcode\t'  # a secret JSON must escape to write

@@ -14,6 +14,7 @@ keeps its order and its repeats.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable
 
 import pytest
@@ -36,7 +37,8 @@ ROUTER_SETTINGS = settings(PROPERTY_SETTINGS, max_examples=250)
 
 # --------------------------------------------------------------------------- paths
 
-CLEAN_SEGMENT = st.from_regex(r"[A-Za-z0-9_~-]{1,6}|%4[1-9]|[a-z]\.[a-z]|\.{3}", fullmatch=True)
+CLEAN_SEGMENT = st.from_regex(r"[A-Za-z0-9_~-]{1,6}|%40|%2[1-9]|[a-z]\.[a-z]|\.{3}", fullmatch=True)
+UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 DOTS = ["..", "%2e%2e", "%2E%2e", ".%2e", "%2e.", "%2E%2E"]
 DOT = [".", "%2e", "%2E"]
 SEPARATORS = ["/", "%2f", "%2F", "\\", "%5c", "%5C"]
@@ -64,8 +66,20 @@ def noisy_path(draw: st.DrawFn) -> tuple[str, str]:
                 noisy += sep + draw(CLEAN_SEGMENT) + draw(st.sampled_from(SEPARATORS))
                 noisy += draw(st.sampled_from(DOTS))
         first = not noisy
-        noisy += ("/" if first else draw(st.sampled_from(SEPARATORS))) + segment
+        noisy += ("/" if first else draw(st.sampled_from(SEPARATORS))) + draw(encoded(segment))
     return clean_path(segments), noisy
+
+
+@st.composite
+def encoded(draw: st.DrawFn, text: str) -> str:
+    """``text`` with any of its unreserved characters percent-encoded, hex in any case."""
+    out = ""
+    for char in text:
+        if char in UNRESERVED and draw(st.booleans()):
+            out += draw(st.sampled_from(["%{:02x}", "%{:02X}"])).format(ord(char))
+        else:
+            out += char
+    return out
 
 
 #: Segments with ``;`` parameters: to servlet-style servers ``..;x`` is ``..``.
@@ -208,14 +222,32 @@ def without_parameters(path: str) -> str:
     return "/".join(segment.split(";", 1)[0] for segment in path.split("/"))
 
 
-#: How an upstream might read the raw path it is sent.
+def unreserved_decoded(path: str) -> str:
+    """RFC 3986 §6.2.2.2: ``%XX`` of an unreserved character is that character."""
+
+    def one(match: re.Match[str]) -> str:
+        char = bytes.fromhex(match.group(1)).decode("latin-1")
+        return char if char in UNRESERVED else match.group(0)
+
+    return re.sub("%([0-9A-Fa-f]{2})", one, path)
+
+
+#: How an upstream might read the raw path it is sent; every one of them decodes
+#: unreserved characters first, as Vipps' gateway does.
 READINGS: dict[str, Callable[[str], str]] = {
-    "rfc3986 on the raw path": remove_dot_segments,
-    "rfc3986 after decoding": lambda path: remove_dot_segments(decoded(path)),
+    "rfc3986 on the raw path": lambda path: remove_dot_segments(unreserved_decoded(path)),
+    "rfc3986 after decoding": lambda path: remove_dot_segments(decoded(unreserved_decoded(path))),
     "servlet: parameters cut, decoded, rfc3986": lambda path: remove_dot_segments(
-        decoded(without_parameters(path))
+        decoded(without_parameters(unreserved_decoded(path)))
     ),
 }
+
+
+def covers(prefix: str, path: str) -> bool:
+    """The prefix covers the path, letters compared without case (as Vipps does)."""
+    lower = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+    return under(path.translate(lower), prefix.translate(lower))
+
 
 PREFIX_SEGMENT = st.sampled_from(["a", "b", "ab", "x"])
 PREFIX = st.lists(PREFIX_SEGMENT, max_size=3).flatmap(
@@ -236,7 +268,7 @@ def resolved_or_refused(router: Router, raw: str) -> Route | ProxyError:
 
 
 def longest(routes: list[Route], path: str) -> Route | None:
-    covering = [r for r in routes if under(path, r.prefix)]
+    covering = [r for r in routes if covers(r.prefix, path)]
     return max(covering, key=lambda r: len(r.prefix.rstrip("/")), default=None)
 
 
@@ -247,6 +279,8 @@ def longest(routes: list[Route], path: str) -> Route | None:
 @example(["/a", "/"], "/a/%2e%2e%2fx")
 @example(["/a/b", "/a"], "/a/b/..%5cx")
 @example(["/a", "/b"], "/a/..;/b")
+@example(["/a", "/"], "/%41/x")
+@example(["/ab", "/a"], "/A%42/x")
 def test_a_resolved_route_covers_the_path_however_the_upstream_reads_it(
     prefixes: list[str], raw: str
 ) -> None:
@@ -260,10 +294,41 @@ def test_a_resolved_route_covers_the_path_however_the_upstream_reads_it(
     path = raw.split("?", 1)[0]
     normal = normalise_path(path)
     assert route is longest(routes, normal)
-    assert under(normal, route.prefix)
+    assert covers(route.prefix, normal)
     for name, reading in READINGS.items():
         resolved = reading(path)
-        assert under(resolved, route.prefix), f"{name}: {resolved} is outside {route.prefix}"
+        assert covers(route.prefix, resolved), f"{name}: {resolved} is outside {route.prefix}"
+
+
+@st.composite
+def any_case_and_encoding(draw: st.DrawFn, text: str) -> str:
+    """``text`` with each letter in either case, then unreserved characters encoded."""
+    cased = "".join(draw(st.sampled_from([c.lower(), c.upper()])) for c in text)
+    return draw(encoded(cased))
+
+
+SPELLED_PREFIXES = ["/epayment/", "/recurring/", "/vipps-userinfo-api/", "/accesstoken"]
+
+
+@ROUTER_SETTINGS
+@given(
+    st.sampled_from(SPELLED_PREFIXES).flatmap(
+        lambda prefix: st.tuples(st.just(prefix), any_case_and_encoding(prefix))
+    ),
+    st.from_regex(r"(/[a-z0-9]{1,5}){0,3}(\?[a-z=&;]{0,6})?", fullmatch=True),
+)
+@example(("/epayment/", "/epaymen%74/"), "/v1/payments/x")
+@example(("/epayment/", "/%65payment/"), "/v1/payments/x")
+@example(("/recurring/", "/Recurring/"), "/v3/agreements")
+def test_any_spelling_of_a_route_prefix_gets_that_route(
+    spelled: tuple[str, str], rest: str
+) -> None:
+    """Letters in any case, unreserved characters percent-encoded: the route is the one
+    whose prefix Vipps reads, never the catch-all ``/``."""
+    prefix, spelling = spelled
+    routes = make_routes([*SPELLED_PREFIXES, "/"])
+    route = Router(routes).resolve(spelling.rstrip("/") + (rest or "/"))
+    assert route.prefix == prefix
 
 
 @PROPERTY_SETTINGS

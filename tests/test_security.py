@@ -23,6 +23,7 @@ import base64
 import contextlib
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,13 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import load_config
-from proxy.emulator import SalesUnit, TokenStyle
+from proxy.emulator import DEMO_SALES_UNITS, SalesUnit, TokenStyle
 from proxy.tokens import MIN_AGE_TO_INVALIDATE
 from tests.conftest import (
     EmulatorFactory,
@@ -54,6 +57,7 @@ CUT_WITHIN = 4.0
 ANSWER_WITHIN = 5.0
 SENTINEL = "/echo/b/sentinel"
 PROBLEM_JSON = "application/problem+json"
+PROXY_PROBLEMS = "https://github.com/vipps-proxy/vipps-proxy"
 
 
 # --------------------------------------------------------------------------- raw HTTP
@@ -424,6 +428,15 @@ async def test_connect_is_refused_with_405(target: Target, form: str) -> None:
     await target.assert_nothing_forwarded()
 
 
+async def test_trace_is_refused_with_405(target: Target) -> None:
+    """TRACE would have the upstream echo our injected token and key to the client: 405."""
+    request = b"TRACE /echo/a/x HTTP/1.1\r\nHost: proxy.test\r\n\r\n"
+    answer = await exchange(target.address, request)
+    assert answer.status == 405, answer.raw[:300]
+    assert answer.headers["Content-Type"] == PROBLEM_JSON
+    await target.assert_nothing_forwarded()
+
+
 # --------------------------------------------------------------------------- traversal
 
 TRAVERSALS = [
@@ -477,6 +490,110 @@ async def test_a_fragment_in_the_request_target_is_refused(target: Target) -> No
     answer = await exchange(target.address, get("/echo/a/x#/../../b/y"))
     assert answer.status == 400, answer.raw[:300]
     await target.assert_nothing_forwarded()
+
+
+OSLO, BERGEN = DEMO_SALES_UNITS
+
+
+@dataclass
+class SalesUnits:
+    """The proxy with ePayment, Recurring and userinfo on one sales unit, the rest on
+    another: a call routed by the wrong reading of its path spends the wrong keys."""
+
+    proxy: RunningProxy
+    upstream: RunningEmulator
+
+    def last_key(self) -> list[str]:
+        return self.upstream.state.received[-1].values("Ocp-Apim-Subscription-Key")
+
+
+@pytest.fixture
+async def sales_units(emulator: RunningEmulator, start_proxy: ProxyFactory) -> SalesUnits:
+    def creds(unit: SalesUnit) -> dict[str, str]:
+        return {
+            "token_url": str(emulator.token_url),
+            "client_id": unit.client_id,
+            "client_secret": unit.client_secret,
+            "subscription_key": unit.subscription_key,
+            "merchant_serial_number": unit.merchant_serial_number,
+        }
+
+    up = str(emulator.url)
+    config = make_config(
+        emulator.token_url,
+        extra={
+            "credentials": {"oslo": creds(OSLO), "bergen": creds(BERGEN)},
+            "routes": [
+                {"prefix": "/epayment/", "upstream": up, "credentials": "oslo"},
+                {"prefix": "/recurring/", "upstream": up, "credentials": "oslo"},
+                {"prefix": "/vipps-userinfo-api/", "upstream": up, "auth": "none"},
+                {"prefix": "/", "upstream": up, "credentials": "bergen"},
+            ],
+        },
+    )
+    return SalesUnits(await start_proxy(config), emulator)
+
+
+PREFIX_SPELLINGS = [
+    "/epaymen%74/v1/payments/x",
+    "/%65payment/v1/payments/x",
+    "/%65%70%61%79%6D%65%6E%74/v1/payments/x",
+    "/EPAYMENT/v1/payments/x",
+    "/ePayment/v1/payments/x",
+    "/e%50ayment/v1/payments/x",
+    "/Recurring/v3/agreements/x",
+    "/recurrin%67/v3/agreements/x",
+]
+
+
+@pytest.mark.parametrize("path", PREFIX_SPELLINGS)
+async def test_an_encoded_or_recased_prefix_gets_its_own_routes_credentials(
+    sales_units: SalesUnits, path: str
+) -> None:
+    """``/epaymen%74/...`` is ``/epayment/...`` to Vipps: it gets ePayment's sales unit,
+    and the upstream still receives the client's path byte for byte."""
+    answer = await exchange(sales_units.proxy.address, get(path))
+    assert answer.status is not None
+    assert answer.status < 500, answer.raw[:300]
+    assert sales_units.upstream.state.received[-1].raw_path == path
+    assert sales_units.last_key() == [OSLO.subscription_key]
+
+
+async def test_the_plain_paths_of_each_sales_unit_get_its_credentials(
+    sales_units: SalesUnits,
+) -> None:
+    """Control: the same shapes, spelled plainly, reach each unit with its own key."""
+    await exchange(sales_units.proxy.address, get("/epayment/v1/payments/x"))
+    assert sales_units.last_key() == [OSLO.subscription_key]
+    await exchange(sales_units.proxy.address, get("/echo/x"))
+    assert sales_units.last_key() == [BERGEN.subscription_key]
+
+
+PATHS_WITH_PARAMETERS = [
+    "/vipps-userinfo-api;a/userinfo",
+    "/recurring;x/v3/agreements",
+    "/epayment/v1/payments;x",
+    "/echo/x;",
+    "/;/epayment/v1/payments/x",
+]
+
+
+@pytest.mark.parametrize("path", PATHS_WITH_PARAMETERS)
+async def test_a_semicolon_in_the_path_is_refused(sales_units: SalesUnits, path: str) -> None:
+    """Vipps' APIs have no path parameters; servers that cut them would read another
+    route's path: 400, nothing forwarded."""
+    before = sales_units.upstream.state.received_total
+    answer = await exchange(sales_units.proxy.address, get(path + "?q=1"))
+    assert answer.status == 400, answer.raw[:300]
+    assert answer.headers["Content-Type"] == PROBLEM_JSON
+    assert sales_units.upstream.state.received_total == before
+
+
+async def test_a_semicolon_in_the_query_is_forwarded(sales_units: SalesUnits) -> None:
+    """Only the path is judged: ``;`` after ``?`` is query data and passes."""
+    answer = await exchange(sales_units.proxy.address, get("/echo/x?a=1;b=2"))
+    assert answer.status == 200, answer.raw[:300]
+    assert sales_units.upstream.state.received[-1].raw_path == "/echo/x?a=1;b=2"
 
 
 # --------------------------------------------------------------------------- allowlist
@@ -586,6 +703,23 @@ async def test_a_missing_or_wrong_client_key_gets_407(keyed: Target, headers: li
     await assert_407(keyed, get("/echo/a/x", *headers))
 
 
+NOT_UTF8_KEYS = {
+    "two-bytes-no-utf8": b"Bearer \xff\xfe",
+    "no-scheme": b"\xff\xfe",
+    "truncated-sequence": b"Bearer \xc3(",
+    "valid-key-then-junk": b"Bearer " + KEY_ONE.encode() + b"\xff",
+    "encoded-surrogate": b"Bearer \xed\xa0\x80",
+    "latin-1-letters": b"Bearer n\xe6r",
+}
+
+
+@pytest.mark.parametrize("value", NOT_UTF8_KEYS.values(), ids=NOT_UTF8_KEYS.keys())
+async def test_a_client_key_that_is_not_utf8_gets_407(keyed: Target, value: bytes) -> None:
+    """Bytes that are not UTF-8 in Proxy-Authorization: 407, never a 500."""
+    head = b"GET /echo/a/x HTTP/1.1\r\nHost: p\r\nProxy-Authorization: " + value
+    await assert_407(keyed, head + b"\r\nConnection: close\r\n\r\n")
+
+
 async def test_a_pass_through_route_needs_a_client_key_too(keyed: Target) -> None:
     """Client keys guard every route, not only those carrying our credentials."""
     await assert_407(keyed, get("/echo/b/x"))
@@ -612,6 +746,109 @@ async def test_a_valid_client_key_is_removed_before_forwarding(
     (received,) = [r for r in keyed.upstream.state.received if r.raw_path == path]
     assert received.values("Proxy-Authorization") == []
     assert all(key not in value for _, value in received.headers)
+
+
+HEADER_NAMES = [
+    "X-Request-Id",
+    "Merchant-Serial-Number",
+    "Authorization",
+    "Ocp-Apim-Subscription-Key",
+    "Content-Type",
+    "Accept",
+    "Cookie",
+    "Idempotency-Key",
+    "Expect",
+    "Connection",
+    "Vipps-System-Name",
+    "X-Anything",
+    "Forwarded",
+    "TE",
+]
+TARGETS = [b"GET /echo/a/x", b"GET /echo/b/x", b"POST /accesstoken/get", b"GET /-/ready"]
+#: Header value bytes: anything but CR and LF, which would end the field.
+VALUE_BYTES = st.binary(max_size=48).map(lambda v: v.replace(b"\r", b"").replace(b"\n", b""))
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    st.sampled_from(TARGETS),
+    st.sampled_from(["Proxy-Authorization", *HEADER_NAMES]),
+    VALUE_BYTES,
+)
+@example(b"GET /echo/a/x", "Proxy-Authorization", b"Bearer \xff\xfe")
+@example(b"GET /echo/a/x", "X-Request-Id", b"\xff\xfe")
+@example(b"GET /echo/a/x", "Authorization", b"Bearer \xc3(")
+async def test_no_header_value_gets_a_server_error(
+    keyed: Target, target: bytes, name: str, value: bytes
+) -> None:
+    """Any bytes in any header, sent raw: a 2xx-4xx answer or a closed connection, never
+    a 5xx or an internal error. With a valid client key unless the key is the field."""
+    key = f"Proxy-Authorization: Bearer {KEY_ONE}\r\n".encode()
+    request = (
+        target
+        + b" HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\n"
+        + (b"" if name == "Proxy-Authorization" else key)
+        + name.encode()
+        + b": "
+        + value
+        + b"\r\nConnection: close\r\n\r\n"
+    )
+    answer = await exchange(keyed.address, request)
+    assert answer.status is None or answer.status < 500, answer.raw[:400]
+    assert keyed.proxy.logs.events("internal_error") == []
+
+
+PATH_PIECES = st.sampled_from(
+    [
+        b"/",
+        b"echo",
+        b"a",
+        b"b",
+        b"%",
+        b"%2e",
+        b"%2F",
+        b"%5c",
+        b"%FF",
+        b"%C3",
+        b"%25",
+        b".",
+        b"..",
+        b";",
+        b"\\",
+        b"\xff",
+        b"\xc3\xa6",
+        b"%u0041",
+        b"?",
+        b"#",
+        b"ACCESSTOKEN",
+        b"get",
+    ]
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(st.lists(PATH_PIECES, max_size=10).map(b"".join))
+@example(b"echo/a/%FF%C3(")
+@example(b"ACCESSTOKEN/%67et/")
+async def test_no_request_path_gets_a_server_error(target: Target, tail: bytes) -> None:
+    """Any mix of separators, dots, escapes (broken ones included) and bytes that are
+    not UTF-8 in the path: an answer below 500 or a closed connection, no internal
+    error, and the call still logged."""
+    request = b"POST /" + tail + b" HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\n\r\n"
+    logged = len(target.proxy.logs.events("request_completed"))
+    answer = await exchange(target.address, request)
+    assert answer.status is None or answer.status < 500, answer.raw[:400]
+    assert target.proxy.logs.events("internal_error") == []
+    if answer.status is not None and answer.headers.get("X-Request-Id"):
+        assert len(target.proxy.logs.events("request_completed")) == logged + 1
 
 
 # --------------------------------------------------------------------------- refused bodies
@@ -796,6 +1033,58 @@ async def test_stalled_clients_do_not_starve_others(target: Target) -> None:
         for _, writer in stalled:
             writer.close()
     assert target.forwarded_since() == ["/echo/b/served"]
+
+
+# --------------------------------------------------------------------------- legacy token calls
+
+LEGACY_SPELLINGS = [
+    "/accesstoken/get/",
+    "/accesstoken//get",
+    "/accesstoken%2fget",
+    "/accesstoken%2Fget",
+    "/AccessToken/GET",
+    "/%61ccesstoken/get",
+    "/accesstoke%6E/g%65t",
+    "/accesstoken/./get",
+    "/accesstoken/x/../get",
+    "/accesstoken/get?x=1",
+    "//accesstoken/get",
+    "/accesstoken/get/.",
+    "/api/access-token/jwt-token/",
+    "/API/Access-Token/JWT-Token",
+    "/api/access%2Dtoken/jwt-token",
+    "/api//access-token/jwt-token",
+]
+
+
+def post(path: str) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize("path", LEGACY_SPELLINGS)
+async def test_every_spelling_of_a_legacy_token_path_is_answered_locally(
+    target: Target, path: str
+) -> None:
+    """What the upstream reads as ``/accesstoken/get`` gets the placeholder here; it is
+    never forwarded with our token and key."""
+    answer = await exchange(target.address, post(path))
+    assert answer.status == 200, answer.raw[:300]
+    assert answer.json()["access_token"].startswith("vipps-proxy-placeholder-")
+    await target.assert_nothing_forwarded()
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
+@pytest.mark.parametrize("path", ["/accesstoken/get", "/Accesstoken//get/"])
+async def test_a_legacy_token_path_answers_other_methods_405_locally(
+    target: Target, method: str, path: str
+) -> None:
+    """A token path asked with another method than POST: 405 here, nothing forwarded."""
+    answer = await exchange(target.address, get(path).replace(b"GET", method.encode(), 1))
+    assert answer.status == 405, answer.raw[:300]
+    assert answer.headers["Allow"] == "POST"
+    if method != "HEAD":  # the proxy's own problem, not an upstream's 405 passed on
+        assert answer.json()["type"] == f"{PROXY_PROBLEMS}#method-not-allowed"
+    await target.assert_nothing_forwarded()
 
 
 # --------------------------------------------------------------------------- secrets
@@ -1043,3 +1332,101 @@ async def test_no_secret_appears_anywhere_at_debug_level(
         if value in text
     ]
     assert not leaks, "secrets found: " + "; ".join(leaks)
+
+
+def _json_escaped(text: str) -> str:
+    """Every character as ``\\uXXXX``, the hex digits' case alternating."""
+    return "".join(f"\\u{ord(c):04X}" if i % 2 else f"\\u{ord(c):04x}" for i, c in enumerate(text))
+
+
+def _percent(text: str, upper: bool = True) -> str:
+    """Every character percent-encoded."""
+    return "".join(f"%{b:02X}" if upper else f"%{b:02x}" for b in text.encode())
+
+
+def _mixed(text: str) -> str:
+    """Characters alternately JSON-escaped, percent-encoded and as written."""
+    ways = (_json_escaped, _percent, str)
+    return "".join(ways[i % 3](c) for i, c in enumerate(text))
+
+
+def _b64(text: str, urlsafe: bool = False) -> str:
+    encode = base64.urlsafe_b64encode if urlsafe else base64.b64encode
+    return encode(text.encode()).decode()
+
+
+#: What each refusing token endpoint writes in its error body: the credentials it got
+#: (client secret, subscription key, Basic header's base64), in one of the forms an
+#: error page may use. Each fits in the 512 bytes of body that are logged.
+ECHOES: dict[str, Callable[[str, str, str], list[str]]] = {
+    "json": lambda secret, key, basic: [_json_escaped(secret)],
+    "percent": lambda secret, key, basic: [_percent(secret), _percent(key, upper=False)],
+    "mixed": lambda secret, key, basic: [_mixed(secret)],
+    "base64": lambda secret, key, basic: [_b64(secret), _b64(key, urlsafe=True)],
+    "basic": lambda secret, key, basic: [_percent(basic, upper=False)],
+}
+
+
+def _echoed(form: str, unit: SalesUnit) -> list[str]:
+    pair = _b64(f"{unit.client_id}:{unit.client_secret}")
+    return ECHOES[form](unit.client_secret, unit.subscription_key, pair)
+
+
+async def test_secrets_echoed_escaped_or_in_base64_are_masked_in_the_logs(
+    start_proxy: ProxyFactory, aiohttp_server: Any
+) -> None:
+    """Token endpoints that refuse and echo the credentials JSON-escaped, URL-encoded,
+    in base64, or the Basic header's base64(id:secret) URL-encoded: every refusal is
+    logged, and none of those forms reaches the log."""
+    units = {form: _unit() for form in ECHOES}
+
+    async def refuse(request: web.Request) -> web.Response:
+        headers = request.headers
+        basic = headers.get("Authorization", "").removeprefix("Basic ")
+        got = ECHOES[request.match_info["form"]](
+            headers.get("client_secret", ""), headers["Ocp-Apim-Subscription-Key"], basic
+        )
+        body = '{"error": "invalid_client", "got": "' + " ".join(got) + '"}'
+        return web.Response(status=401, text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/{form}/token", refuse)
+    endpoint = await aiohttp_server(app, host="127.0.0.1")
+
+    def creds(form: str) -> dict[str, str]:
+        unit = units[form]
+        return {
+            "token_url": str(endpoint.make_url(f"/{form}/token")),
+            "token_style": "oauth2" if form == "basic" else "accesstoken",
+            "client_id": unit.client_id,
+            "client_secret": unit.client_secret,
+            "subscription_key": unit.subscription_key,
+        }
+
+    upstream = str(endpoint.make_url("/"))
+    config = make_config(
+        endpoint.make_url("/json/token"),
+        extra={
+            "credentials": {form: creds(form) for form in ECHOES},
+            "routes": [
+                {"prefix": f"/{form}", "upstream": upstream, "credentials": form} for form in ECHOES
+            ],
+        },
+    )
+    proxy = await start_proxy(config)
+    for _ in range(200):  # every set fetches at start; bounded wait for the refusals
+        refusals = proxy.logs.events("token_refresh_failed")
+        if {line["credentials"] for line in refusals} == set(ECHOES):
+            break
+        await asyncio.sleep(0.05)
+    assert {line["credentials"] for line in refusals} == set(ECHOES)
+    assert all("invalid_client" in line["error"] for line in refusals)
+    logged = [proxy.logs.text(), *(line["error"] for line in refusals)]
+    leaks = [
+        f"{form}: {written[:12]}..."
+        for form, unit in units.items()
+        for written in _echoed(form, unit)
+        if any(written in text or written.rstrip("=") in text for text in logged)
+    ]
+    assert not leaks, leaks
+    assert all("***" in line["error"] for line in refusals)  # the echo was logged, masked
