@@ -173,6 +173,9 @@ class Forwarder:
         except (aiohttp.ClientError, TimeoutError) as exc:
             upstream.close()
             raise upstream_error(route, exc) from None
+        except BaseException:  # the client left meanwhile: the slot must not leave with it
+            upstream.close()
+            raise
         return bytes(held)
 
     def _not_sent(self, route: Route, call: CallRecord, exc: BaseException) -> ProxyError:

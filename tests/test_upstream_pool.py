@@ -1108,3 +1108,32 @@ async def test_through_the_proxy_a_saturated_upstream_gives_503_busy_and_spares_
         ("/slow/one-more", "upstream_busy", "warning")
     ]
     assert len(slow.requests) == POOL_SIZE
+
+
+async def test_through_the_proxy_a_client_gone_while_a_401_is_read_frees_its_connection(
+    raw_upstream: UpstreamFactory, emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """A client that leaves while the proxy reads a 401's body (to tell what was
+    refused) does not take a connection slot with it: the upstream connection is
+    closed, so the origin's limit is not worn down one leaver at a time."""
+    upstream_closed = asyncio.Event()
+
+    async def slow_401(conn: Conn) -> None:
+        await conn.read_body()
+        await conn.send(
+            b"HTTP/1.1 401 Unauthorized\r\n"
+            b'WWW-Authenticate: Bearer error="invalid_token"\r\n'
+            b"Content-Length: 100\r\n\r\nthe start"
+        )
+        if await conn.reader.read() == b"":
+            upstream_closed.set()
+
+    upstream = await raw_upstream(slow_401)
+    proxy = await start_proxy(make_config(emulator.token_url, f"http://127.0.0.1:{upstream.port}"))
+    _, writer = await asyncio.open_connection(*proxy.address)
+    writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(WAIT):
+        while not upstream.requests:
+            await asyncio.sleep(0.01)
+    writer.transport.abort()
+    await wait_for(upstream_closed)
