@@ -466,3 +466,25 @@ async def test_webhook_paths_need_no_client_key(
         client.get(relay.proxy.at("/epayment/v1/payments/x")) as response,
     ):
         assert response.status == 407
+
+
+async def test_a_webhook_body_that_stalls_gets_408_after_body_timeout(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """Webhook paths are open to the internet: a body that stops is bounded by
+    ``body_timeout`` as on every other path (408, ``client_body_timeout``), not by the
+    receiver's whole-body limit alone, and nothing is stored."""
+    relay = await start_relay(
+        emulator, start_proxy, tmp_path, free_port(), server={"body_timeout": 0.2}
+    )
+    reader, writer = await asyncio.open_connection(*relay.proxy.address)
+    writer.write(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{" % HOOK.encode())
+    try:
+        async with asyncio.timeout(5):  # the receiver's own limit is 20 s
+            answer = await reader.read(1000)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    (line,) = relay.proxy.logs.events("request_completed")
+    assert (line["status"], line["error"]) == (408, "client_body_timeout")
+    assert stored(relay.store) == []

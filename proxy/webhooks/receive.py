@@ -27,11 +27,11 @@ from proxy.access import Allowlist
 from proxy.config import Webhook
 from proxy.errors import (
     BadGateway,
-    BadRequest,
     GatewayTimeout,
     MethodNotAllowed,
     PayloadTooLarge,
     ProxyError,
+    RequestTimeout,
 )
 from proxy.forwarding import CallRecord
 from proxy.headers import RESPONSE_DROP, filtered
@@ -42,7 +42,7 @@ from proxy.webhooks.store import Store
 from proxy.webhooks.verify import SignatureError, signed_target, verify
 
 MAX_BODY: Final = 64 * 1024
-BODY_TIMEOUT: Final = 20.0  # seconds for the whole body of one event
+BODY_TIMEOUT: Final = 20.0  # seconds for the whole body of one event (and body_timeout per gap)
 SYNC_TIMEOUT: Final = 10.0  # Vipps waits 10 s for shippingDetails and consent removal
 _ORDER_ID: Final = re.compile(r"/v2/payments/([^/?]+)")
 _log = structlog.get_logger("proxy.webhooks")
@@ -72,8 +72,10 @@ class Receiver:
         metrics: WebhookMetrics,
         allowlists: dict[str, Allowlist],
         wake: Callable[[], None],
+        body_timeout: float = BODY_TIMEOUT,
     ) -> None:
         self.store = store
+        self.body_timeout = body_timeout  # [server] body_timeout: the longest gap
         self.metrics = metrics
         self.allowlists = allowlists
         self.wake = wake
@@ -126,16 +128,21 @@ class Receiver:
             raise PayloadTooLarge(f"a webhook body is at most {MAX_BODY} bytes")
         await continue_body(request)
         chunks, size = [], 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BODY_TIMEOUT
         try:
-            async with asyncio.timeout(BODY_TIMEOUT):
-                while chunk := await request.content.readany():
-                    size += len(chunk)
-                    if size > MAX_BODY:
-                        self._received(hook, "too_large")
-                        raise PayloadTooLarge(f"a webhook body is at most {MAX_BODY} bytes")
-                    chunks.append(chunk)
+            while True:
+                async with asyncio.timeout_at(min(deadline, loop.time() + self.body_timeout)):
+                    chunk = await request.content.readany()
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_BODY:
+                    self._received(hook, "too_large")
+                    raise PayloadTooLarge(f"a webhook body is at most {MAX_BODY} bytes")
+                chunks.append(chunk)
         except TimeoutError:
-            raise BadRequest(
+            raise RequestTimeout(
                 "the body did not arrive in time", reason="client_body_timeout"
             ) from None
         call.bytes_in = size

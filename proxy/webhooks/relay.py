@@ -44,7 +44,13 @@ class WebhookRelay:
         self.deliverer = Deliverer(self.store, self.hooks, self.metrics, ssl_context)
         allow = config.server.allow_clients
         allowlists = {h.path: Allowlist((*allow, *h.allow_from)) for h in prefixes}
-        self.receiver = Receiver(self.store, self.metrics, allowlists, self.deliverer.wake)
+        self.receiver = Receiver(
+            self.store,
+            self.metrics,
+            allowlists,
+            self.deliverer.wake,
+            body_timeout=config.server.body_timeout,
+        )
         self._ssl = ssl_context
         self._tasks: list[asyncio.Task[None]] = []
 
