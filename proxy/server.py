@@ -27,7 +27,7 @@ from proxy.groupmetrics import MetricsGroup, metrics_folder, share
 from proxy.logs import configure_logging
 from proxy.redact import Redactor
 from proxy.startup import EXIT_STARTUP, StartupError, listen, listen_error
-from proxy.tls import inbound_context
+from proxy.tls import HandshakeBoundSite, inbound_context
 
 _log = structlog.get_logger("proxy.server")
 
@@ -111,13 +111,14 @@ async def start(
         max_headers=100,
     )
     await runner.setup()
-    site = web.TCPSite(
+    site = HandshakeBoundSite(
         runner,
         server.host,
         server.port,
         ssl_context=ssl_context,
         reuse_port=reuse_port or None,
         backlog=1024,
+        handshake_timeout=server.header_timeout,
     )
     try:
         await listen(site, port_key, server.host, server.port, "server.host")

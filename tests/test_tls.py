@@ -360,3 +360,20 @@ async def test_a_client_certificate_from_client_ca_is_served(
     status, _, _ = await fetch(https.url("/echo/known"), context)
     assert status == 200
     assert [r.raw_path for r in emulator.state.received] == ["/echo/known"]
+
+
+async def test_a_client_silent_in_the_tls_handshake_is_closed_after_header_timeout(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path, ca: trustme.CA
+) -> None:
+    """A connection that never sends its ClientHello is not yet counted by
+    max_connections (the client's connection begins after the handshake), so the
+    handshake itself is bounded by header_timeout, not asyncio's default 60 s."""
+    served = write(ca.issue_cert("127.0.0.1"), tmp_path, "proxy")
+    server = {"tls_cert": str(served.cert), "tls_key": str(served.key), "header_timeout": 0.2}
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url, server=server))
+    reader, writer = await asyncio.open_connection(*proxy.address)
+    try:
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # closed by the proxy, nothing sent
+    finally:
+        writer.close()
