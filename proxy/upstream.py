@@ -465,11 +465,21 @@ async def _read_head(
         if head.code == 101:
             raise MalformedAnswer("the upstream switched protocols unasked (101)")
         if not 100 <= head.code < 200:
-            return head, content
+            return _readable_alike(head), content
         if interim is not None:
             interim(head)
         if body_task is None or body_task.done():
             proto.start_timeout()
+
+
+def _readable_alike(head: RawResponseMessage) -> RawResponseMessage:
+    """The final head, if every client reads it as the proxy does. aiohttp's parser is
+    lenient with answers: it takes ``Content-Length : 3`` (whitespace before the colon)
+    as the length, and a status of two digits. RFC 9112 §5.1 forbids relaying the
+    former (recipients may frame the answer differently); neither is HTTP."""
+    if head.code < 100 or any(name[-1:] in b" \t" for name, _ in head.raw_headers):
+        raise MalformedAnswer("the upstream's answer head is malformed")
+    return head
 
 
 async def _send_body(

@@ -747,3 +747,31 @@ async def test_an_unsolicited_101_is_a_502_problem_and_heals(
     healed = await clients(proxy)
     await healed.send(request("GET", "/next"))
     assert ((await healed.answer()).status, len(upstream.writers)) == (200, 2)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # llhttp (lenient with answers) frames the body by this length, but the field's
+        # name is "Content-Length ": relayed, a client would get it beside the proxy's
+        # own Transfer-Encoding, and a lenient one read the body by the length
+        b"HTTP/1.1 200 OK\r\nContent-Length : 3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nX-Note\t: a\r\nContent-Length: 3\r\n\r\nabc",
+        # no status line has two digits
+        b"HTTP/1.1 099 Odd\r\nContent-Length: 3\r\n\r\nabc",
+    ],
+    ids=["space-before-colon", "tab-before-colon", "status-099"],
+)
+async def test_an_answer_head_no_client_could_read_alike_is_a_502_problem(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    clients: Callable[[RunningProxy], Awaitable[Client]],
+    reply: bytes,
+) -> None:
+    """RFC 9112 §5.1: whitespace between a field name and its colon must never reach
+    the client (each recipient might frame the answer differently); neither does a
+    status code that is not three digits. Both are a broken upstream: 502."""
+    answer, _ = await relay_one(emulator, start_proxy, h11_upstream, clients, reply)
+    assert answer.status == 502
+    assert answer.values(b"Content-Type") == [b"application/problem+json"]
