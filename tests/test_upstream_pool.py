@@ -1116,10 +1116,11 @@ async def test_through_the_proxy_a_client_gone_while_a_401_is_read_frees_its_con
     """A client that leaves while the proxy reads a 401's body (to tell what was
     refused) does not take a connection slot with it: the upstream connection is
     closed, so the origin's limit is not worn down one leaver at a time."""
-    upstream_closed = asyncio.Event()
+    answered, upstream_closed = asyncio.Event(), asyncio.Event()
 
     async def slow_401(conn: Conn) -> None:
         await conn.read_body()
+        answered.set()
         await conn.send(
             b"HTTP/1.1 401 Unauthorized\r\n"
             b'WWW-Authenticate: Bearer error="invalid_token"\r\n'
@@ -1132,8 +1133,6 @@ async def test_through_the_proxy_a_client_gone_while_a_401_is_read_frees_its_con
     proxy = await start_proxy(make_config(emulator.token_url, f"http://127.0.0.1:{upstream.port}"))
     _, writer = await asyncio.open_connection(*proxy.address)
     writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
-    async with asyncio.timeout(WAIT):
-        while not upstream.requests:
-            await asyncio.sleep(0.01)
+    await wait_for(answered)
     writer.transport.abort()
     await wait_for(upstream_closed)
