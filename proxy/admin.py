@@ -53,8 +53,8 @@ def admin_response(state: ProxyState, path: str) -> web.Response:
 
 
 def _ready(state: ProxyState) -> web.Response:
-    used = {name for route in state.config.routes for name in route.credentials}
-    failing = sorted(name for name in used if not state.tokens[name].can_serve())
+    # Only sets that need a token have a cache (a client-credentials route's has none).
+    failing = sorted(name for name, tokens in state.tokens.items() if not tokens.can_serve())
     if failing:
         body = {"status": "not ready", "credentials_without_token": failing}
         return web.Response(

@@ -41,6 +41,18 @@ async def test_ready_follows_the_token(
     assert (await get(proxy.at("/-/ready")))[0] == 200
 
 
+async def test_ready_with_only_a_client_credentials_route_is_200(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """A Checkout v3 route (``auth = "client-credentials"``) sends its set's id and
+    secret, never a token: its set has no token to wait for, and /-/ready (a
+    Kubernetes readiness probe) is 200, not a 500 from looking one up."""
+    config = make_config(emulator.token_url, emulator.url, route={"auth": "client-credentials"})
+    proxy = await start_proxy(config)
+    status, _, body = await get(proxy.at("/-/ready"))
+    assert (status, orjson.loads(body)) == (200, {"status": "ready"})
+
+
 async def test_metrics_count_calls(proxy: RunningProxy) -> None:
     """/-/metrics is Prometheus text with calls counted by route, method and status."""
     await get(proxy.at("/echo/m"))
