@@ -272,3 +272,32 @@ async def test_an_emulated_ecom_callback_reaches_the_app_through_the_proxy(
     from proxy.emulator.ecom import ECOM_KEY
 
     assert emulator.server.app[ECOM_KEY].callbacks == {"ecom-order-1": 200}
+
+
+async def test_register_with_the_webhooks_api_unreachable_says_so_in_one_line(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """A Webhooks API that cannot be reached is one line naming it and exit 1, not a
+    traceback (a token was fetched first: that part works)."""
+    config = write_cli_config(tmp_path, emulator)
+    dead = free_port()  # nothing listens there
+    with config.open("a") as out:
+        out.write(f'\n[[routes]]\nprefix = "/webhooks/"\nupstream = "http://127.0.0.1:{dead}"\n')
+    result = await asyncio.to_thread(
+        cli,
+        config,
+        "register",
+        "--credentials",
+        "main",
+        "--url",
+        "https://shop.example.com/webhooks/vipps",
+        "--events",
+        "epayments.payment.created.v1",
+        "--secret-file",
+        str(tmp_path / "webhook.secret"),
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert f"127.0.0.1:{dead}" in line
+    assert not (tmp_path / "webhook.secret").exists()

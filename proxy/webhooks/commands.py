@@ -103,20 +103,31 @@ async def _register(config: Config, args: argparse.Namespace) -> int:
             return EXIT_FAILED
         finally:
             await tokens.close()
-        async with session.post(
-            _api_url(config, creds),
-            json={"url": args.url, "events": args.events},
-            headers=_headers(creds, token.value),
-            ssl=ssl_context,
-            timeout=aiohttp.ClientTimeout(total=30),
-        ) as response:
-            body = await response.read()
+        url = _api_url(config, creds)
+        try:
+            async with session.post(
+                url,
+                json={"url": args.url, "events": args.events},
+                headers=_headers(creds, token.value),
+                ssl=ssl_context,
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as response:
+                body = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            where = url.with_query(None)
+            print(f"vipps-proxy: cannot call {where}: {exc.__class__.__name__}", file=sys.stderr)
+            return EXIT_FAILED
     if response.status not in (200, 201):
         print(f"vipps-proxy: Vipps answered {response.status}", file=sys.stderr)
         return EXIT_FAILED
-    answer = orjson.loads(body)
-    write_secret(Path(args.secret_file), str(answer["secret"]))
-    print(f"registered webhook {answer['id']}; secret written to {args.secret_file}")
+    try:
+        answer = orjson.loads(body)
+        secret, webhook_id = str(answer["secret"]), answer["id"]
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        print("vipps-proxy: Vipps' answer has no webhook id and secret", file=sys.stderr)
+        return EXIT_FAILED
+    write_secret(Path(args.secret_file), secret)
+    print(f"registered webhook {webhook_id}; secret written to {args.secret_file}")
     return 0
 
 
