@@ -9,7 +9,9 @@ own ``Idempotency-Key``.
 
 A client's body may pause at most ``body_timeout`` seconds between two reads, held or
 streamed; then the call ends with 408 (if no answer has started) and reason
-``client_body_timeout``, and a streamed call's upstream connection is discarded.
+``client_body_timeout``, and a streamed call's upstream connection is discarded. A
+client that takes none of the answer for as long is cut (reason
+``client_read_timeout``), and the upstream connection with it.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ from proxy.upstream import (
 
 PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 CLIENT_BODY_TIMEOUT: Final = "client_body_timeout"
+CLIENT_READ_TIMEOUT: Final = "client_read_timeout"
+#: aiohttp's writer waits for the client only once this much is buffered: a write
+#: below it never waits, so needs no time limit.
+WRITE_NEVER_WAITS: Final = 64 * 1024
 REPLAYABLE_BODY: Final = 64 * 1024  # every ordinary Vipps call fits; larger ones stream
 NO_BODY_STATUSES: Final = frozenset({204, 304})
 UPSTREAM_BUSY_RETRY_AFTER: Final = 1.0  # seconds: a connection frees as soon as a call ends
@@ -274,30 +280,48 @@ class Forwarder:
                 content = upstream.content
                 if content.is_eof():  # a small answer is whole by now: one send, no iterator
                     chunk = content.read_nowait()
-                    if chunk:
+                    if len(chunk) > WRITE_NEVER_WAITS:
+                        await self._write(response, chunk)
+                    elif chunk:
                         await response.write(chunk)
-                        call.bytes_out += len(chunk)
+                    call.bytes_out += len(chunk)
                 else:
                     response.send_head()  # the client learns of the answer without waiting
                     async for chunk in content.iter_any():
-                        await response.write(chunk)
+                        await self._write(response, chunk)
                         call.bytes_out += len(chunk)
-        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ConnectionError, _ClientStalled) as exc:
             self._abort(request, route, call, exc)
         finally:
             # Not read to the end (HEAD, abort, cancellation): the connection is not reused.
             upstream.release()
         return response
 
+    async def _write(self, response: web.StreamResponse, chunk: bytes) -> None:
+        """Write to the client, which may take none of it for ``body_timeout`` seconds:
+        one that stops reading would hold its upstream connection for good."""
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                await response.write(chunk)
+        except TimeoutError:
+            raise _ClientStalled from None
+
     def _abort(
         self, request: web.BaseRequest, route: Route, call: CallRecord, exc: BaseException
     ) -> None:
         """The answer started and cannot be finished: cut the client's connection."""
         client_gone = isinstance(exc, ConnectionError) and not isinstance(exc, aiohttp.ClientError)
-        call.error = "client_disconnected" if client_gone else _abort_reason(exc)
+        if isinstance(exc, _ClientStalled):
+            call.error = CLIENT_READ_TIMEOUT
+        else:
+            call.error = "client_disconnected" if client_gone else _abort_reason(exc)
         self.state.metrics.upstream_errors.labels(route.name, call.error).inc()
         if request.transport is not None:
             request.transport.abort()
+
+
+class _ClientStalled(Exception):
+    """The client took no answer bytes for ``body_timeout`` seconds."""
 
 
 class _BodyStalled(Exception):

@@ -172,6 +172,42 @@ async def test_an_upload_stalling_after_the_answer_started_is_cut_with_its_reaso
         await upstream.stop()
 
 
+async def endless_answer(conn: Conn) -> None:
+    """A 200 whose body never ends, sent as fast as the proxy takes it."""
+    await conn.read_body()
+    await conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n")
+    while True:
+        await conn.send(b"x" * 65536)
+
+
+async def test_a_client_that_stops_reading_the_answer_is_cut_and_frees_its_upstream(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """A client that takes no answer bytes for body_timeout seconds is cut (reason
+    client_read_timeout) and the upstream connection closed: else it held one of the
+    origin's connections for good, and enough such clients made the origin busy."""
+    upstream = RawUpstream(endless_answer)
+    await upstream.start()
+    try:
+        config = make_config(
+            emulator.token_url,
+            f"http://127.0.0.1:{upstream.port}",
+            route={"auth": "none"},
+            server={"body_timeout": BODY_TIMEOUT},
+        )
+        proxy = await start_proxy(config)
+        async with connection(proxy.address) as (reader, writer):
+            writer.write(b"GET /download HTTP/1.1\r\nHost: proxy.test\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+            writer.transport.pause_reading()  # and read nothing more
+            await until(lambda: bool(proxy.logs.events("request_completed")))
+            await until(upstream.connections[0].eof.is_set)
+        (line,) = proxy.logs.events("request_completed")
+        assert (line["status"], line["error"]) == (200, "client_read_timeout")
+    finally:
+        await upstream.stop()
+
+
 async def test_a_slow_but_steady_body_is_not_cut(
     emulator: RunningEmulator, start_proxy: ProxyFactory
 ) -> None:
