@@ -583,11 +583,13 @@ def _routes(doc: _Table, credentials: Mapping[str, Credentials]) -> tuple[Route,
         only = next(iter(credentials.values()))
         return (Route("/", only.token_url.origin(), (only.name,)),)
     routes = [_route(_Table(item, f"routes[{i}]"), credentials) for i, item in enumerate(items)]
-    seen: set[str] = set()
+    seen: set[bytes] = set()
     for i, route in enumerate(routes):
-        if route.prefix in seen:
+        # as the router reads a prefix: ASCII letters in any case, a trailing slash or not
+        read_as = route.prefix.rstrip("/").encode("utf-8", "surrogatepass").lower()
+        if read_as in seen:
             raise ConfigError(f"routes[{i}].prefix", f"duplicate prefix {route.prefix!r}")
-        seen.add(route.prefix)
+        seen.add(read_as)
     return tuple(routes)
 
 

@@ -304,3 +304,20 @@ def test_a_merchant_serial_number_that_is_not_digits_is_refused(tmp_path: Path, 
     assert (
         str(info.value) == f"credentials.main.merchant_serial_number: must be digits, not {msn!r}"
     )
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("/epayment/", "/ePayment/"), ("/epayment", "/epayment/"), ("/recurring/", "/RECURRING")],
+)
+def test_route_prefixes_the_router_reads_alike_are_duplicates(first: str, second: str) -> None:
+    """Prefixes match case-insensitively and with or without the trailing slash, so two
+    that differ only so would cover the same calls, one of them silently never (with
+    another credential set, its calls would go out with the wrong one's keys)."""
+    routes = [
+        {"prefix": first, "upstream": "https://apitest.vipps.no", "credentials": "main"},
+        {"prefix": second, "upstream": "https://apitest.vipps.no", "credentials": "main"},
+    ]
+    with pytest.raises(ConfigError) as info:
+        parse_config({"credentials": {"main": MAIN}, "routes": routes}, {})
+    assert str(info.value).startswith("routes[1].prefix: duplicate prefix")
