@@ -96,6 +96,8 @@ class ProxyApp:
     async def start(self) -> None:
         """One session for token fetches and a token cache per credential set."""
         state = self.state
+        if state.webhooks is not None:  # first: a store that fails to open leaves nothing open
+            await state.webhooks.start()
         self._tokens_session = _tokens_session(state)
         insecure = not state.config.tls.verify
         bearer_sets = {n for r in state.config.routes if r.auth == "bearer" for n in r.credentials}
@@ -109,8 +111,6 @@ class ProxyApp:
                 insecure=insecure,
             )
             state.tokens[name] = provider
-        if state.webhooks is not None:
-            await state.webhooks.start()
 
     def prefetch(self) -> None:
         """Fetch every token in the background, once listening: the first call need not wait."""

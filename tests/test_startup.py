@@ -143,3 +143,22 @@ def test_an_address_not_of_this_machine_names_the_host_flag() -> None:
     Binding fails on this machine; nothing is sent anywhere."""
     result = run_cli("emulator", "--host", "192.0.2.1", "--port", "0")
     assert_one_line(result, "vipps-proxy: --host: 192.0.2.1:0: not an address of this machine")
+
+
+def test_run_with_a_store_that_cannot_be_opened_names_store_path(tmp_path: Path) -> None:
+    """A webhook store under a path that is a file: one line naming store.path, not a
+    traceback, logging errors and an unclosed session."""
+    config = Path(proxy_config(tmp_path, 0))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    store = blocker / "events.sqlite3"
+    with config.open("a") as out:
+        out.write(
+            '\n[[webhooks]]\npath = "/webhooks/vipps"\nsecret = "a-webhook-secret"\n'
+            'deliver_to = "http://127.0.0.1:9/events"\n'
+            f'\n[store]\npath = "{store}"\n'
+        )
+    result = run_cli("--config", str(config))
+    assert result.returncode == EXIT_STARTUP, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"vipps-proxy: store.path: cannot open {store}: ")

@@ -20,6 +20,7 @@ from proxy import events
 from proxy.access import Allowlist
 from proxy.config import Config, Webhook
 from proxy.forwarding import CallRecord
+from proxy.startup import StartupError
 from proxy.webhooks.deliver import Deliverer
 from proxy.webhooks.metrics import WebhookMetrics
 from proxy.webhooks.receive import Receiver
@@ -70,8 +71,14 @@ class WebhookRelay:
         return await self.receiver.receive(request, hook, call)
 
     async def start(self) -> None:
-        """Open the store (creating it), start delivering (or waiting for the lease)."""
-        await self.store.run(lambda: self.store.db)
+        """Open the store (creating it), start delivering (or waiting for the lease).
+
+        A store that cannot be opened is a ``StartupError`` naming ``store.path``."""
+        try:
+            await self.store.run(lambda: self.store.db)
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise StartupError(f"store.path: cannot open {self.store.path}: {reason}") from None
         self.receiver.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=self._ssl),
             cookie_jar=aiohttp.DummyCookieJar(),
