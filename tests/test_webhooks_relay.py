@@ -488,3 +488,37 @@ async def test_a_webhook_body_that_stalls_gets_408_after_body_timeout(
     (line,) = relay.proxy.logs.events("request_completed")
     assert (line["status"], line["error"]) == (408, "client_body_timeout")
     assert stored(relay.store) == []
+
+
+@pytest.mark.parametrize(
+    "rest",
+    ["/../admin/x/shippingDetails", "/..%2fadmin/v2/payments/o-1", "/%2e%2e/admin/v2/payments/o-2"],
+)
+async def test_an_ecom_callback_path_that_climbs_out_of_its_prefix_gets_400(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    tmp_path: Path,
+    aiohttp_server: Any,
+    rest: str,
+) -> None:
+    """The rest of a callback's path is appended to deliver_to: a dot segment (or an
+    encoded one) would reach the app outside deliver_to's path, so it is refused and
+    nothing is stored or sent."""
+    port = free_port()
+    hooks = [{"path": ECOM, "kind": "ecom-callback", "deliver_to": f"http://127.0.0.1:{port}/cb"}]
+    relay = await start_relay(emulator, start_proxy, tmp_path, port, hooks=hooks)
+    relay.app.answer = {"orderId": "o-1"}
+    await start_app(aiohttp_server, relay.app, port)
+    reader, writer = await asyncio.open_connection(*relay.proxy.address)
+    writer.write(
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        % (ECOM + rest).encode()
+    )
+    try:
+        async with asyncio.timeout(5):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert stored(relay.store) == []
+    assert relay.app.received == []

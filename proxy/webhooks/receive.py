@@ -27,6 +27,7 @@ from proxy.access import Allowlist
 from proxy.config import Webhook
 from proxy.errors import (
     BadGateway,
+    BadRequest,
     GatewayTimeout,
     MethodNotAllowed,
     PayloadTooLarge,
@@ -36,6 +37,7 @@ from proxy.errors import (
 from proxy.forwarding import CallRecord
 from proxy.headers import RESPONSE_DROP, filtered
 from proxy.inbound import check_request, continue_body
+from proxy.routing import decode_unreserved, normalise_path
 from proxy.webhooks.deliver import DELIVERY_DROP, EVENT_ID, NO_AUTO_HEADERS, delivery_url
 from proxy.webhooks.metrics import WebhookMetrics
 from proxy.webhooks.store import Store
@@ -89,6 +91,9 @@ class Receiver:
             self.allowlists[hook.path].check(call.client)
         check_request(request)
         rest = call.path[len(hook.path) :]
+        if rest and normalise_path(rest) != decode_unreserved(rest):
+            # deliver_to + rest: a dot segment would reach the app outside deliver_to
+            raise BadRequest("the path leaves the callback prefix", reason="path_traversal")
         if hook.kind == "ecom-callback" and _is_synchronous(request.method, rest):
             return await self._synchronous(request, hook, call)
         if request.method != hdrs.METH_POST:
