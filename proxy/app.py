@@ -277,11 +277,41 @@ class _ProxyServer(web.Server):
 
 
 class _ConnectionHandler(RequestHandler):
-    """One client connection; a request its parser refused goes to ``ProxyApp.refused``."""
+    """One client connection; a request its parser refused goes to ``ProxyApp.refused``.
+
+    Once more than the transport's buffer waits for the client (writing paused), the
+    client has ``body_timeout`` seconds to take enough of it; else it is cut. A client
+    that never reads (small answers pipelined, a large one left) held its connection,
+    a slot of ``max_connections``, for good. No timer runs while writes flow.
+    """
 
     def __init__(self, manager: _ProxyServer, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._refused = manager.proxy.refused
+        self._write_timeout = manager.proxy.state.config.server.body_timeout
+        self._stalled: asyncio.TimerHandle | None = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self._loop.call_later(self._write_timeout, self._cut)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+        super().connection_lost(exc)
+
+    def _cut(self) -> None:
+        self._stalled = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def handle_error(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -206,6 +207,37 @@ async def test_a_client_that_stops_reading_the_answer_is_cut_and_frees_its_upstr
         assert (line["status"], line["error"]) == (200, "client_read_timeout")
     finally:
         await upstream.stop()
+
+
+async def test_a_client_that_pipelines_and_never_reads_is_cut(limited: Limited) -> None:
+    """Small answers, pipelined, never read: once more than aiohttp's buffer waits for
+    the client, it has body_timeout to take some; else it is cut. It held its
+    connection for good (a slot of max_connections; on a listener open to the
+    internet, for webhooks, anyone could fill them all with cheap 401s or 403s)."""
+    asked, count = b"GET /-/metrics HTTP/1.1\r\nHost: proxy.test\r\n\r\n", 2000  # ~10 MB
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(limited.proxy.address)
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.transport.pause_reading()
+        writer.write(asked * count)
+        await asyncio.sleep(4 * BODY_TIMEOUT)  # long enough to be cut (a bound, not a timing)
+        writer.transport.resume_reading()
+        received, closed = bytearray(), False
+        try:
+            async with asyncio.timeout(WITHIN):
+                while chunk := await reader.read(1 << 16):
+                    received += chunk
+            closed = True
+        except ConnectionError:
+            closed = True
+        except TimeoutError:
+            pass  # still open: not cut
+    finally:
+        writer.transport.abort()
+    assert closed
+    assert received.count(b"HTTP/1.1 200 OK") < count
 
 
 async def test_a_slow_but_steady_body_is_not_cut(
