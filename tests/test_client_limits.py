@@ -14,7 +14,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -200,7 +200,7 @@ async def test_a_client_that_stops_reading_the_answer_is_cut_and_frees_its_upstr
         async with connection(proxy.address) as (reader, writer):
             writer.write(b"GET /download HTTP/1.1\r\nHost: proxy.test\r\n\r\n")
             assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
-            writer.transport.pause_reading()  # and read nothing more
+            cast(asyncio.Transport, writer.transport).pause_reading()  # and read nothing more
             await until(lambda: bool(proxy.logs.events("request_completed")))
             await until(upstream.connections[0].eof.is_set)
         (line,) = proxy.logs.events("request_completed")
@@ -220,10 +220,11 @@ async def test_a_client_that_pipelines_and_never_reads_is_cut(limited: Limited) 
     sock.connect(limited.proxy.address)
     reader, writer = await asyncio.open_connection(sock=sock)
     try:
-        writer.transport.pause_reading()
+        transport = cast(asyncio.Transport, writer.transport)
+        transport.pause_reading()
         writer.write(asked * count)
         await asyncio.sleep(4 * BODY_TIMEOUT)  # long enough to be cut (a bound, not a timing)
-        writer.transport.resume_reading()
+        transport.resume_reading()
         received, closed = bytearray(), False
         try:
             async with asyncio.timeout(WITHIN):
