@@ -80,10 +80,15 @@ def interim_relay(request: web.BaseRequest) -> Callable[[RawResponseMessage], No
 
     def relay(head: RawResponseMessage) -> None:
         if transport is not None and not transport.is_closing():
-            fields = response_fields(head.raw_headers)
+            # a 1xx has no body, so no framing fields (RFC 9110 §8.6, RFC 9112 §6.1)
+            raw = [(k, v) for k, v in head.raw_headers if k.lower() not in _FRAMING]
+            fields = response_fields(raw)
             transport.write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (head.code, _reason(head), fields))
 
     return relay
+
+
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 
 def _reason(head: RawResponseMessage) -> bytes:

@@ -703,6 +703,22 @@ async def test_early_hints_are_relayed_before_the_final_answer(
     assert (answer.status, answer.body) == (200, b"ok")
 
 
+async def test_an_interim_answer_is_relayed_without_framing_fields(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    clients: Callable[[RunningProxy], Awaitable[Client]],
+) -> None:
+    """A 1xx has no body: a Content-Length on it (which a client could take as the
+    length of what follows) is not relayed (RFC 9110 §8.6)."""
+    hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nContent-Length: 5\r\n\r\n"
+    answer, _ = await relay_one(emulator, start_proxy, h11_upstream, clients, hints + OK_ANSWER)
+    assert [list(i.headers.raw_items()) for i in answer.interim] == [
+        [(b"Link", b"</a.css>; rel=preload")]
+    ]
+    assert (answer.status, answer.body) == (200, b"ok")
+
+
 async def test_no_interim_answer_goes_to_an_http10_client(
     emulator: RunningEmulator,
     start_proxy: ProxyFactory,
