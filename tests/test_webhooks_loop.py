@@ -301,3 +301,36 @@ async def test_register_with_the_webhooks_api_unreachable_says_so_in_one_line(
     (line,) = result.stderr.strip().splitlines()
     assert f"127.0.0.1:{dead}" in line
     assert not (tmp_path / "webhook.secret").exists()
+
+
+async def test_register_never_writes_the_secret_through_a_symlink(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """--secret-file that is a symlink is refused before Vipps is asked (the secret is
+    shown once): the link's target is left as it was, nothing is registered."""
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("keep me\n")
+    target.chmod(0o644)
+    link = tmp_path / "webhook.secret"
+    link.symlink_to(target)
+    result = await asyncio.to_thread(
+        cli,
+        write_cli_config(tmp_path, emulator),
+        "register",
+        "--credentials",
+        "main",
+        "--url",
+        "https://shop.example.com/webhooks/vipps",
+        "--events",
+        "epayments.payment.created.v1",
+        "--secret-file",
+        str(link),
+    )
+    from proxy.emulator.webhooks import webhook_hub
+
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert "--secret-file" in line
+    assert target.read_text() == "keep me\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert not webhook_hub(emulator.server.app).registrations

@@ -93,6 +93,27 @@ async def _register(config: Config, args: argparse.Namespace) -> int:
     if creds is None:
         print(f"vipps-proxy: no credential set {args.credentials!r}", file=sys.stderr)
         return EXIT_FAILED
+    # Opened before Vipps is asked: the secret is shown once, so where it goes must work.
+    path = Path(args.secret_file)
+    try:
+        fd, created = _open_secret_file(path)
+    except OSError as exc:
+        why = exc.strerror or exc.__class__.__name__
+        print(f"vipps-proxy: --secret-file: cannot write {path}: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    status = EXIT_FAILED
+    try:
+        status = await _register_with(config, creds, args, fd)
+    finally:
+        os.close(fd)
+        if status != 0 and created:
+            os.unlink(path)  # nothing was registered: leave no empty file
+    return status
+
+
+async def _register_with(
+    config: Config, creds: Credentials, args: argparse.Namespace, fd: int
+) -> int:
     ssl_context = outbound_context(config.tls)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
         tokens = TokenProvider(creds, session, Metrics(), Redactor(config.secrets), ssl=ssl_context)
@@ -126,7 +147,7 @@ async def _register(config: Config, args: argparse.Namespace) -> int:
     except (orjson.JSONDecodeError, TypeError, KeyError):
         print("vipps-proxy: Vipps' answer has no webhook id and secret", file=sys.stderr)
         return EXIT_FAILED
-    write_secret(Path(args.secret_file), secret)
+    write_secret(fd, secret)
     print(f"registered webhook {webhook_id}; secret written to {args.secret_file}")
     return 0
 
@@ -150,11 +171,20 @@ def _headers(creds: Credentials, token: Secret) -> dict[str, str]:
     return headers
 
 
-def write_secret(path: Path, secret: str) -> None:
-    """The secret, readable by its owner only, even if the file existed before."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+def _open_secret_file(path: Path) -> tuple[int, bool]:
+    """The secret's file, owner-only, never through a symlink (the secret would land
+    where the link points), kept as it is until the new secret is written; and whether
+    it was made just now."""
+    flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, secret.encode("utf-8") + b"\n")
-    finally:
-        os.close(fd)
+        fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
+    except FileExistsError:
+        fd, created = os.open(path, flags), False
+    os.fchmod(fd, 0o600)
+    return fd, created
+
+
+def write_secret(fd: int, secret: str) -> None:
+    """The secret in place of what the file held."""
+    os.ftruncate(fd, 0)
+    os.write(fd, secret.encode("utf-8") + b"\n")
