@@ -598,6 +598,10 @@ def _route(t: _Table, credentials: Mapping[str, Credentials]) -> Route:
     prefix = t.require("prefix", str)
     if not prefix.startswith("/"):
         raise ConfigError(f"{t.key}.prefix", "must start with /")
+    if any(c in prefix for c in "%;?#\\"):
+        # the router matches the path as the upstream reads it (escapes decoded, no
+        # parameters): a prefix written with them would never match
+        raise ConfigError(f"{t.key}.prefix", "write the path plainly: no %, ;, ?, # or \\")
     upstream = _url(t, "upstream")
     if upstream.query_string or upstream.fragment:
         raise ConfigError(f"{t.key}.upstream", "must not have a query or fragment")

@@ -12,6 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from proxy.config import ConfigError, load_config, parse_config
+from tests.conftest import make_config
 
 GOOD = """
 [credentials.main]
@@ -321,3 +322,13 @@ def test_route_prefixes_the_router_reads_alike_are_duplicates(first: str, second
     with pytest.raises(ConfigError) as info:
         parse_config({"credentials": {"main": MAIN}, "routes": routes}, {})
     assert str(info.value).startswith("routes[1].prefix: duplicate prefix")
+
+
+@pytest.mark.parametrize("prefix", ["/epaymen%74/", "/a;b/", "/a?x/", "/a#b/", "/a\\b/"])
+def test_a_route_prefix_written_with_escapes_or_parameters_is_refused(prefix: str) -> None:
+    """Routes match the path as the upstream reads it (escapes decoded, no ';'): a prefix
+    written with them could never match, so it is a config error naming the key."""
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.prefix"):
+        make_config(
+            "http://127.0.0.1:1/accesstoken/get", "http://127.0.0.1:1", route={"prefix": prefix}
+        )
