@@ -139,8 +139,9 @@ class Reloader:
                 await asyncio.gather(*(p.close() for p in fresh))
                 self._refused(trigger, str(exc))
                 return False
+            settings = self._changed_settings(old.config, config, now)  # before the swap
             self._swap(old, state, now)
-            self._report(trigger, old.config, config, now)
+            self._report(trigger, old.config, config, settings)
             return True
 
     # ------------------------------------------------------------------ building
@@ -255,7 +256,7 @@ class Reloader:
         metrics.config_reloads.labels("error").inc()
         _log.error(events.CONFIG_RELOAD_FAILED, trigger=trigger, error=cause, config=self.path)
 
-    def _report(self, trigger: str, old: Config, new: Config, now: Digests) -> None:
+    def _report(self, trigger: str, old: Config, new: Config, settings: list[str]) -> None:
         metrics = self.app.state.metrics
         metrics.config_reloads.labels("ok").inc()
         metrics.last_reload_success.set(time.time())
@@ -267,7 +268,7 @@ class Reloader:
             trigger=trigger,
             routes=_changed_names(_by_prefix(old), _by_prefix(new)),
             credentials=_changed_names(old.credentials, new.credentials),
-            settings=self._changed_settings(old, new, now),
+            settings=settings,
         )
 
     def _changed_settings(self, old: Config, new: Config, now: Digests) -> list[str]:

@@ -48,8 +48,24 @@ def run(config: Config) -> int:
     return _serve_process(config, reuse_port=False)
 
 
+class _EarlyHangup:
+    """A SIGHUP that came before the proxy could reload (while it was starting): noted,
+    and acted on once serving, so that a reload asked for during start-up is not lost."""
+
+    seen = False
+
+    @classmethod
+    def catch(cls) -> None:
+        signal.signal(signal.SIGHUP, cls._note)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # see _start_workers
+
+    @classmethod
+    def _note(cls, _signum: int, _frame: Any) -> None:
+        cls.seen = True
+
+
 def _serve_process(config: Config, *, reuse_port: bool, metrics: Path | None = None) -> int:
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() can reload on it
+    _EarlyHangup.catch()
     redactor = Redactor(config.secrets)
     configure_logging(config.log.level, config.log.format, redactor)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
@@ -76,6 +92,8 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     runner = await start(config, redactor, reuse_port=reuse_port, port_key=port_key)
     loop.add_signal_handler(signal.SIGHUP, runner.reloader.request)
+    if _EarlyHangup.seen:
+        runner.reloader.request()
     own = runner.proxy.state.metrics
     sharing: asyncio.Task[None] | None = None
     if metrics is not None:  # scrapes show the group; this worker's part goes to the folder
@@ -154,6 +172,9 @@ def _run_workers(config: Config) -> int:
 
 def _start_workers(config: Config, metrics: Path) -> int:
     context = multiprocessing.get_context("spawn")
+    # Blocked while workers start, and so in them (the mask is inherited) until each can
+    # take it: a SIGHUP to a worker still starting would otherwise end it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     workers = [
         context.Process(target=_worker_main, args=(config, metrics), name=f"vipps-proxy-worker-{i}")
         for i in range(config.server.workers)
@@ -174,6 +195,7 @@ def _start_workers(config: Config, metrics: Path) -> int:
     signal.signal(signal.SIGHUP, reload)
     for worker in workers:
         worker.start()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     status = 0
     for worker in workers:
         worker.join()
