@@ -42,6 +42,7 @@ from proxy.access import Allowlist
 from proxy.config import Config, ConfigError, load_config
 from proxy.errors import ProxyError
 from proxy.forwarding import Forwarder
+from proxy.logs import set_level
 from proxy.routing import Router
 from proxy.startup import StartupError, load_file
 from proxy.state import ProxyState
@@ -63,7 +64,6 @@ RESTART_KEYS: Final[tuple[tuple[str, Callable[[Config], Any]], ...]] = (
     ("server.shutdown_timeout", lambda c: c.server.shutdown_timeout),
     ("server.tls_cert", lambda c: bool(c.server.tls_cert)),  # TLS turned on or off
     ("server.client_ca", lambda c: bool(c.server.client_ca)),  # client certificates on/off
-    ("log.level", lambda c: c.log.level),
     ("log.format", lambda c: c.log.format),
     ("webhooks", lambda c: (c.webhooks, c.store)),
 )
@@ -217,6 +217,8 @@ class Reloader:
             for provider in state.tokens.values():
                 provider.use_tls(state.upstream_ssl)
         self.app.state = state  # the swap: new calls read this one
+        if state.config.log.level != old.config.log.level:
+            set_level(state.config.log.level)
         self._applied = now
         kept = set(map(id, state.tokens.values()))
         dropped = [p for p in old.tokens.values() if id(p) not in kept]

@@ -26,6 +26,7 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from proxy.app import ProxyRunner
 from proxy.config import load_config
 from tests.conftest import ProxyFactory, RunningEmulator, RunningProxy, free_port
 from tests.processes import ProxyProcess
@@ -145,6 +146,15 @@ class Rotation:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return self.proxy.logs.events(name)
+
+    def reloads(self, result: str) -> float:
+        """``vipps_proxy_config_reloads_total{result}`` as a scrape would show it."""
+        runner = self.proxy.runner
+        assert isinstance(runner, ProxyRunner)
+        registry = runner.proxy.state.metrics.registry
+        return (
+            registry.get_sample_value("vipps_proxy_config_reloads_total", {"result": result}) or 0
+        )
 
 
 @pytest.fixture
@@ -268,6 +278,20 @@ async def test_a_key_that_needs_a_restart_is_named_and_the_rest_applies(
     assert restart["keys"] == ["server.port"]
     async with aiohttp.ClientSession() as client:
         assert (await rotation.call(client, "/a/now"))[1]["path"] == "/v2/a/now"
+
+
+async def test_a_new_log_level_applies_to_every_logger(rotation: Rotation) -> None:
+    """``[log] level = "warning"``: a successful call (an info line) is no longer logged,
+    by the app's logger made at start-up; a failed one (a warning) still is."""
+    quiet = config_text(rotation.vipps, str(rotation.secret)) + '\n[log]\nlevel = "warning"\n'
+    rotation.config.write_text(quiet)
+    await eventually(lambda: rotation.reloads("ok") == 1, "a reload")  # its line is info
+    logged = len(rotation.events("request_completed"))
+    async with aiohttp.ClientSession() as client:
+        assert (await rotation.call(client, "/a/quiet"))[0] == 200
+        assert (await rotation.call(client, "/nowhere"))[0] == 404
+    (failed,) = rotation.events("request_completed")[logged:]
+    assert failed["status"] == 404
 
 
 async def test_a_kubernetes_secret_swapped_by_its_data_symlink_is_picked_up(
