@@ -65,7 +65,7 @@ RESTART_KEYS: Final[tuple[tuple[str, Callable[[Config], Any]], ...]] = (
     ("server.tls_cert", lambda c: bool(c.server.tls_cert)),  # TLS turned on or off
     ("server.client_ca", lambda c: bool(c.server.client_ca)),  # client certificates on/off
     ("log.format", lambda c: c.log.format),
-    ("webhooks", lambda c: (c.webhooks, c.store)),
+    ("webhooks", lambda c: (c.webhooks, c.store, _callback_clients(c))),
 )
 
 Digests = dict[str, str]
@@ -132,6 +132,10 @@ class Reloader:
                 state, fresh = await self._build(old, config, now)
             except (ConfigError, StartupError, ReloadRefused) as exc:
                 self._refused(trigger, str(exc))
+                return False
+            except Exception:  # a bug of ours: refused too, and the watch goes on
+                _log.exception(events.INTERNAL_ERROR, during="config reload")
+                self._refused(trigger, "internal_error")
                 return False
             try:
                 self._reload_listener(old.config, config, now)
@@ -308,6 +312,12 @@ def _by_prefix(config: Config) -> dict[str, Any]:
 def _changed_names(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Names added, removed or changed: names only, never a value."""
     return sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
+
+
+def _callback_clients(config: Config) -> Any:
+    """``allow_clients`` as the relay's eCom callback paths took it at start."""
+    callbacks = any(hook.kind == "ecom-callback" for hook in config.webhooks)
+    return config.server.allow_clients if callbacks else None
 
 
 def _tls_files(config: Config) -> tuple[str, ...]:

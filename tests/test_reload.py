@@ -395,14 +395,16 @@ async def test_a_renewed_server_certificate_is_presented_on_the_next_handshake(
 # --------------------------------------------------------------------------- workers
 
 
-def workers_config(path: Path, emulator: RunningEmulator, port: int, echo: str) -> None:
+def workers_config(
+    path: Path, emulator: RunningEmulator, port: int, echo: str, interval: float
+) -> None:
     path.write_text(
         f"""
 [server]
 host = "127.0.0.1"
 port = {port}
 workers = 2
-reload_interval = 0
+reload_interval = {interval}
 
 [credentials.main]
 token_url = "{emulator.token_url}"
@@ -429,19 +431,23 @@ async def paths_seen(process: ProxyProcess, connections: int) -> set[str]:
     return seen
 
 
-async def test_sighup_to_the_parent_reloads_every_worker(
-    emulator: RunningEmulator, tmp_path: Path
+@pytest.mark.parametrize("trigger", ["sighup", "file"])
+async def test_every_worker_reloads_on_sighup_to_the_parent_or_on_its_own(
+    emulator: RunningEmulator, tmp_path: Path, trigger: str
 ) -> None:
-    """``workers = 2``, file checks off: a SIGHUP to the parent reaches both workers,
-    and a changed route shows on every one of many new connections."""
+    """``workers = 2``: a SIGHUP to the parent (file checks off) reaches both workers; or
+    with no signal, each worker's own file check finds the change. Either way a changed
+    route shows on every one of many new connections."""
     port = free_port()
     path = tmp_path / "proxy.toml"
-    workers_config(path, emulator, port, "one")
+    interval = INTERVAL if trigger == "file" else 0
+    workers_config(path, emulator, port, "one", interval)
     process = await asyncio.to_thread(ProxyProcess, path, port, tmp_path / "proxy.log")
     try:
         assert await paths_seen(process, 20) == {"/echo/one"}
-        workers_config(path, emulator, port, "two")
-        process.process.send_signal(signal.SIGHUP)
+        workers_config(path, emulator, port, "two", interval)
+        if trigger == "sighup":
+            process.process.send_signal(signal.SIGHUP)
 
         def reloaded() -> int:
             return process.output().count('"event":"config_reloaded"')
