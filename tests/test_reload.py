@@ -459,3 +459,60 @@ async def test_every_worker_reloads_on_sighup_to_the_parent_or_on_its_own(
     finally:
         await asyncio.to_thread(process.terminate)
         process.close()
+
+
+# --------------------------------------------------------------------------- outbound TLS
+
+
+async def test_a_renewed_client_certificate_is_presented_on_new_upstream_connections(
+    vipps: RotatingVipps, start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """``[tls] client_cert`` renewed: calls after the reload reach the upstream on new
+    connections that present the new certificate, though the old kept-alive one is
+    still open in the pool."""
+    upstream_ca, client_ca = trustme.CA(), trustme.CA()
+    seen: list[str] = []
+
+    async def who(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        seen.append(dict(peer["subjectAltName"])["DNS"] if peer else "")
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", who)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    upstream_ca.issue_cert("127.0.0.1").configure_cert(context)
+    client_ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        bundle, chain, key = tmp_path / "up-ca.pem", tmp_path / "client.pem", tmp_path / "c.key"
+        upstream_ca.cert_pem.write_to_path(str(bundle))
+        write_pair(client_ca.issue_cert("client-one.test"), chain, key)
+        secret = tmp_path / "client_secret"
+        secret.write_text(OLD_SECRET)
+        path = tmp_path / "proxy.toml"
+        text = config_text(vipps, str(secret))
+        route = (
+            f'[[routes]]\nprefix = "/mtls"\nupstream = "https://127.0.0.1:{port}"\nauth = "none"\n'
+        )
+        tls = f'[tls]\nca_bundle = "{bundle}"\nclient_cert = "{chain}"\nclient_key = "{key}"\n'
+        path.write_text(f"{text}\n{route}\n{tls}")
+        proxy = await start_proxy(load_config(path))
+        async with aiohttp.ClientSession() as client:
+            for _ in range(3):
+                async with client.get(proxy.at("/mtls/x")) as response:
+                    assert response.status == 200
+            write_pair(client_ca.issue_cert("client-two.test"), chain, key)
+            await eventually(lambda: proxy.logs.events("config_reloaded") != [], "a reload")
+            async with client.get(proxy.at("/mtls/y")) as response:
+                assert response.status == 200
+        assert seen == ["client-one.test"] * 3 + ["client-two.test"]
+        (reloaded,) = proxy.logs.events("config_reloaded")
+        assert {"tls.client_cert", "tls.client_key"} <= set(reloaded["settings"])
+    finally:
+        await runner.cleanup()
