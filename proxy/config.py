@@ -10,12 +10,13 @@ Secret keys also accept a ``<key>_file`` variant. Secrets are wrapped in
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
@@ -190,6 +191,9 @@ class Config:
     #: Every file the config was read from or names (``${file:...}``, ``*_file`` keys,
     #: certificates): what a reload re-reads and ``reload_interval`` watches.
     files: tuple[str, ...] = ()
+    #: Each of ``files``' content hash when the config was loaded (``load_config``): what
+    #: a later check compares with, in this process or a worker given this config.
+    digests: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
@@ -212,7 +216,19 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError("config", f"cannot read {path}: {exc.__class__.__name__}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"invalid TOML: {exc}") from None
-    return parse_config(raw, os.environ if env is None else env, source=str(path))
+    config = parse_config(raw, os.environ if env is None else env, source=str(path))
+    return replace(config, digests=file_digests(config.files))
+
+
+def file_digests(paths: Iterable[str]) -> dict[str, str]:
+    """Each file's content hash (through symlinks); an unreadable file hashes as ``-``."""
+    found: dict[str, str] = {}
+    for path in paths:
+        try:
+            found[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError:
+            found[path] = "-"
+    return found
 
 
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "") -> Config:

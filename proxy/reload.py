@@ -16,9 +16,9 @@ What carries over: a credential set whose settings are all equal keeps its token
 (no fetch); a changed or new one fetches a token with its new settings *before* the
 swap, and a refused fetch refuses the reload. The upstream pool (its connections and
 limits) stays. The outbound SSL context is rebuilt only when ``[tls]`` or one of its
-files changed; it serves new upstream connections. The listener's own context is
-reloaded in place at the swap: new handshakes get the renewed certificate (or client
-CA), open connections stay open. The webhook relay stays as it is.
+files changed; it serves new upstream connections. The listener's context stays, and
+from the swap on hands every new handshake to a context made from the renewed
+certificate, key or client CA; open connections stay open. The webhook relay stays as it is.
 
 What needs a restart, named once in a ``reload_needs_restart`` line while the rest
 applies: ``RESTART_KEYS`` below, and ``webhooks`` for a changed ``[[webhooks]]`` or
@@ -28,23 +28,22 @@ applies: ``RESTART_KEYS`` below, and ``webhooks`` for a changed ``[[webhooks]]``
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
 from proxy import events
 from proxy.access import Allowlist
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import Config, ConfigError, file_digests, load_config
 from proxy.errors import ProxyError
 from proxy.forwarding import Forwarder
 from proxy.logs import set_level
 from proxy.routing import Router
-from proxy.startup import StartupError, load_file
+from proxy.startup import StartupError
 from proxy.state import ProxyState
 from proxy.tls import inbound_context, outbound_context
 from proxy.tokens import TokenProvider
@@ -77,17 +76,6 @@ class ReloadRefused(Exception):
     """The new config cannot be served; ``str()`` names the key or the cause."""
 
 
-def digests(paths: Iterable[str]) -> Digests:
-    """Each file's content hash (through symlinks); an unreadable file hashes as ``-``."""
-    found: Digests = {}
-    for path in paths:
-        try:
-            found[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        except OSError:
-            found[path] = "-"
-    return found
-
-
 class Reloader:
     """Reloads ``app``'s config from its file: on ``request()`` or a file that changed."""
 
@@ -95,7 +83,7 @@ class Reloader:
         self.app = app
         config = app.state.config
         self.path = config.source
-        self._applied = digests(config.files)  # the files the serving config was made of
+        self._applied = dict(config.digests)  # the files the serving config was made of
         self._seen = dict(self._applied)  # the files as the last check found them
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task[None] | None = None
@@ -123,13 +111,14 @@ class Reloader:
         """Load the config file again and serve it; False if it was refused."""
         async with self._lock:
             old = self.app.state
-            found = await asyncio.to_thread(digests, old.config.files)
+            found = await asyncio.to_thread(file_digests, old.config.files)
             self._seen = found
             try:
                 config = await asyncio.to_thread(load_config, self.path)
-                now = await asyncio.to_thread(digests, config.files)
+                now = dict(config.digests)
                 self._seen = {**found, **now}
-                state, fresh = await self._build(old, config, now)
+                inbound = inbound_context(config.server)  # every certificate loads
+                state = await self._build(old, config, now)
             except (ConfigError, StartupError, ReloadRefused) as exc:
                 self._refused(trigger, str(exc))
                 return False
@@ -137,12 +126,7 @@ class Reloader:
                 _log.exception(events.INTERNAL_ERROR, during="config reload")
                 self._refused(trigger, "internal_error")
                 return False
-            try:
-                self._reload_listener(old.config, config, now)
-            except StartupError as exc:  # a file changed again since it was checked
-                await asyncio.gather(*(p.close() for p in fresh))
-                self._refused(trigger, str(exc))
-                return False
+            self._reload_listener(old.config, config, now, inbound)
             settings = self._changed_settings(old.config, config, now)  # before the swap
             self._swap(old, state, now)
             self._report(trigger, old.config, config, settings)
@@ -150,13 +134,9 @@ class Reloader:
 
     # ------------------------------------------------------------------ building
 
-    async def _build(
-        self, old: ProxyState, config: Config, now: Digests
-    ) -> tuple[ProxyState, list[TokenProvider]]:
-        """The new snapshot, nothing shared with the old one changed; the token caches
-        it made (each holding a token fetched with its new settings)."""
-        if config.server.tls_cert:  # every certificate loads, or the reload is refused
-            inbound_context(config.server)
+    async def _build(self, old: ProxyState, config: Config, now: Digests) -> ProxyState:
+        """The new snapshot, nothing shared with the old one changed; a token cache it
+        made holds a token fetched with its new settings."""
         outbound = old.upstream_ssl
         if self._changed(old.config.tls, config.tls, _tls_files(config), now):
             outbound = outbound_context(config.tls)
@@ -171,14 +151,11 @@ class Reloader:
             upstream_ssl=outbound,
             webhooks=old.webhooks,  # a changed [[webhooks]] needs a restart
         )
-        tokens, fresh = await self._tokens(old, state)
-        state.tokens = tokens
+        state.tokens = await self._tokens(old, state)
         state.forwarder = Forwarder(state, self.app.pool)
-        return state, fresh
+        return state
 
-    async def _tokens(
-        self, old: ProxyState, state: ProxyState
-    ) -> tuple[dict[str, TokenProvider], list[TokenProvider]]:
+    async def _tokens(self, old: ProxyState, state: ProxyState) -> dict[str, TokenProvider]:
         """A token cache per bearer set: the old one for equal settings, else a new one
         that has fetched a token. Any fetch refused: every new one closed, and refused."""
         config = state.config
@@ -207,7 +184,7 @@ class Reloader:
                 f"credentials.{failed[0]}: no token could be fetched with the new settings"
                 + (f" (nor for {', '.join(failed[1:])})" if failed[1:] else "")
             )
-        return tokens, fresh
+        return tokens
 
     def _changed(self, old: Any, new: Any, paths: Iterable[str], now: Digests) -> bool:
         """``old`` and ``new`` settings differ, or one of their files' contents did."""
@@ -231,23 +208,22 @@ class Reloader:
             self._spawn(self._retire(dropped))
         self.start()  # reload_interval may have been turned on
 
-    def _reload_listener(self, old: Config, new: Config, now: Digests) -> None:
-        """A renewed certificate or client CA, loaded into the listening context: the
-        next handshake presents it; connections already open keep theirs."""
-        context = self.app.inbound_tls
+    def _reload_listener(
+        self, old: Config, new: Config, now: Digests, fresh: ssl.SSLContext | None
+    ) -> None:
+        """A renewed certificate, key or client CA: from the next handshake on, the
+        listener hands each new connection to a context made from the new files (its
+        SNI callback, which runs for every handshake, with or without a name);
+        connections already open keep theirs."""
+        listening = self.app.inbound_tls
         server = new.server
-        if context is None or not server.tls_cert:
+        if listening is None or fresh is None:
             return
-        pair = (server.tls_cert, server.tls_key)
-        if self._changed((old.server.tls_cert, old.server.tls_key), pair, pair, now):
-            load_file(
-                "server.tls_cert",
-                server.tls_cert,
-                lambda: context.load_cert_chain(server.tls_cert, server.tls_key),
-            )
-        ca = server.client_ca
-        if ca and self._changed(old.server.client_ca, ca, (ca,), now):
-            load_file("server.client_ca", ca, lambda: context.load_verify_locations(cafile=ca))
+        files = tuple(p for p in (server.tls_cert, server.tls_key, server.client_ca) if p)
+        before = (old.server.tls_cert, old.server.tls_key, old.server.client_ca)
+        after = (server.tls_cert, server.tls_key, server.client_ca)
+        if self._changed(before, after, files, now):
+            listening.sni_callback = _handshakes_with(fresh)
 
     async def _retire(self, providers: list[TokenProvider]) -> None:
         await asyncio.sleep(RETIRE_AFTER)
@@ -296,7 +272,8 @@ class Reloader:
         while (interval := self.app.state.config.server.reload_interval) > 0:
             await asyncio.sleep(interval)
             watched = self.app.state.config.files
-            if await asyncio.to_thread(digests, watched) != {p: self._seen.get(p) for p in watched}:
+            found = await asyncio.to_thread(file_digests, watched)
+            if found != {p: self._seen.get(p) for p in watched}:
                 await self.reload("file")
 
     def _spawn(self, work: Any) -> None:
@@ -312,6 +289,15 @@ def _by_prefix(config: Config) -> dict[str, Any]:
 def _changed_names(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Names added, removed or changed: names only, never a value."""
     return sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
+
+
+def _handshakes_with(
+    context: ssl.SSLContext,
+) -> Callable[[ssl.SSLObject, str | None, ssl.SSLContext], None]:
+    def pick(connection: ssl.SSLObject, _name: str | None, _listening: ssl.SSLContext) -> None:
+        connection.context = context
+
+    return pick
 
 
 def _callback_clients(config: Config) -> Any:

@@ -294,6 +294,23 @@ async def test_a_new_log_level_applies_to_every_logger(rotation: Rotation) -> No
     assert failed["status"] == 404
 
 
+async def test_a_file_changed_between_loading_and_serving_is_still_reloaded(
+    vipps: RotatingVipps, start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """A worker serves the config its parent loaded, maybe seconds before: a secret
+    rotated in between is found by the first check, not taken as already seen."""
+    secret = tmp_path / "client_secret"
+    secret.write_text(OLD_SECRET)
+    path = tmp_path / "proxy.toml"
+    path.write_text(config_text(vipps, str(secret)))
+    loaded = load_config(path)
+    secret.write_text(NEW_SECRET)
+    proxy = await start_proxy(loaded)
+    await eventually(lambda: proxy.logs.events("config_reloaded") != [], "a reload")
+    async with aiohttp.ClientSession() as client, client.get(proxy.at("/a/x")) as response:
+        assert (await response.json())["secret"] == NEW_SECRET
+
+
 async def test_a_kubernetes_secret_swapped_by_its_data_symlink_is_picked_up(
     vipps: RotatingVipps, start_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
@@ -390,6 +407,52 @@ async def test_a_renewed_server_certificate_is_presented_on_the_next_handshake(
         assert b" 200 " in (await get("/-/health")).split(b"\r\n")[0]
     (reloaded,) = proxy.logs.events("config_reloaded")
     assert {"server.tls_cert", "server.tls_key"} <= set(reloaded["settings"])
+
+
+def client_with(ca: trustme.CA, issuer: trustme.CA) -> ssl.SSLContext:
+    """A client trusting ``ca`` for the server, with a certificate ``issuer`` signed."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    issuer.issue_cert("client.test").configure_cert(context)
+    return context
+
+
+async def served(address: tuple[str, int], context: ssl.SSLContext) -> bool:
+    """A new TLS connection gets an answer (a refused client certificate: no answer)."""
+    try:
+        async with tls_connection(address, context) as (_, get):
+            return b" 200 " in (await get("/-/health")).split(b"\r\n")[0]
+    except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError):
+        return False
+
+
+async def test_a_replaced_client_ca_decides_new_handshakes_and_open_connections_stay(
+    vipps: RotatingVipps, start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """``client_ca`` replaced by another CA: new clients of the new CA get in, new ones
+    of the old CA no longer do, and a connection the old CA let in stays open."""
+    server_ca, old_ca, new_ca = trustme.CA(), trustme.CA(), trustme.CA()
+    chain, key, client_ca = tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "ca.pem"
+    write_pair(server_ca.issue_cert("127.0.0.1"), chain, key)
+    old_ca.cert_pem.write_to_path(str(client_ca))
+    secret = tmp_path / "client_secret"
+    secret.write_text(OLD_SECRET)
+    path = tmp_path / "proxy.toml"
+    tls = f'tls_cert = "{chain}"\ntls_key = "{key}"\nclient_ca = "{client_ca}"'
+    path.write_text(config_text(vipps, str(secret), server=tls))
+    proxy = await start_proxy(load_config(path))
+    old_client, new_client = client_with(server_ca, old_ca), client_with(server_ca, new_ca)
+    assert (await served(proxy.address, old_client), await served(proxy.address, new_client)) == (
+        True,
+        False,
+    )
+    async with tls_connection(proxy.address, old_client) as (_, get):
+        assert b" 200 " in (await get("/-/health")).split(b"\r\n")[0]
+        new_ca.cert_pem.write_to_path(str(client_ca))
+        await eventually(lambda: proxy.logs.events("config_reloaded") != [], "a reload")
+        assert await served(proxy.address, new_client)
+        assert not await served(proxy.address, old_client)
+        assert b" 200 " in (await get("/-/health")).split(b"\r\n")[0]
 
 
 # --------------------------------------------------------------------------- workers
