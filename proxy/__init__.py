@@ -28,14 +28,18 @@ The map, one concept per module:
   with a placeholder
 - ``app``: ``ProxyApp``, the handler every call meets (checks, dispatch, one log
   line), and ``ProxyRunner``, which serves it on aiohttp's low-level server
-- ``state``: ``ProxyState``, what every part of a call reads
+- ``state``: ``ProxyState``, one config's snapshot: what every part of a call reads,
+  never changed once made
+- ``reload``: ``Reloader``, the one owner of reloading: SIGHUP and files watched by
+  content; a new snapshot built whole (a changed credential set fetching first) and
+  swapped in, or the reload refused with the old one serving
 - ``metrics``: Prometheus metrics, one registry per app
 - ``groupmetrics``: with several workers, each one's metrics shared through the run's
   folder, so that one scrape shows the whole group
 - ``logs``: structlog JSON lines (orjson), aiohttp's logs rendered alike
 - ``redact``: ``Redactor``, scrubs known secret values from every log line
 - ``tls``: outbound and inbound SSL contexts
-- ``server``: listening, workers sharing a port, draining on SIGTERM
+- ``server``: listening, workers sharing a port, draining on SIGTERM, SIGHUP passed on
 - ``startup``: ``StartupError``, a failure to listen or load a certificate as one line
   naming the key or flag
 - ``demo``: ``vipps-proxy demo`` and ``vipps-proxy emulator``

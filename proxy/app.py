@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import secrets
+import ssl
 import time
 from typing import Any, Final
 
@@ -33,7 +34,7 @@ from proxy.admin import (
     is_legacy_token_path,
     legacy_token_response,
 )
-from proxy.config import Config
+from proxy.config import Config, Credentials
 from proxy.errors import (
     BadGateway,
     GatewayTimeout,
@@ -49,6 +50,7 @@ from proxy.inbound import check_request, parser_refusal, refuse_placeholder
 from proxy.logs import CALL_ID
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
+from proxy.reload import Reloader
 from proxy.routing import Router, pick_credentials
 from proxy.state import ProxyState
 from proxy.tls import outbound_context
@@ -72,6 +74,8 @@ class ProxyApp:
     def __init__(self, config: Config, redactor: Redactor | None = None) -> None:
         """``redactor`` should be the one the process's logging uses, so that tokens
         this proxy fetches are scrubbed from every log line."""
+        self.pool = UpstreamPool(limit=POOL_SIZE, max_idle=MAX_IDLE_UPSTREAM)
+        #: The config being served, swapped whole by a reload; a call reads it once.
         self.state = ProxyState(
             config=config,
             allowlist=Allowlist(config.server.allow_clients),
@@ -81,14 +85,16 @@ class ProxyApp:
             placeholder="vipps-proxy-placeholder-" + secrets.token_urlsafe(16),
             upstream_ssl=outbound_context(config.tls),
         )
-        self.pool = UpstreamPool(limit=POOL_SIZE, max_idle=MAX_IDLE_UPSTREAM)
-        self.forwarder = Forwarder(self.state, self.pool)
+        self.state.forwarder = Forwarder(self.state, self.pool)
         if config.webhooks:
             from proxy.webhooks.relay import WebhookRelay
 
             self.state.webhooks = WebhookRelay(
                 config, self.state.metrics.registry, self.state.upstream_ssl
             )
+        self.draining = False  # set when shutdown begins; calls cut after this say so
+        #: The listener's SSL context (``server.tls_cert``), set by ``proxy.server``.
+        self.inbound_tls: ssl.SSLContext | None = None
         # A bound logger, not the module's lazy proxy: one call's line costs ~5 µs less.
         self._log = structlog.get_logger("proxy.app").bind()
         self._tokens_session: aiohttp.ClientSession | None = None
@@ -99,18 +105,23 @@ class ProxyApp:
         if state.webhooks is not None:  # first: a store that fails to open leaves nothing open
             await state.webhooks.start()
         self._tokens_session = _tokens_session(state)
-        insecure = not state.config.tls.verify
         bearer_sets = {n for r in state.config.routes if r.auth == "bearer" for n in r.credentials}
-        for name in sorted(bearer_sets):
-            provider = TokenProvider(
-                state.config.credentials[name],
-                self._tokens_session,
-                state.metrics,
-                state.redactor,
-                ssl=state.upstream_ssl,
-                insecure=insecure,
-            )
-            state.tokens[name] = provider
+        state.tokens = {
+            name: self.token_provider(state.config.credentials[name], state)
+            for name in sorted(bearer_sets)
+        }
+
+    def token_provider(self, creds: Credentials, state: ProxyState) -> TokenProvider:
+        """A token cache for ``creds``, fetching over ``state``'s outbound TLS."""
+        assert self._tokens_session is not None, "start() first"
+        return TokenProvider(
+            creds,
+            self._tokens_session,
+            state.metrics,
+            state.redactor,
+            ssl=state.upstream_ssl,
+            insecure=not state.config.tls.verify,
+        )
 
     def prefetch(self) -> None:
         """Fetch every token in the background, once listening: the first call need not wait."""
@@ -140,7 +151,7 @@ class ProxyApp:
         state.metrics.active += 1
         response: web.StreamResponse | None = None
         try:
-            response = await _dispatch(request, state, self.forwarder, call)
+            response = await _dispatch(request, state, call)
         except ProxyError as err:
             call.status = err.status
             call.error = call.error or err.reason
@@ -150,7 +161,7 @@ class ProxyApp:
             if err.status in CLOSE_AFTER:
                 response.force_close()  # what follows on this connection cannot be trusted
         except asyncio.CancelledError:
-            cause = "cut_at_shutdown" if state.draining else "client_disconnected"
+            cause = "cut_at_shutdown" if self.draining else "client_disconnected"
             if not call.error:
                 call.error = cause
                 state.metrics.upstream_errors.labels(call.route or "none", cause).inc()
@@ -225,6 +236,7 @@ class ProxyApp:
 class ProxyRunner(web.ServerRunner):
     """aiohttp's runner for the low-level server, with the proxy's start, drain and close.
 
+    It owns the app's ``Reloader`` (``proxy.reload``), started and stopped with it.
     ``cleanup()`` stops listening, marks the proxy draining (calls cut after this are
     logged ``cut_at_shutdown``), gives in-flight calls ``shutdown_timeout`` seconds and
     then closes the proxy's connections, as an application runner would.
@@ -234,15 +246,18 @@ class ProxyRunner(web.ServerRunner):
         server = _ProxyServer(proxy, handler_cancellation=True, **handler)
         super().__init__(server, shutdown_timeout=shutdown_timeout)
         self.proxy = proxy
+        self.reloader = Reloader(proxy)
 
     async def _make_server(self) -> web.Server:
         await self.proxy.start()
+        self.reloader.start()
         return await super()._make_server()
 
     async def shutdown(self) -> None:
-        self.proxy.state.draining = True
+        self.proxy.draining = True
 
     async def _cleanup_server(self) -> None:
+        await self.reloader.close()
         await self.proxy.close()
 
 
@@ -257,19 +272,18 @@ def _body_size(response: web.StreamResponse) -> int:
 class _ProxyServer(web.Server):
     """aiohttp's low-level server, whose connections answer refused requests the proxy's
     way (``ProxyApp.refused``) instead of aiohttp's text/plain 400 and ERROR traceback,
-    and which holds at most ``max_connections`` client connections: one more is closed
-    the moment it is accepted, before a byte is read."""
+    and which holds at most ``max_connections`` client connections (the current
+    config's): one more is closed the moment it is accepted, before a byte is read."""
 
     def __init__(self, proxy: ProxyApp, **kwargs: Any) -> None:
         super().__init__(proxy.handle, **kwargs)
         self.proxy = proxy
-        self.max_connections = proxy.state.config.server.max_connections
 
     def __call__(self) -> RequestHandler:
         return _ConnectionHandler(self, loop=self._loop, **self._kwargs)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        if len(self._connections) >= self.max_connections:
+        if len(self._connections) >= self.proxy.state.config.server.max_connections:
             transport.abort()
             handler.force_close()  # its parser never runs; its task ends at once
             return
@@ -341,7 +355,7 @@ def _tokens_session(state: ProxyState) -> aiohttp.ClientSession:
 
 
 async def _dispatch(
-    request: web.BaseRequest, state: ProxyState, forwarder: Forwarder, call: CallRecord
+    request: web.BaseRequest, state: ProxyState, call: CallRecord
 ) -> web.StreamResponse:
     relay = state.webhooks
     if relay is not None and (hook := relay.match(call.path)) is not None:
@@ -376,7 +390,7 @@ async def _dispatch(
     call.credentials = creds.name if creds else ""
     if route.auth == "none" or creds is None:  # the client's Authorization goes upstream
         refuse_placeholder(request, state.placeholder)
-    return await forwarder.forward(request, route, creds, call)
+    return await state.forwarder.forward(request, route, creds, call)
 
 
 def _request_id(request: web.BaseRequest) -> str:

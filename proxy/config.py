@@ -10,12 +10,13 @@ Secret keys also accept a ``<key>_file`` variant. Secrets are wrapped in
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast
@@ -88,6 +89,7 @@ class ServerConfig:
     header_timeout: float = 20.0
     body_timeout: float = 20.0
     max_connections: int = 1024
+    reload_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,12 @@ class Config:
     source: str = ""
     webhooks: tuple[Webhook, ...] = ()
     store: StoreConfig = field(default_factory=StoreConfig)
+    #: Every file the config was read from or names (``${file:...}``, ``*_file`` keys,
+    #: certificates): what a reload re-reads and ``reload_interval`` watches.
+    files: tuple[str, ...] = ()
+    #: Each of ``files``' content hash when the config was loaded (``load_config``): what
+    #: a later check compares with, in this process or a worker given this config.
+    digests: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
@@ -208,7 +216,19 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError("config", f"cannot read {path}: {exc.__class__.__name__}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"invalid TOML: {exc}") from None
-    return parse_config(raw, os.environ if env is None else env, source=str(path))
+    config = parse_config(raw, os.environ if env is None else env, source=str(path))
+    return replace(config, digests=file_digests(config.files))
+
+
+def file_digests(paths: Iterable[str]) -> dict[str, str]:
+    """Each file's content hash (through symlinks); an unreadable file hashes as ``-``."""
+    found: dict[str, str] = {}
+    for path in paths:
+        try:
+            found[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError:
+            found[path] = "-"
+    return found
 
 
 def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "") -> Config:
@@ -227,7 +247,38 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "
         raise ConfigError("credentials", "at least one [credentials.NAME] set is required")
     routes = _routes(doc, credentials)
     webhooks, store = _webhooks(doc, source)
-    return Config(server, log, tls, credentials, routes, source, webhooks, store)
+    files = _named_files(raw, doc.data, server, tls, source)
+    return Config(server, log, tls, credentials, routes, source, webhooks, store, files)
+
+
+def _named_files(
+    raw: Mapping[str, Any],
+    resolved: Mapping[str, Any],
+    server: ServerConfig,
+    tls: TLSConfig,
+    source: str,
+) -> tuple[str, ...]:
+    """The config file and every file it names, each once, in a stable order."""
+    found: list[str] = [source] if source else []
+
+    def walk(value: Any, resolved_value: Any) -> None:
+        if isinstance(value, str):
+            found.extend(m.group(1)[5:] for m in _REF.finditer(value) if m.group(1)[:5] == "file:")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                other = resolved_value.get(key) if isinstance(resolved_value, dict) else None
+                if key.endswith("_file") and isinstance(other, str):
+                    found.append(other)
+                walk(item, other)
+        elif isinstance(value, list):
+            others = resolved_value if isinstance(resolved_value, list) else []
+            for i, item in enumerate(value):
+                walk(item, others[i] if i < len(others) else None)
+
+    walk(dict(raw), resolved)
+    found += [server.tls_cert, server.tls_key, server.client_ca]
+    found += [tls.ca_bundle, tls.client_cert, tls.client_key]
+    return tuple(dict.fromkeys(path for path in found if path))
 
 
 def _interpolate(value: Any, key: str, env: Mapping[str, str], errors: list[ConfigError]) -> Any:
@@ -388,6 +439,7 @@ def _server(t: _Table) -> ServerConfig:
         header_timeout=t.number("header_timeout", 20.0, minimum=0.1),
         body_timeout=t.number("body_timeout", 20.0, minimum=0.1),
         max_connections=_integer(t, "max_connections", 1024, 1, 1_000_000),
+        reload_interval=t.number("reload_interval", 10.0),
     )
     _check_server_tls(server, t.key)
     _check_exposure(server, t.key)

@@ -67,10 +67,14 @@ SHARED_GAUGES: Final = frozenset(
     {"vipps_proxy_webhooks_pending", "vipps_proxy_webhooks_oldest_pending_seconds"}
 )
 
+#: Gauges that are a moment in each worker: the group's value is the earliest, so that
+#: a worker lagging behind its siblings shows.
+EARLIEST_GAUGES: Final = frozenset({"vipps_proxy_config_last_reload_success_timestamp_seconds"})
+
 
 def merge(snapshots: Iterable[Snapshot]) -> list[Metric]:
-    """Families with each sample summed over ``snapshots`` (``_created``: the earliest;
-    a gauge in ``SHARED_GAUGES``: the highest)."""
+    """Families with each sample summed over ``snapshots`` (``_created`` and a gauge in
+    ``EARLIEST_GAUGES``: the earliest; a gauge in ``SHARED_GAUGES``: the highest)."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for families_of_one in snapshots:
@@ -84,7 +88,7 @@ def merge(snapshots: Iterable[Snapshot]) -> list[Metric]:
                 earlier = summed.get(key)
                 if earlier is None:
                     summed[key] = value
-                elif sample.endswith("_created"):
+                elif sample.endswith("_created") or name in EARLIEST_GAUGES:
                     summed[key] = min(earlier, value)
                 elif name in SHARED_GAUGES:
                     summed[key] = max(earlier, value)

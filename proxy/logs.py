@@ -68,11 +68,27 @@ def configure_logging(
         factory = _LineBytesLoggerFactory(out)
     structlog.configure(
         processors=[*shared, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        wrapper_class=_LiveLevel,
         logger_factory=factory,
         cache_logger_on_first_use=cache,  # tests reconfigure between cases
     )
     _route_stdlib(level, shared, fmt, _TextStream(out))
+    set_level(level)
+
+
+class _LiveLevel(structlog.make_filtering_bound_logger(logging.DEBUG)):  # type: ignore[misc]
+    """The one logger class: structlog's filtering logger for a level, whose level can
+    change while running (a reload) for every logger already made, cached ones too."""
+
+
+def set_level(level: str) -> None:
+    """Log at ``level`` from now on: every logger's methods become those structlog
+    makes for it (a method below the level does nothing), at no cost per line."""
+    made = structlog.make_filtering_bound_logger(LEVELS[level])
+    for name, method in vars(made).items():
+        if callable(method):
+            setattr(_LiveLevel, name, method)
+    logging.getLogger().setLevel(max(LEVELS[level], logging.INFO))
 
 
 #: The id of the call being handled, for every line logged while handling it (a task

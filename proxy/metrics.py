@@ -123,6 +123,18 @@ class Metrics:
             ["credentials"],
             registry=r,
         )
+        self.config_reloads = Counter(
+            "vipps_proxy_config_reloads",
+            "Config reloads by result (ok, error).",
+            ["result"],
+            registry=r,
+        )
+        self.last_reload_success = Gauge(
+            "vipps_proxy_config_last_reload_success_timestamp_seconds",
+            "When the config was last loaded with success (start-up or reload), Unix time.",
+            registry=r,
+        )
+        self.last_reload_success.set_to_current_time()
 
     def token_fetch(self, credentials: str, result: str) -> None:
         self.token_fetches.labels(credentials, result).inc()

@@ -60,6 +60,14 @@ class Redactor:
         self._plain_keys: set[str] = set()  # log keys seen not to be sensitive
         self._remember()
 
+    def learn(self, secrets: Iterable[Secret]) -> None:
+        """Remember a reloaded config's secrets too (the old ones stay known)."""
+        new = [s.reveal() for s in secrets if len(s.reveal()) >= MIN_SECRET_LENGTH]
+        new = [value for value in new if value not in self._fixed]
+        if new:
+            self._fixed = [*self._fixed, *new]
+            self._remember()
+
     def add(self, value: str) -> None:
         """Remember a new secret (a fetched token)."""
         if len(value) < MIN_SECRET_LENGTH or value in self._tokens:

@@ -1,9 +1,11 @@
 """Running the app: one process or ``workers`` processes sharing the port, and shutdown.
 
 SIGTERM or SIGINT: stop accepting, give in-flight calls ``shutdown_timeout`` seconds,
-cut what is left (each cut call still writes its log line), exit 0. With ``workers > 1``
+cut what is left (each cut call still writes its log line), exit 0. SIGHUP: reload the
+config (``proxy.reload``). With ``workers > 1``
 the parent starts N workers that bind the same port with SO_REUSEPORT (each with its own
-token cache: Vipps allows several valid tokens at once) and passes signals on to them.
+token cache: Vipps allows several valid tokens at once) and passes signals on to them;
+each worker reloads on its own.
 """
 
 from __future__ import annotations
@@ -46,7 +48,24 @@ def run(config: Config) -> int:
     return _serve_process(config, reuse_port=False)
 
 
+class _EarlyHangup:
+    """A SIGHUP that came before the proxy could reload (while it was starting): noted,
+    and acted on once serving, so that a reload asked for during start-up is not lost."""
+
+    seen = False
+
+    @classmethod
+    def catch(cls) -> None:
+        signal.signal(signal.SIGHUP, cls._note)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # see _start_workers
+
+    @classmethod
+    def _note(cls, _signum: int, _frame: Any) -> None:
+        cls.seen = True
+
+
 def _serve_process(config: Config, *, reuse_port: bool, metrics: Path | None = None) -> int:
+    _EarlyHangup.catch()
     redactor = Redactor(config.secrets)
     configure_logging(config.log.level, config.log.format, redactor)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
@@ -72,6 +91,9 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner = await start(config, redactor, reuse_port=reuse_port, port_key=port_key)
+    loop.add_signal_handler(signal.SIGHUP, runner.reloader.request)
+    if _EarlyHangup.seen:
+        runner.reloader.request()
     own = runner.proxy.state.metrics
     sharing: asyncio.Task[None] | None = None
     if metrics is not None:  # scrapes show the group; this worker's part goes to the folder
@@ -98,8 +120,10 @@ async def start(
     """
     server = config.server
     ssl_context = inbound_context(server)
+    proxy = ProxyApp(config, redactor)
+    proxy.inbound_tls = ssl_context  # a reload loads a renewed certificate into it
     runner = ProxyRunner(
-        ProxyApp(config, redactor),
+        proxy,
         access_log=None,
         shutdown_timeout=server.shutdown_timeout,
         # aiohttp closes a connection whose next request is not complete within the
@@ -149,20 +173,30 @@ def _run_workers(config: Config) -> int:
 
 def _start_workers(config: Config, metrics: Path) -> int:
     context = multiprocessing.get_context("spawn")
+    # Blocked while workers start, and so in them (the mask is inherited) until each can
+    # take it: a SIGHUP to a worker still starting would otherwise end it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     workers = [
         context.Process(target=_worker_main, args=(config, metrics), name=f"vipps-proxy-worker-{i}")
         for i in range(config.server.workers)
     ]
-    for worker in workers:
-        worker.start()
 
     def forward(_signum: int, _frame: Any) -> None:
         for worker in workers:  # workers ignore SIGINT; SIGTERM is what drains them
             if worker.pid is not None and worker.is_alive():
                 os.kill(worker.pid, signal.SIGTERM)
 
+    def reload(_signum: int, _frame: Any) -> None:
+        for worker in workers:  # each worker reloads on its own
+            if worker.pid is not None and worker.is_alive():
+                os.kill(worker.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, reload)
+    for worker in workers:
+        worker.start()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     status = 0
     for worker in workers:
         worker.join()

@@ -1,8 +1,14 @@
-"""The proxy's state: one typed object every part of a call reads."""
+"""The proxy's state: one snapshot of a config that every part of a call reads.
+
+A snapshot is built whole and then never changed: a reload (``proxy.reload``) builds a
+new one beside it and swaps the app's reference. A call reads the reference once, at
+its start, and keeps that snapshot to its end.
+"""
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -13,13 +19,15 @@ from proxy.redact import Redactor
 from proxy.routing import Router
 from proxy.tokens import TokenProvider
 
-if TYPE_CHECKING:  # the relay's modules import this one
+if TYPE_CHECKING:  # these modules import this one
+    from proxy.forwarding import Forwarder
     from proxy.webhooks.relay import WebhookRelay
 
 
 @dataclass
 class ProxyState:
-    """Everything a request handler needs, built once at start-up."""
+    """Everything a request handler needs for one config. ``metrics``, ``redactor`` and
+    ``placeholder`` belong to the process and pass from one snapshot to the next."""
 
     config: Config
     allowlist: Allowlist
@@ -28,6 +36,6 @@ class ProxyState:
     redactor: Redactor
     placeholder: str
     upstream_ssl: ssl.SSLContext
-    tokens: dict[str, TokenProvider] = field(default_factory=dict)
-    draining: bool = False  # set when shutdown begins; calls cut after this say so
+    tokens: Mapping[str, TokenProvider] = field(default_factory=dict)
     webhooks: WebhookRelay | None = None  # set when the config has [[webhooks]]
+    forwarder: Forwarder = field(init=False)  # set once, right after the snapshot is made

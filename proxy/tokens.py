@@ -273,6 +273,10 @@ class TokenProvider:
         self._start_fetch()
         return True
 
+    def use_tls(self, ssl: Any) -> None:
+        """Fetch over ``ssl`` from now on (a reload changed the outbound TLS settings)."""
+        self._ssl = ssl
+
     def can_serve(self) -> bool:
         """True while a valid token is held or the endpoint is not known to be failing."""
         return self.current() is not None or self._failures == 0

@@ -53,7 +53,9 @@ STALE_CONNECTION_ERRORS: Final = (
     ConnectionResetError,  # writing on a transport that closed meanwhile
 )
 
-Key = tuple[str, int, bool]
+#: An origin as the pool keeps it: host, port and the TLS context (None: plain HTTP). A
+#: reload with new TLS settings makes a new context, so its calls get new connections.
+Key = tuple[str, int, ssl.SSLContext | None]
 Body = bytes | AsyncIterable[bytes] | None
 Interim = Callable[[RawResponseMessage], None]
 
@@ -99,7 +101,7 @@ class Upstream:
 
     @property
     def key(self) -> Key:
-        return (self.host, self.port, self.tls is not None)
+        return (self.host, self.port, self.tls)
 
 
 class _Connection(ResponseHandler):
@@ -192,7 +194,7 @@ class _Origin:
 
 
 class UpstreamPool:
-    """Keep-alive connections per upstream origin (host, port, TLS or not), at most
+    """Keep-alive connections per upstream origin (host, port, TLS context), at most
     ``limit`` of them in use at once for each: a slow upstream holds up only its own
     calls. A call that finds none free within ``connect_timeout`` fails with
     ``NoFreeConnection``."""

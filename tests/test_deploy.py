@@ -842,3 +842,8 @@ def test_systemd_stop_timeout_outlasts_shutdown_timeout() -> None:
     assert settings["KillSignal"] == ["SIGTERM"]
     assert float(settings["TimeoutStopSec"][-1]) > shutdown_timeout()
     assert settings["ExecStart"][0].split()[0].endswith("/vipps-proxy")
+
+
+def test_systemd_reload_sends_sighup_to_the_main_process() -> None:
+    """``systemctl reload`` is the proxy's SIGHUP (the parent passes it to workers)."""
+    assert unit_settings()["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
