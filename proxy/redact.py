@@ -92,14 +92,16 @@ class Redactor:
         return self._values[bisect.bisect_left(self._longest_first, -len(text)) :]
 
     def redact_text(self, text: str) -> str:
-        for value in self._fitting(text):
-            if value in text:
-                text = text.replace(value, MASK)
+        # Escaped forms first: masking a plain form first could take the start of an
+        # escape with it (secret ``x%`` written ``x%25`` would leave ``***25``).
         if _may_hide(text):
             decoded = _decoded(text)
             for value in self._fitting(decoded):
                 if value in decoded:
                     text = self._pattern(value).sub(MASK, text)
+        for value in self._fitting(text):
+            if value in text:
+                text = text.replace(value, MASK)
         return text
 
     def _pattern(self, value: str) -> re.Pattern[str]:
@@ -192,11 +194,12 @@ def _char_pattern(char: str) -> str:
     """One character as written, JSON-escaped or percent-encoded (hex in either case)."""
     units = char.encode("utf-16-be", "surrogatepass").hex()  # two for an astral one
     json = "".join("\\\\u" + _any_case(units[i : i + 4]) for i in range(0, len(units), 4))
-    options = [re.escape(char), json]
+    options = [json]
     if char in _JSON_SHORT_FOR:
         options.append(re.escape("\\" + _JSON_SHORT_FOR[char]))
     encoded = char.encode("utf-8", "surrogatepass")
     options.append("".join("%" + _any_case(f"{byte:02x}") for byte in encoded))
+    options.append(re.escape(char))  # last: a '%' or '\\' that starts an escape is its escape
     return "(?:" + "|".join(options) + ")"
 
 
