@@ -16,8 +16,9 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from multiprocessing import resource_tracker
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -48,24 +49,34 @@ def run(config: Config) -> int:
     return _serve_process(config, reuse_port=False)
 
 
-class _EarlyHangup:
-    """A SIGHUP that came before the proxy could reload (while it was starting): noted,
-    and acted on once serving, so that a reload asked for during start-up is not lost."""
+class _EarlySignals:
+    """A SIGHUP or SIGTERM that came before the proxy could act on it (while it was
+    starting): noted, and acted on once serving, so that a reload or a stop asked for
+    during start-up is not lost, and a worker still starting is not killed by it."""
 
-    seen = False
+    hangup = False
+    stop = False
 
     @classmethod
     def catch(cls) -> None:
         signal.signal(signal.SIGHUP, cls._note)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # see _start_workers
+        signal.signal(signal.SIGTERM, cls._note)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _EARLY)  # see _start_workers
 
     @classmethod
-    def _note(cls, _signum: int, _frame: Any) -> None:
-        cls.seen = True
+    def _note(cls, signum: int, _frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            cls.hangup = True
+        else:
+            cls.stop = True
+
+
+#: Blocked in the parent while workers start (and so in them, until each can take them).
+_EARLY: Final = {signal.SIGHUP, signal.SIGTERM}
 
 
 def _serve_process(config: Config, *, reuse_port: bool, metrics: Path | None = None) -> int:
-    _EarlyHangup.catch()
+    _EarlySignals.catch()
     redactor = Redactor(config.secrets)
     configure_logging(config.log.level, config.log.format, redactor)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
@@ -90,9 +101,11 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if _EarlySignals.stop:
+        stop.set()  # asked to stop while starting: start, then drain at once
     runner = await start(config, redactor, reuse_port=reuse_port, port_key=port_key)
     loop.add_signal_handler(signal.SIGHUP, runner.reloader.request)
-    if _EarlyHangup.seen:
+    if _EarlySignals.hangup:
         runner.reloader.request()
     own = runner.proxy.state.metrics
     sharing: asyncio.Task[None] | None = None
@@ -174,8 +187,11 @@ def _run_workers(config: Config) -> int:
 def _start_workers(config: Config, metrics: Path) -> int:
     context = multiprocessing.get_context("spawn")
     # Blocked while workers start, and so in them (the mask is inherited) until each can
-    # take it: a SIGHUP to a worker still starting would otherwise end it.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    # take them: a SIGHUP or SIGTERM to a worker still starting would otherwise end it.
+    # multiprocessing unblocks SIGTERM when it starts its resource tracker, so that is
+    # started first.
+    resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, _EARLY)
     workers = [
         context.Process(target=_worker_main, args=(config, metrics), name=f"vipps-proxy-worker-{i}")
         for i in range(config.server.workers)
@@ -196,7 +212,7 @@ def _start_workers(config: Config, metrics: Path) -> int:
     signal.signal(signal.SIGHUP, reload)
     for worker in workers:
         worker.start()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _EARLY)
     status = 0
     for worker in workers:
         worker.join()

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -201,3 +202,35 @@ async def test_workers_share_the_port_and_drain_together(
         assert emulator.state.token_requests["accesstoken"] == 2
     finally:
         process.close()
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.5, 0.7, 0.9, 1.2])
+async def test_sigterm_while_workers_start_stops_every_worker_cleanly(
+    emulator: RunningEmulator, tmp_path: Path, delay: float
+) -> None:
+    """workers = 2, SIGTERM to the parent at some moment of its start: each worker that
+    was started starts, then drains at once; none is killed by the signal, and the exit
+    is 0. (A SIGTERM before Python has even loaded the proxy ends the parent before any
+    worker exists: nothing ran, nothing is written.)"""
+    port = free_port()
+    config = write_config(
+        tmp_path / "w.toml", str(emulator.token_url), str(emulator.url), port, workers=2
+    )
+    log = tmp_path / "w.log"
+    status = await asyncio.to_thread(_terminated_after, config, log, delay)
+    output = log.read_text()
+    assert "worker_exited" not in output
+    assert status == 0 or (status == -signal.SIGTERM and output == ""), (status, output)
+
+
+def _terminated_after(config: Path, log: Path, delay: float) -> int:
+    """Start the proxy, SIGTERM it ``delay`` seconds later; its exit status."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(delay)
+        process.send_signal(signal.SIGTERM)
+        return process.wait(60)
