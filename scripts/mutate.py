@@ -134,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _copy_tree() -> None:
-    """The tracked (and new, unignored) files, copied to ``mutants/``."""
+    """The tracked files (as in the work tree), copied to ``mutants/``: `git add` a new test."""
     shutil.rmtree(WORK, ignore_errors=True)
     listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],  # noqa: S607
+        ["git", "ls-files"],  # noqa: S607
         cwd=ROOT,
         check=True,
         capture_output=True,

@@ -79,9 +79,7 @@ async def test_the_bearer_scheme_of_a_client_key_is_read_in_any_case(
     scheme: str, emulator: RunningEmulator, start_proxy: ProxyFactory
 ) -> None:
     """RFC 9110 auth schemes are case-insensitive; every configured key is accepted."""
-    config = make_config(
-        emulator.token_url, emulator.url, server={"client_keys": [KEY, OTHER_KEY]}
-    )
+    config = make_config(emulator.token_url, emulator.url, server={"client_keys": [KEY, OTHER_KEY]})
     proxy = await start_proxy(config)
     async with aiohttp.ClientSession() as client:
         for key in (KEY, OTHER_KEY):
