@@ -181,9 +181,13 @@ def _run_target(target: Target, args: Any, equivalent: dict[tuple[str, str, str]
         f"mutants, clean run {took:.0f}s, timeout {timeout:.0f}s",
         flush=True,
     )
+    annotations = _annotation_spans(WORK / target.module)
     for number, item in enumerate(items, 1):
-        result = mutate_and_test(item.mutations, command, timeout)
         outcome.ran += 1
+        if _inside(item.mutations[0].start_pos, annotations):
+            outcome.equivalent.append(f"{_where(item)}: {ANNOTATION}")
+            continue
+        result = mutate_and_test(item.mutations, command, timeout)
         diff = result.diff or ""
         key = (target.module, *_changed_lines(diff))
         if key in equivalent:
@@ -224,6 +228,37 @@ def _function_spans(path: Path, names: tuple[str, ...]) -> list[tuple[int, int]]
     if missing:
         sys.exit(f"{path}: no function {sorted(missing)}")
     return spans
+
+
+ANNOTATION = "a type annotation, never evaluated (from __future__ import annotations)"
+
+Position = tuple[int, int]
+
+
+def _annotation_spans(path: Path) -> list[tuple[Position, Position]]:
+    """Where the module's annotations are: with ``from __future__ import annotations``
+    they are kept as text and never run, so mutating them changes nothing."""
+    tree = ast.parse(path.read_text())
+    if not any(
+        isinstance(n, ast.ImportFrom)
+        and n.module == "__future__"
+        and n.names[0].name == "annotations"
+        for n in tree.body
+    ):
+        return []
+    found: list[ast.expr] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg | ast.AnnAssign) and node.annotation is not None:
+            found.append(node.annotation)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns:
+            found.append(node.returns)
+    return [
+        ((a.lineno, a.col_offset), (a.end_lineno or a.lineno, a.end_col_offset or 0)) for a in found
+    ]
+
+
+def _inside(position: Position, spans: list[tuple[Position, Position]]) -> bool:
+    return any(start <= tuple(position) < end for start, end in spans)
 
 
 def _changed_lines(diff: str) -> tuple[str, str]:

@@ -86,6 +86,16 @@ def test_the_last_tokens_fetched_stay_masked() -> None:
         assert redactor.redact_text(token) == "***"
 
 
+def test_the_tokens_remembered_are_bounded() -> None:
+    """A proxy running for months fetches many tokens: at most ``MAX_TOKENS_KEPT`` are
+    kept (the oldest go first), so memory and the cost of a search stay bounded."""
+    redactor = Redactor()
+    for n in range(3 * MAX_TOKENS_KEPT):
+        redactor.add(f"token-{n:04d}")
+    assert len(redactor._tokens) == MAX_TOKENS_KEPT
+    assert redactor.redact_text(f"token-{3 * MAX_TOKENS_KEPT - 1:04d}") == "***"
+
+
 @pytest.mark.parametrize("value", [0, 7, 2.5, True, False, None])
 def test_numbers_booleans_and_none_keep_their_type(value: Any) -> None:
     """Non-string scalars pass as they are (a status stays an int in the JSON line),
