@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed
 # Node.js is only for `make test`'s official-SDK check; the proxy and the demo need Python.
 NODE_STAMP := tests/clients/node_modules/.installed
 
-.PHONY: install run test lint fmt bench soak clean
+.PHONY: install run test lint fmt bench soak mutate clean
 
 SOAK_MINUTES ?= 10
 
@@ -41,5 +41,10 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(PY) -m scripts.soak --minutes $(SOAK_MINUTES)
 
+# Mutation testing of the security-critical modules: slow, not part of `make test` or CI.
+# MUTATE_ARGS e.g. "proxy/access.py --sample 40".
+mutate: $(STAMP)
+	nice -n 10 $(PY) -m scripts.mutate $(MUTATE_ARGS)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf mutants $(VENV) .mypy_cache .pytest_cache .ruff_cache

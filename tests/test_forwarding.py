@@ -253,3 +253,26 @@ async def test_connection_is_closed_after_a_refused_connect(proxy: RunningProxy)
     )
     assert answer.startswith(b"HTTP/1.1 405")
     assert answer.count(b"HTTP/1.1") == 1
+
+
+async def test_a_pass_through_route_that_names_credentials_strips_and_injects_nothing(
+    emulator: RunningEmulator, start_proxy: ProxyFactory
+) -> None:
+    """``auth = "none"`` means the client's own credentials: naming a credential set on
+    such a route neither removes the client's Authorization, key or serial number nor
+    adds ours (hop-by-hop fields still go)."""
+    config = make_config(
+        emulator.token_url, emulator.url, route={"auth": "none", "credentials": "main"}
+    )
+    proxy = await start_proxy(config)
+    own = {
+        "Authorization": "Bearer users-own",
+        "Ocp-Apim-Subscription-Key": "apps-own-key",
+        "Merchant-Serial-Number": "999999",
+        "client_id": "app-id",
+        "client_secret": "app-secret",
+    }
+    echoed = await echo(proxy, "/echo/none", headers={**own, "Keep-Alive": "timeout=5"})
+    for name, value in own.items():
+        assert header_values(echoed, name) == [value]
+    assert header_values(echoed, "Keep-Alive") == []

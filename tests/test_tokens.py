@@ -10,9 +10,19 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.tokens import MIN_AGE_TO_INVALIDATE, TokenFetchError, parse_token_response, token_times
+from proxy.metrics import Metrics
+from proxy.redact import Redactor
+from proxy.tokens import (
+    MIN_AGE_TO_INVALIDATE,
+    Backoff,
+    TokenFetchError,
+    TokenProvider,
+    parse_token_response,
+    token_times,
+)
 from tests.conftest import (
     EmulatorFactory,
+    LogSink,
     ProxyFactory,
     RunningEmulator,
     RunningProxy,
@@ -344,3 +354,34 @@ async def test_a_large_401_is_relayed_whole(
     assert (
         proxy.logs.events("request_completed")[-1]["error"] == "upstream_rejected_subscription_key"
     )
+
+
+async def test_a_failed_refresh_is_retried_by_halfway_to_the_held_tokens_expiry(
+    start_emulator: EmulatorFactory, log_sink: LogSink
+) -> None:
+    """However long the backoff has grown, while a token is held the next attempt
+    comes at most halfway to its expiry, so more attempts still fit before it runs
+    out. (A clock the test moves; a backoff of 50 to 100 s.)"""
+    emulator = await start_emulator(token_lifetime=60.0)
+    creds = make_config(emulator.token_url, emulator.url).credentials["main"]
+    now = [1000.0]
+    async with aiohttp.ClientSession() as session:
+        provider = TokenProvider(
+            creds,
+            session,
+            Metrics(),
+            Redactor(),
+            backoff=Backoff(base=100.0, cap=100.0),
+            clock=lambda: now[0],
+        )
+        await provider.get()
+        emulator.state.faults.token = "error500"
+        now[0] += 31.0  # past the refresh point, 24 s before the token expires
+        provider.start()
+        async with asyncio.timeout(10):
+            while not log_sink.events("token_refresh_failed"):  # noqa: ASYNC110 (a log line)
+                await asyncio.sleep(0.01)
+        await provider.close()
+    (failed,) = log_sink.events("token_refresh_failed")
+    assert failed["holding_valid_token"]
+    assert 1.0 <= failed["retry_in_s"] <= failed["token_valid_for_s"] / 2

@@ -266,3 +266,15 @@ def test_public_url_gives_the_signed_host_and_path_keeping_the_query() -> None:
         "shop.example.com:8443",
         "/h",
     )
+
+
+@pytest.mark.parametrize("scheme", ["HMAC-SHA1", "HMAC-SHA512", "hmac-sha256", "XMAC-SHA256"])
+def test_a_valid_signature_under_another_scheme_name_is_refused(scheme: str) -> None:
+    """The scheme is ``HMAC-SHA256`` exactly: the right signature under any other
+    scheme name (another hash, other letter case) is not what Vipps sends."""
+    given_headers = signed()
+    signature = given_headers["Authorization"].partition(" ")[2]
+    given_headers["Authorization"] = f"{scheme} {signature}"
+    with pytest.raises(SignatureError) as err:
+        check(given_headers, BODY)
+    assert err.value.reason == "missing_signature"

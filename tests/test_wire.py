@@ -791,3 +791,33 @@ async def test_an_answer_head_no_client_could_read_alike_is_a_502_problem(
     answer, _ = await relay_one(emulator, start_proxy, h11_upstream, clients, reply)
     assert answer.status == 502
     assert answer.values(b"Content-Type") == [b"application/problem+json"]
+
+
+HOP_BY_HOP_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n"
+    b"Proxy-Authenticate: Basic realm=upstream\r\nProxy-Connection: keep-alive\r\n"
+    b"TE: trailers\r\nTrailer: X-Checksum\r\nUpgrade: h2c\r\nX-Request-Id: upstream-own-id\r\n"
+    b"X-Kept: yes\r\nContent-Length: 2\r\n\r\nok"
+)
+
+
+async def test_an_answer_never_keeps_hop_by_hop_fields_or_the_upstreams_request_id(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    clients: Callable[[RunningProxy], Awaitable[Client]],
+) -> None:
+    """Connection, Keep-Alive, Proxy-Authenticate, Proxy-Connection, TE, Trailer and
+    Upgrade are about the upstream's hop: the client sees none of them. The upstream's
+    X-Request-Id gives way to the proxy's (the client's own, when it sent one)."""
+    answer, client = await relay_one(
+        emulator, start_proxy, h11_upstream, clients, HOP_BY_HOP_ANSWER
+    )
+    assert answer.names() == {b"content-length", b"x-kept", b"x-request-id"}
+    (request_id,) = answer.values(b"X-Request-Id")
+    assert request_id != b"upstream-own-id"
+    assert answer.body == b"ok"
+    await client.send(request("GET", "/again", b"X-Request-Id: client-own-id"))
+    again = await client.answer()
+    assert again.names() == {b"content-length", b"x-kept", b"x-request-id"}
+    assert again.values(b"X-Request-Id") == [b"client-own-id"]

@@ -1,0 +1,77 @@
+"""A route that names several credential sets picks one by the client's
+Merchant-Serial-Number, matched exactly; a number no set serves is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.emulator import DEMO_SALES_UNITS, SalesUnit
+from tests.conftest import ProxyFactory, RunningEmulator, RunningProxy, make_config
+
+OSLO, BERGEN = DEMO_SALES_UNITS
+
+
+def creds(emulator: RunningEmulator, unit: SalesUnit) -> dict[str, str]:
+    return {
+        "token_url": str(emulator.token_url),
+        "client_id": unit.client_id,
+        "client_secret": unit.client_secret,
+        "subscription_key": unit.subscription_key,
+        "merchant_serial_number": unit.merchant_serial_number,
+    }
+
+
+@pytest.fixture
+async def two_units(emulator: RunningEmulator, start_proxy: ProxyFactory) -> RunningProxy:
+    """One route, both sales units on it."""
+    config = make_config(
+        emulator.token_url,
+        extra={
+            "credentials": {"oslo": creds(emulator, OSLO), "bergen": creds(emulator, BERGEN)},
+            "routes": [
+                {"prefix": "/", "upstream": str(emulator.url), "credentials": ["oslo", "bergen"]}
+            ],
+        },
+    )
+    return await start_proxy(config)
+
+
+async def call(proxy: RunningProxy, msn: str) -> tuple[int, dict[str, Any]]:
+    headers = {"Merchant-Serial-Number": msn}
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(proxy.at("/echo/msn"), headers=headers) as response,
+    ):
+        return response.status, orjson.loads(await response.read())
+
+
+@pytest.mark.parametrize("unit", [OSLO, BERGEN], ids=["oslo", "bergen"])
+async def test_each_merchant_serial_number_gets_its_own_credential_set(
+    two_units: RunningProxy, emulator: RunningEmulator, unit: SalesUnit
+) -> None:
+    """Spaces around the number do not matter; the set's key and number are sent."""
+    status, echoed = await call(two_units, f" {unit.merchant_serial_number} ")
+    assert status == 200
+    sent = emulator.state.received[-1]
+    assert sent.values("Ocp-Apim-Subscription-Key") == [unit.subscription_key]
+    assert sent.values("Merchant-Serial-Number") == [unit.merchant_serial_number]
+    assert echoed["headers"]
+
+
+@pytest.mark.parametrize("msn", ["200000", "12345", "1234567", "0", "999999"])
+async def test_a_merchant_serial_number_no_set_serves_gets_403_and_nothing_is_sent(
+    two_units: RunningProxy, emulator: RunningEmulator, msn: str
+) -> None:
+    """Only an exact match picks a set: a prefix, a longer number or one that merely
+    sorts near a configured one is refused with reason ``unknown_msn``."""
+    before = emulator.state.received_total
+    status, problem = await call(two_units, msn)
+    assert status == 403
+    assert problem["status"] == 403
+    assert emulator.state.received_total == before
+    (line,) = two_units.logs.events("request_completed")
+    assert line["error"] == "unknown_msn"
