@@ -172,7 +172,8 @@ AROUND = st.text(st.sampled_from(" <>|"), max_size=6)
 
 
 @pytest.mark.parametrize(
-    ("secret", "written"), [("0000000%", "0000000%25"), ("abc\\def", "abc\\\\def")]
+    ("secret", "written"),
+    [("0000000%", "0000000%25"), ("abc\\def", "abc\\\\def"), ("0000000\\", "0000000\\u005c")],
 )
 def test_a_secret_whose_escape_starts_with_its_own_text_is_masked_whole(
     secret: str, written: str
