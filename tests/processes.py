@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO
+
+from tests.conftest import free_port
 
 
 def write_config(path: Path, token_url: str, upstream: str, port: int, **server: object) -> Path:
@@ -84,3 +89,37 @@ class ProxyProcess:
             self.process.kill()
             self.process.wait()
         self._log.close()
+
+
+@asynccontextmanager
+async def running_demo(*options: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """`vipps-proxy demo` on free ports with ``options``; its process and the proxy's port."""
+    port, emulator_port = free_port(), free_port()
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "proxy",
+        "demo",
+        "--port",
+        str(port),
+        "--emulator-port",
+        str(emulator_port),
+        *options,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        yield demo, port
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(demo.wait(), 20)
+
+
+async def read_until(demo: asyncio.subprocess.Process, marker: bytes) -> bytes:
+    """The demo's first output line holding ``marker``."""
+    assert demo.stdout is not None
+    line = b""
+    while marker not in line:
+        line = await asyncio.wait_for(demo.stdout.readline(), 20)
+        assert line, f"demo exited before it printed {marker!r}"
+    return line

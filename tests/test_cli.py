@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
-import signal
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import aiohttp
 import orjson
 import pytest
 
-from .conftest import free_port
+from .processes import read_until, running_demo
 from .test_config import run_cli
 
 OPTIONS = {
@@ -63,40 +58,6 @@ def test_config_is_refused_where_it_would_be_ignored(command: str) -> None:
     result = run_cli("--config", "x.toml", command)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"vipps-proxy: --config does not apply to {command}"]
-
-
-@asynccontextmanager
-async def running_demo(*options: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """`vipps-proxy demo` on free ports with ``options``; its process and the proxy's port."""
-    port, emulator_port = free_port(), free_port()
-    demo = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "demo",
-        "--port",
-        str(port),
-        "--emulator-port",
-        str(emulator_port),
-        *options,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        yield demo, port
-    finally:
-        demo.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(demo.wait(), 20)
-
-
-async def read_until(demo: asyncio.subprocess.Process, marker: bytes) -> bytes:
-    """The demo's first output line holding ``marker``."""
-    assert demo.stdout is not None
-    line = b""
-    while marker not in line:
-        line = await asyncio.wait_for(demo.stdout.readline(), 20)
-        assert line, f"demo exited before it printed {marker!r}"
-    return line
 
 
 async def test_demo_logs_json_lines_with_log_format_json() -> None:

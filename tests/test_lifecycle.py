@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import RunningEmulator, RunningProxy, free_port
-from tests.processes import ProxyProcess, write_config
+from tests.processes import ProxyProcess, read_until, running_demo, write_config
 
 MIB = 1 << 20
 
@@ -87,25 +87,8 @@ async def test_sigterm_refuses_new_connections(proxy_process: ProxyProcess) -> N
 
 async def test_demo_serves_the_printed_curl_command() -> None:
     """`vipps-proxy demo` prints a curl line that creates a payment through the proxy."""
-    port, emulator_port = free_port(), free_port()
-    demo = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "demo",
-        "--port",
-        str(port),
-        "--emulator-port",
-        str(emulator_port),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert demo.stdout is not None
-    try:
-        line = b""
-        while not line.startswith(b"curl "):
-            line = await asyncio.wait_for(demo.stdout.readline(), 20)
-            assert line, "demo exited before printing the curl line"
+    async with running_demo() as (demo, _):
+        line = await read_until(demo, b"curl ")
         result = await asyncio.to_thread(
             subprocess.run,
             ["bash", "-c", line.decode()],
@@ -116,9 +99,6 @@ async def test_demo_serves_the_printed_curl_command() -> None:
         )
         assert re.search(r'"reference"\s*:\s*"demo-[0-9a-f]+"', result.stdout), result.stdout
         assert "redirectUrl" in result.stdout
-    finally:
-        demo.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(demo.wait(), 20)
     assert demo.returncode == 0
 
 

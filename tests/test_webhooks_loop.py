@@ -5,7 +5,6 @@ emulator's signed ePayment events through the proxy to the legacy app; and the C
 from __future__ import annotations
 
 import asyncio
-import signal
 import stat
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from tests.conftest import (
     free_port,
     make_config,
 )
+from tests.processes import read_until, running_demo
 from tests.webhook_peers import HOOK, LegacyApp, eventually, stored
 
 
@@ -202,35 +202,12 @@ path = "var/events.sqlite3"
 async def test_the_demo_shows_the_webhook_loop() -> None:
     """`vipps-proxy demo`: a payment made with the printed curl line comes back to the
     demo app as webhooks through the proxy, and the app prints them."""
-    port, emulator_port = free_port(), free_port()
-    demo = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "demo",
-        "--port",
-        str(port),
-        "--emulator-port",
-        str(emulator_port),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert demo.stdout is not None
-    try:
-        line = b""
-        while not line.startswith(b"curl "):
-            line = await asyncio.wait_for(demo.stdout.readline(), 20)
-            assert line, "demo exited before printing the curl line"
+    async with running_demo() as (demo, _):
+        line = await read_until(demo, b"curl ")
         await asyncio.to_thread(
             subprocess.run, ["bash", "-c", line.decode()], capture_output=True, timeout=20
         )
-        while b"demo app received AUTHORIZED for payment demo-" not in line:
-            line = await asyncio.wait_for(demo.stdout.readline(), 20)
-            assert line, "demo exited before the app printed the event"
-            print(line[:300])
-    finally:
-        demo.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(demo.wait(), 20)
+        await read_until(demo, b"demo app received AUTHORIZED for payment demo-")
     assert demo.returncode == 0
 
 
