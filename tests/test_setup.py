@@ -43,7 +43,7 @@ def test_make_test_installs_the_sdk_checks_node_packages() -> None:
 
 
 OUTSIDE_THE_REPOSITORY = (
-    "VIPPS_SPECS_DIR",
+    "VIPPS_SPECS" + "_DIR",  # spelled in two so that this guard is not itself a hit
     "shared/vipps-specs",
     '"shared"',
     "parents[2]",
