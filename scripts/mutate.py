@@ -58,6 +58,7 @@ TARGETS = (
     Target(
         "proxy/routing.py",
         (
+            "tests/test_security.py",  # traversal, encoded and recased prefixes, ';'
             "tests/test_forwarding.py",
             "tests/test_properties.py",
             "tests/test_setup.py",

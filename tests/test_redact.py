@@ -135,3 +135,14 @@ def test_a_key_seen_as_plain_does_not_hide_a_secret_in_its_value() -> None:
     assert redactor(None, "info", {"event": "x", "detail": "ok"}) == {"event": "x", "detail": "ok"}
     line = redactor(None, "info", {"event": "x", "detail": "s3cret-value"})
     assert line["detail"] == "***"
+
+
+def test_secrets_learned_from_a_reloaded_config_are_masked_by_the_same_minimum() -> None:
+    """A reload hands the redactor the new config's secrets: each is masked from then on
+    (the old ones too), with the same minimum length as at start."""
+    redactor = Redactor([Secret("old-client-secret")])
+    tiny = "t" * (MIN_SECRET_LENGTH - 1)
+    exact = "e" * MIN_SECRET_LENGTH
+    redactor.learn([Secret("rotated-client-secret-value"), Secret(exact), Secret(tiny)])
+    text = f"old-client-secret rotated-client-secret-value {exact} {tiny}"
+    assert redactor.redact_text(text) == f"*** *** *** {tiny}"
