@@ -56,24 +56,36 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_register_writes_the_secret_0600_and_never_prints_it(
-    emulator: RunningEmulator, tmp_path: Path
-) -> None:
-    config = write_cli_config(tmp_path, emulator)
-    secret_file = tmp_path / "webhook.secret"
-    result = await asyncio.to_thread(
+async def register(
+    config: Path, url: str, secret_file: Path, *events: str
+) -> subprocess.CompletedProcess[str]:
+    """`vipps-proxy webhooks register` for set `main`, in a thread (the CLI blocks)."""
+    return await asyncio.to_thread(
         cli,
         config,
         "register",
         "--credentials",
         "main",
         "--url",
-        "https://shop.example.com/webhooks/vipps",
+        url,
         "--events",
-        "epayments.payment.created.v1",
-        "epayments.payment.captured.v1",
+        *(events or ("epayments.payment.created.v1",)),
         "--secret-file",
         str(secret_file),
+    )
+
+
+async def test_register_writes_the_secret_0600_and_never_prints_it(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    config = write_cli_config(tmp_path, emulator)
+    secret_file = tmp_path / "webhook.secret"
+    result = await register(
+        config,
+        "https://shop.example.com/webhooks/vipps",
+        secret_file,
+        "epayments.payment.created.v1",
+        "epayments.payment.captured.v1",
     )
     assert result.returncode == 0, result.stderr
     from proxy.emulator.webhooks import webhook_hub
@@ -96,20 +108,13 @@ async def test_emulator_events_reach_the_app_through_the_proxy_signed_and_verifi
     app_server = await aiohttp_server(app.app(), host="127.0.0.1")
     port = free_port()
     secret_file = tmp_path / "webhook.secret"
-    result = await asyncio.to_thread(
-        cli,
+    result = await register(
         write_cli_config(tmp_path, emulator),
-        "register",
-        "--credentials",
-        "main",
-        "--url",
         f"http://127.0.0.1:{port}{HOOK}",
-        "--events",
+        secret_file,
         "epayments.payment.created.v1",
         "epayments.payment.authorized.v1",
         "epayments.payment.captured.v1",
-        "--secret-file",
-        str(secret_file),
     )
     assert result.returncode == 0, result.stderr
     hook = {
@@ -260,18 +265,11 @@ async def test_register_with_the_webhooks_api_unreachable_says_so_in_one_line(
     dead = free_port()  # nothing listens there
     with config.open("a") as out:
         out.write(f'\n[[routes]]\nprefix = "/webhooks/"\nupstream = "http://127.0.0.1:{dead}"\n')
-    result = await asyncio.to_thread(
-        cli,
+    result = await register(
         config,
-        "register",
-        "--credentials",
-        "main",
-        "--url",
         "https://shop.example.com/webhooks/vipps",
-        "--events",
+        tmp_path / "webhook.secret",
         "epayments.payment.created.v1",
-        "--secret-file",
-        str(tmp_path / "webhook.secret"),
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -290,18 +288,11 @@ async def test_register_never_writes_the_secret_through_a_symlink(
     target.chmod(0o644)
     link = tmp_path / "webhook.secret"
     link.symlink_to(target)
-    result = await asyncio.to_thread(
-        cli,
+    result = await register(
         write_cli_config(tmp_path, emulator),
-        "register",
-        "--credentials",
-        "main",
-        "--url",
         "https://shop.example.com/webhooks/vipps",
-        "--events",
+        link,
         "epayments.payment.created.v1",
-        "--secret-file",
-        str(link),
     )
     from proxy.emulator.webhooks import webhook_hub
 
