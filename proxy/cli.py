@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import secrets
@@ -17,6 +18,7 @@ from proxy.startup import EXIT_STARTUP, StartupError
 
 DEFAULT_CONFIG = "config/proxy.toml"
 EXIT_CONFIG = 2
+EXIT_CHECK_FAILED = 1
 DEMO_AUTO_APPROVE = 5.0
 CONFIG_HELP = f"config file (default: $VIPPS_PROXY_CONFIG, else {DEFAULT_CONFIG})"
 DEMO_HELP = "the built-in Vipps emulator with the proxy in front"
@@ -25,6 +27,10 @@ DEMO_TEXT = (
     "127.0.0.1:8080, with the emulator's demo credentials (MSN "
     f"{DEMO_MERCHANT_SERIAL_NUMBER}); prints a curl line that creates a payment. Its "
     "own config: --config does not apply."
+)
+ONLINE_HELP = (
+    "also fetch a token for each credential set and connect to each upstream and "
+    "deliver_to (TLS verified, no API called); exit 1 if any fails"
 )
 EMULATOR_HELP = "the Vipps emulator alone, for offline work"
 EMULATOR_TEXT = (
@@ -60,7 +66,7 @@ def _command(args: argparse.Namespace) -> int:
             print(f"vipps-proxy: {line}", file=sys.stderr)
         return EXIT_CONFIG
     if command == "check":
-        return _check(config)
+        return _check(config, args.online)
     if command == "webhooks":
         from proxy.webhooks import commands
 
@@ -79,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("run", "run the proxy"), ("check", "validate the config and exit")):
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+        if name == "check":
+            cmd.add_argument("--online", action="store_true", help=ONLINE_HELP)
     _demo_options(sub.add_parser("demo", help=DEMO_HELP, description=DEMO_TEXT))
     _emulator_options(sub.add_parser("emulator", help=EMULATOR_HELP, description=EMULATOR_TEXT))
     from proxy.webhooks.commands import add_parser
@@ -148,10 +156,25 @@ def _config_path(given: str | None) -> str:
     return given or os.environ.get("VIPPS_PROXY_CONFIG") or DEFAULT_CONFIG
 
 
-def _check(config: Config) -> int:
-    print(json.dumps(describe(config), indent=2))
+def _check(config: Config, online: bool) -> int:
+    from proxy import check
+
+    try:
+        check.check_store(config)
+    except ConfigError as exc:
+        print(f"vipps-proxy: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not online:
+        print(json.dumps(describe(config), indent=2))
+    for line in check.msn_rules(config):
+        print(f"vipps-proxy: {line}", file=sys.stderr)
     print(f"vipps-proxy: config OK: {config.source}", file=sys.stderr)
-    return 0
+    if not online:
+        return 0
+    outcomes = asyncio.run(check.online(config))
+    for outcome in outcomes:
+        print(outcome.line(), flush=True)
+    return 0 if all(o.ok for o in outcomes) else EXIT_CHECK_FAILED
 
 
 def _demo(

@@ -281,6 +281,11 @@ class TokenProvider:
         """True while a valid token is held or the endpoint is not known to be failing."""
         return self.current() is not None or self._failures == 0
 
+    async def fetch_once(self) -> Token:
+        """One fetch, outside the cache and its retries (``check --online``); a failure
+        is a ``TokenFetchError`` saying why, already redacted."""
+        return await self._fetch_once()
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
