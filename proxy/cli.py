@@ -59,8 +59,10 @@ def _command(args: argparse.Namespace) -> int:
         return _demo(
             args.port, args.emulator_port, args.log_format, args.auto_approve, args.app_port
         )
+    # `webhooks register` writes the secret file a [[webhooks]] names: it may not exist yet
+    registering = command == "webhooks" and args.action == "register"
     try:
-        config = load_config(_config_path(args.config))
+        config = load_config(_config_path(args.config), pending_webhook_secrets=registering)
     except ConfigError as exc:
         for line in str(exc).splitlines():
             print(f"vipps-proxy: {line}", file=sys.stderr)
