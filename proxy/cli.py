@@ -9,10 +9,8 @@ import os
 import secrets
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
-from importlib import resources
 
-from proxy.config import LOG_FORMATS, Config, ConfigError, describe, load_config, parse_config
+from proxy.config import LOG_FORMATS, Config, ConfigError, describe, load_config
 from proxy.emulator.settings import DEMO_MERCHANT_SERIAL_NUMBER
 from proxy.startup import EXIT_STARTUP, StartupError
 
@@ -182,29 +180,12 @@ def _check(config: Config, online: bool) -> int:
 def _demo(
     port: int, emulator_port: int, log_format: str, auto_approve: float, app_port: int
 ) -> int:
-    emulator_url = f"http://127.0.0.1:{emulator_port}"
-    text = resources.files("proxy").joinpath("demo.toml").read_text(encoding="utf-8")
-    import tempfile
-    import tomllib
+    from proxy.demo import DemoPorts, demo_config, demo_folder, run_demo
 
-    from proxy.demo import DemoWebhooks, free_port, run_demo
-
-    hooks = DemoWebhooks(
-        app_port=app_port or free_port(),
-        secret=secrets.token_urlsafe(32),
-        store=os.path.join(tempfile.mkdtemp(prefix="vipps-proxy-demo-"), "webhooks.sqlite3"),
-    )
-    env = {
-        **os.environ,
-        "DEMO_EMULATOR_URL": emulator_url,
-        "DEMO_APP_URL": f"http://127.0.0.1:{hooks.app_port}",
-        "DEMO_WEBHOOK_SECRET": hooks.secret,
-        "DEMO_STORE": hooks.store,
-    }
-    config = parse_config(tomllib.loads(text), env, source="demo.toml")
-    server = replace(config.server, port=port)
-    config = replace(config, server=server, log=replace(config.log, format=log_format))
-    return run_demo(config, emulator_port, auto_approve, curl_line(port), hooks)
+    with demo_folder() as folder:
+        ports = DemoPorts(port, emulator_port, app_port)
+        config, hooks = demo_config(folder, ports, log_format)
+        return run_demo(config, emulator_port, auto_approve, curl_line(port), hooks)
 
 
 def curl_line(port: int) -> str:
