@@ -8,9 +8,15 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from yarl import URL
 
-from proxy.config import ConfigError
+from proxy.config import ConfigError, Credentials, Route
 from proxy.emulator import DEMO_SALES_UNITS, SalesUnit
+from proxy.errors import ProxyError
+from proxy.routing import pick_credentials
+from proxy.secret import Secret
 from tests.conftest import ProxyFactory, RunningEmulator, RunningProxy, make_config
 
 OSLO, BERGEN = DEMO_SALES_UNITS
@@ -147,3 +153,42 @@ def test_default_credentials_not_among_the_routes_sets_is_a_config_error(
         )
     assert str(caught.value).startswith("routes[0].default_credentials: ")
     assert repr(name) in str(caught.value)
+
+
+HEADER_VALUES = st.text(alphabet=st.sampled_from(" \t0123456789ab"), max_size=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(msn=st.one_of(st.none(), HEADER_VALUES), default=st.sampled_from(["", "oslo", "bergen"]))
+def test_a_set_is_picked_only_by_an_exact_number_or_a_named_default(
+    msn: str | None, default: str
+) -> None:
+    """Whatever the header holds: a blank or missing one gets the named default or 400
+    ``missing_msn``; any other value gets the set with exactly that number or 403. The
+    first set is never a fallback."""
+    sets = {
+        name: Credentials(
+            name,
+            URL("https://apitest.vipps.no/accesstoken/get"),
+            "accesstoken",
+            Secret("id"),
+            Secret("secret"),
+            Secret("key"),
+            merchant_serial_number=unit.merchant_serial_number,
+        )
+        for name, unit in (("oslo", OSLO), ("bergen", BERGEN))
+    }
+    route = Route(
+        "/", URL("https://apitest.vipps.no"), ("oslo", "bergen"), default_credentials=default
+    )
+    wanted = (msn or "").strip()
+    numbers = {c.merchant_serial_number: name for name, c in sets.items()}
+    expected = numbers.get(wanted) if wanted else default
+    if expected:
+        picked = pick_credentials(route, sets, msn)
+        assert picked is not None
+        assert picked.name == expected
+        return
+    with pytest.raises(ProxyError) as caught:
+        pick_credentials(route, sets, msn)
+    assert caught.value.reason == ("unknown_msn" if wanted else "missing_msn")
