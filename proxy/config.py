@@ -154,6 +154,9 @@ class Route:
 
 
 WebhookKind = Literal["vipps-webhook", "ecom-callback"]
+#: ``max_age``'s default: Vipps retries a webhook for 7 days and does not say that a
+#: retry is signed anew, so a retry may carry its first ``x-ms-date``; a day's margin.
+MAX_AGE: Final = 8 * 86400.0
 WEBHOOK_KINDS: Final = ("vipps-webhook", "ecom-callback")
 
 
@@ -164,9 +167,10 @@ class Webhook:
     path: str
     kind: WebhookKind
     deliver_to: URL
-    secret: Secret | None = None  # vipps-webhook only
+    #: vipps-webhook only: the newest first; any of them verifies (a rotation's overlap)
+    secrets: tuple[Secret, ...] = ()
     public_url: URL | None = None
-    max_age: float = 300.0
+    max_age: float = MAX_AGE
     retry_for: float = 604800.0
     allow_from: tuple[Network, ...] = ()
 
@@ -199,7 +203,7 @@ class Config:
     def secrets(self) -> tuple[Secret, ...]:
         """Every secret the config holds, for redaction."""
         held = [s for c in self.credentials.values() for s in c.secrets]
-        hooks = [w.secret for w in self.webhooks if w.secret]
+        hooks = [s for w in self.webhooks for s in w.secrets]
         return (*held, *self.server.client_keys, *hooks)
 
 
@@ -731,8 +735,8 @@ def _webhook(t: _Table) -> Webhook:
     if not path.startswith("/") or path.startswith("/-/") or "?" in path:
         raise ConfigError(f"{t.key}.path", "must start with / (not /-/) and have no query")
     kind = cast(WebhookKind, t.choice("kind", WEBHOOK_KINDS, "vipps-webhook"))
-    secret = t.secret("secret", required=kind == "vipps-webhook")
-    if kind == "ecom-callback" and secret is not None:
+    secrets = _webhook_secrets(t, required=kind == "vipps-webhook")
+    if kind == "ecom-callback" and secrets:
         raise ConfigError(f"{t.key}.secret", "eCom callbacks are not signed; leave it out")
     deliver_to = _url(t, "deliver_to")
     public = t.get("public_url", str, "")
@@ -745,12 +749,32 @@ def _webhook(t: _Table) -> Webhook:
         path=path,
         kind=kind,
         deliver_to=deliver_to,
-        secret=secret,
+        secrets=secrets,
         public_url=public_url,
-        max_age=t.number("max_age", 300.0, minimum=1.0),
+        max_age=t.number("max_age", MAX_AGE, minimum=1.0),
         retry_for=t.number("retry_for", 604800.0),
         allow_from=_cidrs(t, "allow_from"),
     )
+
+
+def _webhook_secrets(t: _Table, *, required: bool) -> tuple[Secret, ...]:
+    """``secret``: one string or a list (a rotation); ``secret_file``: one per line."""
+    if "secret_file" in t.data or isinstance(t.data.get("secret", ""), str):
+        if "secret_file" in t.data:
+            text = _read_secret_file(t.require("secret_file", str), f"{t.key}.secret_file")
+            values = [line.strip() for line in text.splitlines() if line.strip()]
+        else:
+            one = t.secret("secret", required=required)
+            values = [] if one is None else [one.reveal()]
+    else:
+        items = t.require("secret", list)
+        values = [_check_type(v, str, f"{t.key}.secret[{i}]") for i, v in enumerate(items)]
+    if required and not values:
+        raise ConfigError(f"{t.key}.secret", "is empty")
+    for i, value in enumerate(values):
+        if not value.strip():
+            raise ConfigError(f"{t.key}.secret[{i}]", "is empty")
+    return tuple(Secret(v) for v in values)
 
 
 def _cidrs(t: _Table, name: str) -> tuple[Network, ...]:
