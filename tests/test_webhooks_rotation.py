@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from proxy.config import ConfigError, load_config
+from proxy.emulator.webhooks import webhook_hub
 from tests.conftest import (
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
@@ -24,6 +25,7 @@ from tests.conftest import (
     free_port,
 )
 from tests.test_webhooks_config import CREDENTIALS, HOOK, parse
+from tests.test_webhooks_loop import register
 from tests.test_webhooks_relay import start_app
 from tests.webhook_peers import LegacyApp, eventually, payment_event, vipps_headers
 
@@ -128,7 +130,7 @@ class Vipps:
                     async with client.post(
                         self.proxy.at("/webhooks/vipps"), data=body, headers=headers
                     ) as response:
-                        self.statuses.append((secret[:3], response.status))
+                        self.statuses.append((secret, response.status))
 
     async def more(self, count: int) -> None:
         seen = len(self.sent)
@@ -138,10 +140,10 @@ class Vipps:
 async def test_a_vipps_style_rotation_while_events_flow_gives_no_401(
     emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path, aiohttp_server: Any
 ) -> None:
-    """Register the new webhook (its secret joins the file, the proxy reloads it), Vipps
-    sends every event to both registrations, delete the old one (its secret leaves the
-    file): every copy gets 200, every event reaches the app once, no restart is asked
-    for and no secret is logged."""
+    """Register the new webhook with ``webhooks register`` (its secret joins the file,
+    first; the proxy reloads it), Vipps sends every event to both registrations, delete
+    the old one (its secret leaves the file): every copy gets 200, every event reaches
+    the app once, no restart is asked for and no secret is logged."""
     port = free_port()
     secrets = tmp_path / "webhook-secrets"
     secrets.write_text(OLD + "\n")
@@ -154,25 +156,29 @@ async def test_a_vipps_style_rotation_while_events_flow_gives_no_401(
     sending = asyncio.create_task(vipps.run())
     try:
         await vipps.more(5)
-        secrets.write_text(f"{NEW}\n{OLD}\n")  # `webhooks register`: the new secret joins
+        registered = await register(path, "https://shop.example.com/webhooks/vipps", secrets)
+        assert registered.returncode == 0, registered.stderr
+        (registration,) = webhook_hub(emulator.server.app).registrations.values()
+        new = registration.secret.reveal()
+        assert secrets.read_text().splitlines() == [new, OLD]  # the new one joins, first
         await eventually(lambda: len(proxy.logs.events("config_reloaded")) == 1, "a reload")
-        vipps.registrations.append(NEW)  # Vipps sends to both registrations
+        vipps.registrations.append(new)  # Vipps sends to both registrations
         await vipps.more(5)
         vipps.registrations.remove(OLD)  # DELETE /webhooks/v1/webhooks/{old id}
         await vipps.more(5)
-        secrets.write_text(NEW + "\n")
+        secrets.write_text(new + "\n")
         await eventually(lambda: len(proxy.logs.events("config_reloaded")) == 2, "a reload")
         await vipps.more(5)
     finally:
         vipps.stop.set()
         await sending
     assert {status for _, status in vipps.statuses} == {200}
-    assert {who for who, _ in vipps.statuses} == {OLD[:3], NEW[:3]}
+    assert {who for who, _ in vipps.statuses} == {OLD, new}
     await eventually(lambda: len(app.received) >= len(vipps.sent), "every event delivered")
     assert sorted(app.bodies()) == sorted(vipps.sent)
     assert proxy.logs.events("reload_needs_restart") == []
     assert OLD not in proxy.logs.text()
-    assert NEW not in proxy.logs.text()
+    assert new not in proxy.logs.text()
 
 
 async def test_a_removed_secret_no_longer_verifies_after_the_reload(

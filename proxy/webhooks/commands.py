@@ -8,7 +8,8 @@ on a terminal: every field has its control characters escaped (a sender chose th
 per line for scripts. ``retry`` says when later events of the same payment were already
 delivered: the retried one reaches the app after them. ``register``
 calls ``POST /webhooks/v1/webhooks`` with a credential set's token and writes the
-returned secret to a file with mode 0600; the secret is never printed.
+returned secret to a file with mode 0600, first, above the secrets it already held (a
+rotation's overlap); the secret is never printed.
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ def _open_secret_file(path: Path) -> tuple[int, bool]:
     """The secret's file, owner-only, never through a symlink (the secret would land
     where the link points), kept as it is until the new secret is written; and whether
     it was made just now."""
-    flags = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
     try:
         fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
     except FileExistsError:
@@ -264,6 +265,13 @@ def _open_secret_file(path: Path) -> tuple[int, bool]:
 
 
 def write_secret(fd: int, secret: str) -> None:
-    """The secret in place of what the file held."""
+    """The new secret first, then the ones the file held: the proxy (``secret_file``,
+    one per line) verifies with each, so Vipps' old registration keeps working until
+    it is deleted (then take its secret out of the file)."""
+    held = bytearray()
+    while chunk := os.pread(fd, 65536, len(held)):
+        held += chunk
+    kept = [line for line in bytes(held).splitlines() if line.strip()]
+    lines = [secret.encode("utf-8"), *(k for k in kept if k.strip() != secret.encode())]
     os.ftruncate(fd, 0)
-    os.write(fd, secret.encode("utf-8") + b"\n")
+    os.pwrite(fd, b"".join(line + b"\n" for line in lines), 0)
