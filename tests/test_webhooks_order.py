@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from proxy.webhooks.store import Store
 from tests.conftest import ProxyFactory, RunningEmulator, free_port
 from tests.test_webhooks_relay import Relay, start_app, start_relay
 from tests.webhook_peers import (
@@ -218,3 +219,36 @@ async def test_an_event_signed_two_hours_ago_is_delivered_once_and_its_replay_is
     assert stored(relay.store, "pending") == []  # the duplicate was never queued
     assert relay.app.bodies() == [body]
     assert len(stored(relay.store)) == 1
+
+
+async def test_a_replay_that_still_verifies_is_a_duplicate_whatever_pruning_does(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    """``max_age`` 15 days: an event delivered 20 days ago whose ``x-ms-date`` was 10
+    days ahead of its arrival still verifies today; the start-up prune keeps it (twice
+    ``max_age``), so its replay is a duplicate and not delivered again."""
+    now = time.time()
+    day = 86400.0
+    body = payment_event("order-old")
+    store = Store(tmp_path / "events.sqlite3")
+    try:
+        event_id, _ = store.add(
+            hook=HOOK, path=HOOK, method="POST", headers=[], body=body,
+            ordering_key="order-old", now=now - 20 * day,
+        )  # fmt: skip
+        store.mark_delivered(event_id, 1)
+    finally:
+        store.close()
+    port = free_port()
+    hook = webhooks_table(f"http://127.0.0.1:{port}/vipps/events", max_age=15 * day)
+    relay = await start_relay(emulator, start_proxy, tmp_path, port, hooks=[hook])
+    await start_app(aiohttp_server, relay.app, port)
+    fresh = payment_event("order-new")
+    assert (await relay.send(fresh))[0] == 200  # delivered after the start-up prune ran
+    await eventually(lambda: relay.app.bodies() == [fresh], "the fresh event delivered")
+    signed = vipps_headers(body, relay.host, HOOK, date=formatdate(now - 10 * day, usegmt=True))
+    status, headers, _ = await relay.send(body, **signed)
+    assert (status, headers["Vipps-Proxy-Event-Id"]) == (200, event_id)
+    assert relay.proxy.logs.events("webhook_received")[-1]["result"] == "duplicate"
+    assert stored(relay.store, "pending") == []
+    assert relay.app.bodies() == [fresh]
