@@ -5,9 +5,14 @@ they left out or what a retry will do to a payment's order."""
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
-from proxy.webhooks.store import Store
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.webhooks.commands import as_json, describe
+from proxy.webhooks.store import Event, Store
 from tests.conftest import RunningEmulator
 from tests.test_webhooks_loop import cli, write_cli_config
 from tests.webhook_peers import ECOM, HOOK
@@ -120,3 +125,23 @@ def test_retry_of_an_event_whose_later_events_were_delivered_says_so(
     ]
     plain = cli(config, "retry", alone)
     assert plain.stdout.splitlines() == ["1 event(s) queued for delivery"]
+
+
+@given(st.text(max_size=80), st.text(max_size=20))
+@settings(max_examples=300, deadline=None)
+def test_any_reference_prints_as_one_safe_line_and_round_trips_in_json(
+    reference: str, error: str
+) -> None:
+    """Whatever a sender names its payment: the line has no control or format character
+    and no line break, and ``--json`` gives the reference back exactly."""
+    event = Event(
+        id="e" * 32, seq=1, hook=HOOK, path=HOOK, method="POST", headers=(), body=b"",
+        ordering_key=reference, state="failed", attempts=3, next_attempt_at=0.0,
+        created_at=1_800_000_000.0, last_error=error, received_at=1_800_000_000.5,
+    )  # fmt: skip
+    line = describe(event)
+    assert line.splitlines() == [line]
+    assert not [c for c in line if unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp", "Cs", "Cn"}]
+    doc = json.loads(as_json(event))
+    assert doc["reference"] == (reference or None)
+    assert doc["received_at"] == "2027-01-15T08:00:00.500Z"
