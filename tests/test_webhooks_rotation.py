@@ -5,8 +5,6 @@ none is ever shown."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from tests.conftest import (
     RunningProxy,
     free_port,
 )
+from tests.test_config import run_cli
 from tests.test_webhooks_config import CREDENTIALS, HOOK, parse
 from tests.test_webhooks_loop import register
 from tests.test_webhooks_relay import start_app
@@ -69,12 +68,7 @@ def test_check_masks_every_secret_of_a_rotation(tmp_path: Path) -> None:
         CREDENTIALS + f'\n[[webhooks]]\npath = "/hook"\nsecret = ["{NEW}", "{OLD}"]\n'
         'deliver_to = "http://127.0.0.1:9/"\n'
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "check", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_cli("check", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert '"path": "/hook"' in result.stdout
     assert NEW not in result.stdout + result.stderr
