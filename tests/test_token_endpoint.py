@@ -214,8 +214,7 @@ async def test_a_token_answer_over_one_mib_is_a_failed_fetch(
         {"expires_in": True},
         {"expires_in": [3600]},
         {"expires_in": {"s": 3600}},
-        {"ext_expires_in": "nan"},
-        {"ext_expires_in": "-1"},
+        {"expires_in": "0", "ext_expires_in": "3600"},
         {"expires_in": None, "ext_expires_in": None, "expires_on": "nan"},
         {"expires_in": None, "ext_expires_in": None, "not_before": "inf"},
         {"expires_in": None, "ext_expires_in": None, "expires_on": "1", "not_before": "2"},
@@ -225,12 +224,70 @@ async def test_a_token_answer_over_one_mib_is_a_failed_fetch(
 def test_a_lifetime_field_that_is_not_a_finite_positive_number_fails_the_fetch(
     fields: dict[str, Any],
 ) -> None:
-    """Every lifetime field must be a finite number; durations must be above zero."""
+    """Every lifetime field the proxy uses must be a finite number, the lifetime above
+    zero."""
     body = orjson.loads(token_json())
     body.update(fields)
     body = {k: v for k, v in body.items() if v is not None}
     with pytest.raises(TokenFetchError, match="token response"):
         parse_token_response(orjson.dumps(body), 0.0)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"ext_expires_in": "0"},
+        {"ext_expires_in": 0},
+        {"ext_expires_in": "-1"},
+        {"ext_expires_in": "nan"},
+        {"ext_expires_in": "disabled"},
+        {"ext_expires_in": None},
+        {"resource": {"odd": ["shape"]}},
+        {"resource": None},
+        {"token_type": "bearer"},
+        {"token_type": "BEARER"},
+        {"token_type": "pop"},
+        {"scope": "api", "id_token": 7, "x-unknown": [None, True]},
+    ],
+    ids=repr,
+)
+def test_fields_the_proxy_does_not_use_never_refuse_a_token(fields: dict[str, Any]) -> None:
+    """ext_expires_in ("0" in Vipps' own answer), resource, token_type's case and any
+    unknown field are not read: the token is taken, its lifetime from expires_in."""
+    body = orjson.loads(token_json())
+    body.update(fields)
+
+    token = parse_token_response(orjson.dumps(body), 0.0)
+
+    assert token.value.reveal() == TOKEN
+    assert token.expires_at == pytest.approx(3600 - 5)
+
+
+@pytest.mark.parametrize(
+    ("expires_on", "not_before"),
+    [("1495271273", "1495184574"), ("1", "2"), ("nan", "inf"), (str(10**12), "0")],
+    ids=["2017", "reversed", "not-numbers", "far-future"],
+)
+def test_absolute_times_do_not_matter_when_expires_in_is_present(
+    expires_on: str, not_before: str
+) -> None:
+    """expires_on and not_before from a clock that disagrees with ours (or none at all)
+    are not read when expires_in says how long the token lives."""
+    body = token_json(expires_in="86398", expires_on=expires_on, not_before=not_before)
+
+    token = parse_token_response(body, 100.0)
+
+    assert token.expires_at == pytest.approx(100 + 86398 - 5)
+
+
+def test_without_expires_in_the_lifetime_is_expires_on_less_not_before() -> None:
+    """No expires_in: the token lives expires_on - not_before seconds from receipt."""
+    body = orjson.loads(token_json(expires_on="1495271273", not_before="1495267673"))
+    del body["expires_in"]
+
+    token = parse_token_response(orjson.dumps(body), 0.0)
+
+    assert token.expires_at == pytest.approx(3600 - 5)
 
 
 @pytest.mark.parametrize("lifetime", ["nan", "inf", "-1", "x"])
