@@ -7,7 +7,6 @@ what reached them; the proxy in front of them is the real one.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from proxy.metrics import Metrics
 from proxy.redact import Redactor
 from proxy.tokens import NO_TOKEN_RETRY_CAP, TokenProvider, retry_after_seconds
 from tests.conftest import LogSink, ProxyFactory, RunningProxy, make_config
+from tests.webhook_peers import eventually
 
 TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.token-client.c2lnbmF0dXJl"
 ANSWER = {
@@ -197,9 +197,7 @@ async def test_a_retry_after_never_outlasts_half_the_held_tokens_life(
         await provider.get()
         now[0] += 3600 - 5 - 24  # 24 s before the held token expires
         provider.start()
-        async with asyncio.timeout(10):
-            while not log_sink.events("token_refresh_failed"):  # noqa: ASYNC110 (a log line)
-                await asyncio.sleep(0.01)
+        await eventually(lambda: bool(log_sink.events("token_refresh_failed")), "a refresh")
         await provider.close()
     (failed,) = log_sink.events("token_refresh_failed")
     assert failed["holding_valid_token"]
