@@ -115,7 +115,7 @@ class Credentials:
     token_style: TokenStyle
     client_id: Secret
     client_secret: Secret
-    subscription_key: Secret
+    subscription_key: Secret | None  # optional only for oauth2 sets (/miami/v1/token)
     token_subscription_key: Secret | None = None
     merchant_serial_number: str = ""
     resource: str = ""
@@ -125,10 +125,10 @@ class Credentials:
     @property
     def secrets(self) -> tuple[Secret, ...]:
         """Every secret value of this set, for redaction, with the forms it is sent in."""
-        extra = (self.token_subscription_key,) if self.token_subscription_key else ()
+        keys = (self.subscription_key, self.token_subscription_key)
         pair = f"{self.client_id.reveal()}:{self.client_secret.reveal()}".encode()
         basic = Secret(base64.b64encode(pair).decode("ascii"))  # oauth2's Basic header
-        return (self.client_id, self.client_secret, self.subscription_key, basic, *extra)
+        return (self.client_id, self.client_secret, basic, *(k for k in keys if k))
 
 
 @dataclass(frozen=True)
@@ -588,7 +588,8 @@ def _credentials(t: _Table, name: str) -> Credentials:
         token_style=style,
         client_id=_required_secret(t, "client_id"),
         client_secret=_required_secret(t, "client_secret"),
-        subscription_key=_required_secret(t, "subscription_key"),
+        # /miami/v1/token tokens need "no subscription key" (the Access Token spec)
+        subscription_key=t.secret("subscription_key", required=style != "oauth2"),
         token_subscription_key=t.secret("token_subscription_key", required=False),
         merchant_serial_number=_merchant_serial_number(t),
         resource=resource,

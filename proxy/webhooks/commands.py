@@ -242,10 +242,9 @@ def _api_url(config: Config, creds: Credentials) -> URL:
 
 
 def _headers(creds: Credentials, token: Secret) -> dict[str, str]:
-    headers = {
-        "Authorization": f"Bearer {token.reveal()}",
-        SUBSCRIPTION_KEY: creds.subscription_key.reveal(),
-    }
+    headers = {"Authorization": f"Bearer {token.reveal()}"}
+    if creds.subscription_key:  # an oauth2 set may have none
+        headers[SUBSCRIPTION_KEY] = creds.subscription_key.reveal()
     if creds.merchant_serial_number:
         headers[MERCHANT_SERIAL_NUMBER] = creds.merchant_serial_number
     return headers
