@@ -115,7 +115,7 @@ class Credentials:
     token_style: TokenStyle
     client_id: Secret
     client_secret: Secret
-    subscription_key: Secret
+    subscription_key: Secret | None  # optional only for oauth2 sets (/miami/v1/token)
     token_subscription_key: Secret | None = None
     merchant_serial_number: str = ""
     resource: str = ""
@@ -125,10 +125,10 @@ class Credentials:
     @property
     def secrets(self) -> tuple[Secret, ...]:
         """Every secret value of this set, for redaction, with the forms it is sent in."""
-        extra = (self.token_subscription_key,) if self.token_subscription_key else ()
+        keys = (self.subscription_key, self.token_subscription_key)
         pair = f"{self.client_id.reveal()}:{self.client_secret.reveal()}".encode()
         basic = Secret(base64.b64encode(pair).decode("ascii"))  # oauth2's Basic header
-        return (self.client_id, self.client_secret, self.subscription_key, basic, *extra)
+        return (self.client_id, self.client_secret, basic, *(k for k in keys if k))
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,9 @@ class Route:
 
 
 WebhookKind = Literal["vipps-webhook", "ecom-callback"]
+#: ``max_age``'s default: Vipps retries a webhook for 7 days and does not say that a
+#: retry is signed anew, so a retry may carry its first ``x-ms-date``; a day's margin.
+MAX_AGE: Final = 8 * 86400.0
 WEBHOOK_KINDS: Final = ("vipps-webhook", "ecom-callback")
 
 
@@ -167,9 +170,10 @@ class Webhook:
     path: str
     kind: WebhookKind
     deliver_to: URL
-    secret: Secret | None = None  # vipps-webhook only
+    #: vipps-webhook only: the newest first; any of them verifies (a rotation's overlap)
+    secrets: tuple[Secret, ...] = ()
     public_url: URL | None = None
-    max_age: float = 300.0
+    max_age: float = MAX_AGE
     retry_for: float = 604800.0
     allow_from: tuple[Network, ...] = ()
 
@@ -202,7 +206,7 @@ class Config:
     def secrets(self) -> tuple[Secret, ...]:
         """Every secret the config holds, for redaction."""
         held = [s for c in self.credentials.values() for s in c.secrets]
-        hooks = [w.secret for w in self.webhooks if w.secret]
+        hooks = [s for w in self.webhooks for s in w.secrets]
         return (*held, *self.server.client_keys, *hooks)
 
 
@@ -650,7 +654,8 @@ def _credentials(t: _Table, name: str) -> Credentials:
         token_style=style,
         client_id=_required_secret(t, "client_id"),
         client_secret=_required_secret(t, "client_secret"),
-        subscription_key=_required_secret(t, "subscription_key"),
+        # /miami/v1/token tokens need "no subscription key" (the Access Token spec)
+        subscription_key=t.secret("subscription_key", required=style != "oauth2"),
         token_subscription_key=t.secret("token_subscription_key", required=False),
         merchant_serial_number=_merchant_serial_number(t),
         resource=resource,
@@ -816,8 +821,8 @@ def _webhook(t: _Table, pending_secret: bool = False) -> Webhook:
     kind = cast(WebhookKind, t.choice("kind", WEBHOOK_KINDS, "vipps-webhook"))
     secret_file = t.data.get("secret_file")
     pending = pending_secret and isinstance(secret_file, str) and not Path(secret_file).exists()
-    secret = None if pending else t.secret("secret", required=kind == "vipps-webhook")
-    if kind == "ecom-callback" and secret is not None:
+    secrets = () if pending else _webhook_secrets(t, required=kind == "vipps-webhook")
+    if kind == "ecom-callback" and secrets:
         raise ConfigError(f"{t.key}.secret", "eCom callbacks are not signed; leave it out")
     deliver_to = _url(t, "deliver_to")
     public = t.get("public_url", str, "")
@@ -830,12 +835,32 @@ def _webhook(t: _Table, pending_secret: bool = False) -> Webhook:
         path=path,
         kind=kind,
         deliver_to=deliver_to,
-        secret=secret,
+        secrets=secrets,
         public_url=public_url,
-        max_age=t.number("max_age", 300.0, minimum=1.0),
+        max_age=t.number("max_age", MAX_AGE, minimum=1.0),
         retry_for=t.number("retry_for", 604800.0),
         allow_from=_cidrs(t, "allow_from"),
     )
+
+
+def _webhook_secrets(t: _Table, *, required: bool) -> tuple[Secret, ...]:
+    """``secret``: one string or a list (a rotation); ``secret_file``: one per line."""
+    if "secret_file" in t.data or isinstance(t.data.get("secret", ""), str):
+        if "secret_file" in t.data:
+            text = _read_secret_file(t.require("secret_file", str), f"{t.key}.secret_file")
+            values = [line.strip() for line in text.splitlines() if line.strip()]
+        else:
+            one = t.secret("secret", required=required)
+            values = [] if one is None else [one.reveal()]
+    else:
+        items = t.require("secret", list)
+        values = [_check_type(v, str, f"{t.key}.secret[{i}]") for i, v in enumerate(items)]
+    if required and not values:
+        raise ConfigError(f"{t.key}.secret", "is empty")
+    for i, value in enumerate(values):
+        if not value.strip():
+            raise ConfigError(f"{t.key}.secret[{i}]", "is empty")
+    return tuple(Secret(v) for v in values)
 
 
 def _cidrs(t: _Table, name: str) -> tuple[Network, ...]:

@@ -46,7 +46,7 @@ KINDS: dict[str, tuple[str, Callable[[Config], str]]] = {
     ),
     "webhook secret_file": (
         with_credentials(HOOK.format(secret='secret_file = "sub/file"')),
-        lambda c: c.webhooks[0].secret.reveal() if c.webhooks[0].secret else "",
+        lambda c: c.webhooks[0].secrets[0].reveal(),
     ),
     "server.tls_cert": (
         '[server]\ntls_cert = "sub/file"\ntls_key = "sub/key"\n' + with_credentials(""),

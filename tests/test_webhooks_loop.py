@@ -119,7 +119,7 @@ async def test_register_runs_with_the_config_whose_secret_file_it_writes(
 
     (registration,) = webhook_hub(emulator.server.app).registrations.values()
     loaded = load_config(config)
-    assert loaded.webhooks[0].secret == registration.secret
+    assert loaded.webhooks[0].secrets == (registration.secret,)
     checked = await asyncio.to_thread(run_cli, "check", "--config", str(config))
     assert checked.returncode == 0, checked.stderr
 
