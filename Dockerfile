@@ -31,20 +31,16 @@ RUN python -m venv "$VIRTUAL_ENV"
 
 WORKDIR /src
 
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml
-# changes, not on every code change. A one-line stub package lets pip resolve and
-# install the project's dependencies before the code is there; the stub itself is
-# uninstalled again.
-COPY pyproject.toml README.md ./
-RUN mkdir proxy \
-    && touch proxy/__init__.py \
-    && pip install --no-cache-dir . \
-    && pip uninstall --yes vipps-proxy \
-    && rm -rf proxy build ./*.egg-info
+# Dependencies first, in their own layer: it is rebuilt only when the lock changes,
+# not on every code change. Exactly the hashed pins of requirements/runtime.lock
+# (the build backend included), so an image built next month has the same aiohttp.
+COPY requirements/runtime.lock ./
+RUN pip install --no-cache-dir --require-hashes -r runtime.lock
 
-# The code: a regular (non-editable) install on top, dependencies already present.
+# The code: a regular (non-editable) install on top, built by the locked setuptools.
+COPY pyproject.toml README.md ./
 COPY proxy/ proxy/
-RUN pip install --no-cache-dir --no-deps .
+RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 
 # ---------------------------------------------------------------------------
 # runtime: the virtual environment and the container config, nothing else.

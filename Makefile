@@ -6,21 +6,34 @@ RUN_STAMP := $(VENV)/.installed-runtime
 # Node.js is only for `make test`'s official-SDK check; the proxy and the demo need Python.
 NODE_STAMP := tests/clients/node_modules/.installed
 
-.PHONY: install run test lint fmt bench soak mutate clean
+.PHONY: install lock run test lint fmt bench soak mutate clean
 
 SOAK_MINUTES ?= 10
 
 install: $(STAMP)
 
-$(RUN_STAMP): pyproject.toml
+# Both install exactly the hashed pins of a lock file (requirements/), then the project
+# itself (editable, no dependencies, built by the locked setuptools). `make run` takes
+# the runtime pins only; the dev tools come on top for install, test and lint.
+INSTALL_PROJECT := $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+
+$(RUN_STAMP): pyproject.toml requirements/runtime.lock
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	$(PY) -m pip install --quiet --require-hashes -r requirements/runtime.lock
+	$(INSTALL_PROJECT)
 	touch $(RUN_STAMP)
 
-$(STAMP): $(RUN_STAMP) pyproject.toml
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+$(STAMP): $(RUN_STAMP) pyproject.toml requirements/dev.lock
+	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
 	touch $(STAMP)
+
+# Re-resolves both lock files from pyproject.toml, keeping the pins they hold where the
+# bounds still allow them; `make lock LOCK_ARGS=--upgrade` takes the newest allowed.
+# Commit them with the pyproject.toml change.
+LOCK := $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes
+lock: $(STAMP)
+	$(LOCK) $(LOCK_ARGS) pyproject.toml requirements/build.in -o requirements/runtime.lock
+	$(LOCK) $(LOCK_ARGS) --extra dev pyproject.toml requirements/build.in -o requirements/dev.lock
 
 $(NODE_STAMP): tests/clients/package-lock.json
 	npm ci --prefix tests/clients --no-audit --no-fund --silent

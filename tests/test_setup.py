@@ -37,17 +37,22 @@ def test_make_run_on_a_fresh_clone_needs_no_npm() -> None:
 
 
 def test_make_run_installs_the_runtime_dependencies_only() -> None:
-    """The demo needs what the proxy needs: `pip install -e .`, never the dev extra (77
-    packages, 430 MB before the demo's first line)."""
+    """The demo needs what the proxy needs: the runtime lock and the project, never the
+    dev tools (77 packages, 430 MB before the demo's first line)."""
     installs = [line for line in make_dry_run("run").splitlines() if "pip install" in line]
     assert installs
-    assert all(line.rstrip().endswith(" -e .") for line in installs), installs
+    assert all(
+        line.rstrip().endswith(
+            (" -r requirements/runtime.lock", "--no-deps --no-build-isolation -e .")
+        )
+        for line in installs
+    ), installs
 
 
 @pytest.mark.parametrize("target", ["install", "test", "lint"])
 def test_make_install_test_and_lint_still_install_the_dev_tools(target: str) -> None:
     """The targets that run the dev tools install them."""
-    assert "-e '.[dev]'" in make_dry_run(target)
+    assert "--require-hashes -r requirements/dev.lock" in make_dry_run(target)
 
 
 @pytest.mark.parametrize(
