@@ -6,9 +6,11 @@
   the emulator checks credentials before it says that a path does not exist.
 """
 
+import os
 import re
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from . import checkout, echo, ecom, epayment, login, tokens, webhooks
 from .answers import Rejection, problem
@@ -18,12 +20,19 @@ from .keys import STATE_KEY, request_state
 from .settings import DEFAULT_SETTINGS, EmulatorSettings
 from .state import EmulatorState, ReceivedRequest
 
+SPECS_ENV = "VIPPS_EMULATOR_CHECK_SPECS"  # a folder of OpenAPI files: see speccheck
+
 PAYMENT = epayment.PAYMENTS_PATH + "/{reference}"
 
 
 def create_emulator(settings: EmulatorSettings = DEFAULT_SETTINGS) -> web.Application:
     """A fresh emulator application with its own state."""
-    app = web.Application(middlewares=[record_requests, webhooks.notify_changes, answer_rejections])
+    middlewares: list[Middleware] = [record_requests, webhooks.notify_changes, answer_rejections]
+    if os.environ.get(SPECS_ENV):
+        from .speccheck import spec_check_middleware  # dev dependencies: only when asked
+
+        middlewares.insert(1, spec_check_middleware())
+    app = web.Application(middlewares=middlewares)
     app[STATE_KEY] = EmulatorState(settings)
     webhooks.add_webhook_routes(app)
     ecom.add_ecom_routes(app)
