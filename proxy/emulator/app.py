@@ -1,9 +1,10 @@
 """The emulator application: routes and the two middlewares around them.
 
 - ``record_requests`` remembers every request except token calls in the state.
-- ``answer_rejections`` turns a raised `Rejection` into its answer, and aiohttp's own
-  404/405 into problems, after the API authentication rule: like the real gateway,
-  the emulator checks credentials before it says that a path does not exist.
+- ``answer_rejections`` turns a raised `Rejection` (or eCom's `EcomError`) into its
+  answer, and aiohttp's own 404/405 into problems, after the API authentication rule:
+  like the real gateway, the emulator checks credentials before it says that a path
+  does not exist.
 """
 
 import os
@@ -15,6 +16,7 @@ from aiohttp.typedefs import Middleware
 from . import checkout, echo, ecom, epayment, login, tokens, webhooks
 from .answers import Rejection, problem
 from .credentials import authenticate_api
+from .ecomorders import EcomError
 from .injection import Handler, with_api_faults
 from .keys import STATE_KEY, request_state
 from .settings import DEFAULT_SETTINGS, EmulatorSettings
@@ -110,6 +112,8 @@ async def answer_rejections(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except Rejection as rejection:
         return rejection.response
+    except EcomError as error:
+        return ecom.error_answer(error)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as missing:
         try:
             authenticate_api(request)
