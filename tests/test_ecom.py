@@ -4,6 +4,7 @@ eCom v2 spec and guide document (``tests/specs/ecom.swagger.yaml``)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +15,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from hypothesis import strategies as st
 from pytest_aiohttp import AiohttpClient
+from vipps import VippsEcomApi  # type: ignore[import-untyped]
+from yarl import URL
 
 from proxy.emulator import (
     DEMO_SALES_UNIT,
@@ -26,6 +29,7 @@ from proxy.emulator import (
 from proxy.emulator.ecom import ECOM_KEY
 from proxy.emulator.ecomorders import EcomError, EcomOrder
 
+from .conftest import ProxyFactory, RunningEmulator, make_config
 from .test_emulator import authed
 from .webhook_peers import LegacyApp, eventually
 
@@ -251,7 +255,7 @@ async def test_the_admin_approve_reserves_the_order(
 ) -> None:
     headers = await authed(client)
     await initiated(client, headers)
-    admin = await aiohttp_client(create_admin_app(emulator_state(client.server.app)))
+    admin = await aiohttp_client(create_admin_app(emulator_state(client.app)))
     response = await admin.post("/ecom/order-1/approve")
     assert response.status == 200
     assert await operations(client, headers) == ["RESERVE", "INITIATE"]
@@ -261,7 +265,7 @@ async def test_auto_approve_reserves_the_order_by_itself(make_client: MakeClient
     client = await make_client(auto_approve=0.0)
     headers = await authed(client)
     await initiated(client, headers)
-    orders = client.server.app[ECOM_KEY].orders
+    orders = client.app[ECOM_KEY].orders
     await eventually(lambda: orders[("123456", "order-1")].status == "RESERVE", "auto approval")
     assert await operations(client, headers) == ["RESERVE", "INITIATE"]
 
@@ -275,7 +279,7 @@ async def test_an_express_order_is_called_back_with_reserve(
     headers = await authed(client)
     callback = str(server.make_url("/cb"))
     await initiated(client, headers, callback=callback, paymentType="eComm Express Payment")
-    admin = await aiohttp_client(create_admin_app(emulator_state(client.server.app)))
+    admin = await aiohttp_client(create_admin_app(emulator_state(client.app)))
     assert (await admin.post("/ecom/order-1/approve")).status == 200
     await eventually(lambda: len(app.received) == 1, "the express callback")
     assert orjson.loads(app.received[0].body)["transactionInfo"]["status"] == "RESERVE"
@@ -298,3 +302,56 @@ def test_captured_and_refunded_never_pass_their_limits(steps: list[tuple[str, in
             pass
         assert 0 <= order.refunded <= order.captured <= AMOUNT
         assert order.summary_json()["remainingAmountToCapture"] == AMOUNT - order.captured
+
+
+# The PyPI ``vipps`` client (0.1, the only release): a legacy eCom v2 app's code, run
+# unchanged against the proxy, which answers its /accesstoken/get with a placeholder
+# and puts the real credentials on its calls to the emulator.
+
+
+@pytest.fixture
+async def legacy_client(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, aiohttp_server: Any
+) -> VippsEcomApi:
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
+    callbacks = await aiohttp_server(LegacyApp().app(), host="127.0.0.1")
+    return VippsEcomApi(
+        client_id="the-app-knows-no-client-id",
+        client_secret="the-app-knows-no-secret",
+        vipps_subscription_key="the-app-knows-no-key",
+        merchant_serial_number=DEMO_SALES_UNIT.merchant_serial_number,
+        vipps_server=str(proxy.url),
+        callback_prefix=str(callbacks.make_url("/vipps")),
+        fall_back="https://example.com/fallback",
+    )
+
+
+async def legacy_approved(api: VippsEcomApi, order_id: str) -> None:
+    """``init_payment`` and ``force_approve_payment`` with the token of its URL."""
+    started = await asyncio.to_thread(api.init_payment, order_id, AMOUNT, "Socks")
+    token = URL(started["url"]).query["token"]
+    await asyncio.to_thread(api.force_approve_payment, order_id, "91234567", token)
+
+
+async def test_the_vipps_pypi_client_captures_and_refunds_through_the_proxy(
+    legacy_client: VippsEcomApi,
+) -> None:
+    await legacy_approved(legacy_client, "legacy-1")
+    captured = await asyncio.to_thread(legacy_client.capture_payment, "legacy-1", AMOUNT, "Sent")
+    refunded = await asyncio.to_thread(legacy_client.refund_payment, "legacy-1", AMOUNT, "Back")
+    details = await asyncio.to_thread(legacy_client.details_payment, "legacy-1")
+    assert captured["transactionInfo"]["status"] == "Captured"
+    assert refunded["transactionSummary"]["refundedAmount"] == AMOUNT
+    history = [entry["operation"] for entry in details["transactionLogHistory"]]
+    assert history == ["REFUND", "CAPTURE", "RESERVE", "INITIATE"]
+
+
+async def test_the_vipps_pypi_client_cancels_through_the_proxy(
+    legacy_client: VippsEcomApi,
+) -> None:
+    await legacy_approved(legacy_client, "legacy-2")
+    cancelled = await asyncio.to_thread(legacy_client.cancel_payment, "legacy-2", "Sold out")
+    details = await asyncio.to_thread(legacy_client.details_payment, "legacy-2")
+    assert cancelled["transactionInfo"]["status"] == "Cancelled"
+    history = [entry["operation"] for entry in details["transactionLogHistory"]]
+    assert history == ["VOID", "RESERVE", "INITIATE"]
