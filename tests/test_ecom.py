@@ -5,7 +5,6 @@ eCom v2 spec and guide document (``tests/specs/ecom.swagger.yaml``)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -34,22 +33,14 @@ from .test_emulator import authed
 from .webhook_peers import LegacyApp, eventually
 
 Client = TestClient[Any, Any]
-MakeClient = Callable[..., Awaitable[Client]]
 ORDER = "/ecomm/v2/payments/order-1"
 AMOUNT = 20_000
 
 
 @pytest.fixture
-def make_client(aiohttp_client: AiohttpClient) -> MakeClient:
-    async def make(**settings: Any) -> Client:
-        return await aiohttp_client(create_emulator(EmulatorSettings(**settings)))
-
-    return make
-
-
-@pytest.fixture
-async def client(make_client: MakeClient) -> Client:
-    return await make_client()
+async def client(aiohttp_client: AiohttpClient) -> Client:
+    """A client for an emulator with the default settings."""
+    return await aiohttp_client(create_emulator())
 
 
 def initiate_body(callback: str = "https://example.com/cb", **merchant: str) -> dict[str, Any]:
@@ -261,8 +252,8 @@ async def test_the_admin_approve_reserves_the_order(
     assert await operations(client, headers) == ["RESERVE", "INITIATE"]
 
 
-async def test_auto_approve_reserves_the_order_by_itself(make_client: MakeClient) -> None:
-    client = await make_client(auto_approve=0.0)
+async def test_auto_approve_reserves_the_order_by_itself(aiohttp_client: AiohttpClient) -> None:
+    client = await aiohttp_client(create_emulator(EmulatorSettings(auto_approve=0.0)))
     headers = await authed(client)
     await initiated(client, headers)
     orders = client.app[ECOM_KEY].orders

@@ -3,7 +3,7 @@
 Registering returns an id and a secret once. On every new ePayment event of a sales
 unit's payments, each of its registrations for ``epayments.payment.<name>.v1`` gets a
 signed POST (Vipps' HMAC-SHA256 scheme), retried with backoff on anything but a 2xx,
-up to ``MAX_ATTEMPTS`` times (Vipps retries for 7 days; an emulator need not).
+up to ``MAX_ATTEMPTS`` times (Vipps keeps retrying; an emulator need not).
 """
 
 from __future__ import annotations
@@ -45,11 +45,13 @@ EVENT_TYPES: Final = tuple(
         "terminated",
     )
 )
-# Registrations per event type and sales unit: "up to 25 webhook registrations per event
-# per MSN" (https://developer.vippsmobilepay.com/docs/APIs/webhooks-api/events/; the
-# older webhooks.swagger.yaml's 5 is out of date).
+# Registrations per event type and sales unit: "Up to 25 webhook registrations per event
+# type, per MSN" (Webhooks API guide, "Webhook limits",
+# https://developer.vippsmobilepay.com/docs/APIs/webhooks-api/api-guide; the older
+# webhooks.swagger.yaml's 5 is out of date).
 MAX_PER_EVENT: Final = 25
-# Not Vipps' figure: Vipps retries for 7 days (Webhooks guide); an emulator need not.
+# Not Vipps' figure: Vipps retries a webhook until it succeeds ("that webhook will be
+# retried", Webhooks API FAQ); an emulator gives up after this many tries.
 MAX_ATTEMPTS: Final = 8
 FIRST_BACKOFF: Final = 0.5
 
