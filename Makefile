@@ -1,6 +1,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The proxy and its runtime dependencies only: all `make run` needs.
+RUN_STAMP := $(VENV)/.installed-runtime
 # Node.js is only for `make test`'s official-SDK check; the proxy and the demo need Python.
 NODE_STAMP := tests/clients/node_modules/.installed
 
@@ -10,8 +12,12 @@ SOAK_MINUTES ?= 10
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP) pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
@@ -20,8 +26,9 @@ $(NODE_STAMP): tests/clients/package-lock.json
 	npm ci --prefix tests/clients --no-audit --no-fund --silent
 	touch $(NODE_STAMP)
 
-run: $(STAMP)
-	$(VENV)/bin/vipps-proxy demo
+# PORT=N: the proxy's port (default 8080)
+run: $(RUN_STAMP)
+	$(VENV)/bin/vipps-proxy demo $(if $(PORT),--port $(PORT))
 
 test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -18,11 +18,12 @@ swap, and a refused fetch refuses the reload. The upstream pool (its connections
 limits) stays. The outbound SSL context is rebuilt only when ``[tls]`` or one of its
 files changed; it serves new upstream connections. The listener's context stays, and
 from the swap on hands every new handshake to a context made from the renewed
-certificate, key or client CA; open connections stay open. The webhook relay stays as it is.
+certificate, key or client CA; open connections stay open. The webhook relay stays,
+but verifies with the new config's webhook secrets from the swap on (a rotation).
 
 What needs a restart, named once in a ``reload_needs_restart`` line while the rest
-applies: ``RESTART_KEYS`` below, and ``webhooks`` for a changed ``[[webhooks]]`` or
-``[store]``.
+applies: ``RESTART_KEYS`` below, and ``webhooks`` for a changed ``[[webhooks]]`` (its
+secrets aside) or ``[store]``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
@@ -64,7 +65,7 @@ RESTART_KEYS: Final[tuple[tuple[str, Callable[[Config], Any]], ...]] = (
     ("server.tls_cert", lambda c: bool(c.server.tls_cert)),  # TLS turned on or off
     ("server.client_ca", lambda c: bool(c.server.client_ca)),  # client certificates on/off
     ("log.format", lambda c: c.log.format),
-    ("webhooks", lambda c: (c.webhooks, c.store, _callback_clients(c))),
+    ("webhooks", lambda c: (_hooks_but_secrets(c), c.store, _callback_clients(c))),
 )
 
 Digests = dict[str, str]
@@ -198,6 +199,8 @@ class Reloader:
             for provider in state.tokens.values():
                 provider.use_tls(state.upstream_ssl)
         self.app.state = state  # the swap: new calls read this one
+        if state.webhooks is not None:
+            state.webhooks.use_secrets(state.config)
         if state.config.log.level != old.config.log.level:
             set_level(state.config.log.level)
         self._applied = now
@@ -298,6 +301,11 @@ def _handshakes_with(
         connection.context = context
 
     return pick
+
+
+def _hooks_but_secrets(config: Config) -> Any:
+    """``[[webhooks]]`` less their secrets, which a reload applies."""
+    return tuple(replace(hook, secrets=()) for hook in config.webhooks)
 
 
 def _callback_clients(config: Config) -> Any:

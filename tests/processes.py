@@ -92,8 +92,11 @@ class ProxyProcess:
 
 
 @asynccontextmanager
-async def running_demo(*options: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """`vipps-proxy demo` on free ports with ``options``; its process and the proxy's port."""
+async def running_demo(
+    *options: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """`vipps-proxy demo` on free ports with ``options`` (and ``env`` added to the
+    environment); its process and the proxy's port."""
     port, emulator_port = free_port(), free_port()
     demo = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -107,11 +110,13 @@ async def running_demo(*options: str) -> AsyncIterator[tuple[asyncio.subprocess.
         *options,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     try:
         yield demo, port
     finally:
-        demo.send_signal(signal.SIGTERM)
+        if demo.returncode is None:
+            demo.send_signal(signal.SIGTERM)
         await asyncio.wait_for(demo.wait(), 20)
 
 

@@ -1,6 +1,6 @@
 """eCom v2 in the emulator, as legacy apps use it: initiate, approve, details, capture
 (full and partial), refund, cancel, with the statuses, errors and transaction log the
-eCom v2 spec and guide document (``tests/specs/ecom.swagger.yaml``)."""
+eCom v2 spec and guide document (``tests/specs/vipps-ecom-api.yaml``)."""
 
 from __future__ import annotations
 

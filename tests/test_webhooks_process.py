@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proxy.config import MAX_AGE
 from tests.conftest import free_port
 from tests.processes import ProxyProcess, write_config
 from tests.webhook_peers import (
@@ -161,7 +162,7 @@ def test_a_mutated_signed_event_gets_401_and_is_never_stored(
         import time
         from email.utils import formatdate
 
-        shift = (301 + n) * (-1 if mutation == "old_date" else 1)
+        shift = (MAX_AGE + 1 + n) * (-1 if mutation == "old_date" else 1)
         headers = vipps_headers(body, host, HOOK, date=formatdate(time.time() + shift, usegmt=True))
     elif mutation == "other_secret":
         headers = vipps_headers(body, host, HOOK, secret=SECRET + noise.hex())

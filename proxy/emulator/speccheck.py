@@ -43,7 +43,7 @@ LOG_ENV: Final = "VIPPS_EMULATOR_SPEC_LOG"
 # The files checked against, and the path prefix their ``servers`` put before paths.
 SPEC_FILES: Final = (
     "epayment.local.yml",
-    "ecom.swagger.yaml",
+    "vipps-ecom-api.yaml",
     "webhooks.swagger.yaml",
     "accesstoken.swagger.yaml",
 )

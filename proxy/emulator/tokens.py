@@ -1,6 +1,7 @@
 """The three token endpoints, in their three request styles.
 
-- ``POST /accesstoken/get``: credentials in headers; seven fields, strings by default.
+- ``POST /accesstoken/get``: credentials in headers; seven fields, strings by default,
+  in the Access Token 0.1.1 document's shape (``"ext_expires_in": "0"``).
 - ``POST /api/access-token/jwt-token``: the older API, credentials in a JSON body.
 - ``POST /miami/v1/token``: OAuth 2 client credentials with HTTP Basic.
 
@@ -212,7 +213,7 @@ def _azure_answer(
     now = int(time.time())
     numbers = {
         "expires_in": lifetime,
-        "ext_expires_in": lifetime,
+        "ext_expires_in": 0,  # "currently disabled": Vipps answers "0" (Access Token 0.1.1)
         "expires_on": now + lifetime,
         "not_before": now,
     }

@@ -1,13 +1,16 @@
 """``Deliverer``: hands stored events to the legacy app until it takes them.
 
 Each attempt sends the event's method, its body byte for byte and its headers less the
-hop-by-hop ones, plus ``Vipps-Proxy-Event-Id`` and ``Vipps-Proxy-Attempt``. A 2xx
+hop-by-hop ones, plus ``Vipps-Proxy-Event-Id``, ``Vipps-Proxy-Attempt`` and
+``Vipps-Proxy-Received-At`` (when the proxy acknowledged the event: RFC 3339, UTC, in
+milliseconds, ``2026-12-07T16:02:45.123Z``), so the app can order events itself. A 2xx
 within ``ATTEMPT_TIMEOUT`` means delivered; anything else is tried again after a
 backoff that starts at 1 s and doubles to at most 5 min, until ``retry_for`` has
 passed since the event arrived; then it is marked failed and kept.
 
-The store hands out only the oldest pending event of each ordering key, so a payment's
-events arrive in order and a stuck one holds back only its own payment. Only the
+The store hands out only the oldest pending event of each hook and ordering key, so a
+payment's events arrive in order and a stuck one holds back only its own payment on its
+own hook (an unsigned eCom callback never holds back a signed webhook). Only the
 holder of the ``Lease`` delivers; the others keep trying to take it over.
 """
 
@@ -20,6 +23,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 import aiohttp
@@ -38,17 +42,20 @@ FIRST_BACKOFF: Final = 1.0
 MAX_BACKOFF: Final = 300.0
 POLL: Final = 0.5  # seconds between looks at the store (events other workers took in)
 LEASE_RETRY: Final = 2.0  # seconds between tries to take the lease over
-#: Delivered events are kept this long (twice Vipps' 7 days of retries), so a late
-#: duplicate from Vipps is still recognised; then pruned, hourly. Failed ones stay.
+#: Delivered events are kept this long (twice Vipps' 7 days of retries), and at least
+#: twice any hook's ``max_age`` (an ``x-ms-date`` may be up to ``max_age`` ahead when it
+#: arrives and verifies until ``max_age`` after it), so a replay that still verifies is
+#: still recognised as a duplicate; then pruned, hourly. Failed ones stay.
 KEEP_DELIVERED: Final = 14 * 86400.0
 PRUNE_EVERY: Final = 3600.0
 STORE_RETRY: Final = 1.0  # seconds before trying again after the store failed
 MAX_ANSWER: Final = 64 * 1024  # bytes of the app's answer read (and dropped)
 EVENT_ID: Final = "Vipps-Proxy-Event-Id"
 ATTEMPT: Final = "Vipps-Proxy-Attempt"
+RECEIVED_AT: Final = "Vipps-Proxy-Received-At"
 #: What never goes to the app: connection fields, and what aiohttp sets for this hop.
 DELIVERY_DROP: Final = HOP_BY_HOP | frozenset(
-    {"host", "content-length", "expect", EVENT_ID.lower(), ATTEMPT.lower()}
+    {"host", "content-length", "expect", EVENT_ID.lower(), ATTEMPT.lower(), RECEIVED_AT.lower()}
 )
 #: Headers aiohttp would add by itself; the app sees only what Vipps sent.
 NO_AUTO_HEADERS: Final = ("User-Agent", "Content-Type", "Accept", "Accept-Encoding")
@@ -61,11 +68,24 @@ def backoff(attempts: int) -> float:
     return float(min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** min(attempts - 1, 20)))
 
 
+def received_at(when: float) -> str:
+    """``Vipps-Proxy-Received-At``: RFC 3339 in UTC with milliseconds."""
+    stamp = datetime.fromtimestamp(when, UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def callback_rest(hook: Webhook, received_path: str) -> str:
+    """What follows an eCom callback prefix; a doubled slash right after it counts as
+    one (a ``callbackPrefix`` ending in ``/`` makes Vipps call ``{prefix}//v2/...``)."""
+    rest = received_path[len(hook.path) :]
+    return rest[1:] if rest.startswith("//") else rest
+
+
 def delivery_url(hook: Webhook, received_path: str) -> URL:
     """``deliver_to``; for an eCom callback prefix, with the rest of the path after it."""
     if hook.kind != "ecom-callback":
         return hook.deliver_to
-    rest = received_path[len(hook.path) :]
+    rest = callback_rest(hook, received_path)
     if not rest:
         return hook.deliver_to
     if not rest.startswith(("/", "?")):
@@ -92,6 +112,7 @@ class Deliverer:
     ) -> None:
         self.store = store
         self.hooks = hooks
+        self.keep_delivered = max([KEEP_DELIVERED, *(2 * h.max_age for h in hooks.values())])
         self.metrics = metrics
         self.lease = Lease(store.path)
         self._ssl = ssl_context
@@ -146,7 +167,7 @@ class Deliverer:
         """Start an attempt for each due event not already under way; prune hourly."""
         now = time.time()
         if now - pruned_at > PRUNE_EVERY:
-            await self.store.run(self.store.prune, now - KEEP_DELIVERED)
+            await self.store.run(self.store.prune, now - self.keep_delivered)
             pruned_at = now
         for event in await self.store.run(self.store.due, now):
             if event.id not in self._in_flight:
@@ -209,7 +230,11 @@ async def _send(
     session: aiohttp.ClientSession, hook: Webhook, event: Event, attempt: int
 ) -> _Outcome:
     headers = filtered(event.headers, DELIVERY_DROP)
-    headers += [(EVENT_ID, event.id), (ATTEMPT, str(attempt))]
+    headers += [
+        (EVENT_ID, event.id),
+        (ATTEMPT, str(attempt)),
+        (RECEIVED_AT, received_at(event.received_at)),
+    ]
     try:
         async with session.request(
             event.method,

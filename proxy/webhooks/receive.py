@@ -2,10 +2,14 @@
 
 A Vipps webhook is verified before anything is stored (401 problem+json otherwise); a
 body over 64 KiB gets 413. The 2xx goes back only once the event is committed to the
-store. eCom callbacks carry no signature: they obey ``allow_clients`` (and the hook's
-``allow_from``), and their ``Authorization`` (the app's own ``authToken``) is kept for
-the app to check. eCom's ``.../shippingDetails`` and ``DELETE .../consents/...`` want
-the app's answer, so they are proxied to it at once, within 10 s, and never stored.
+store. A hook's secrets are read per call from ``secrets`` (a reload replaces them);
+any of them verifies. eCom callbacks carry no signature: they obey ``allow_clients``
+(and the hook's ``allow_from``), and their ``Authorization`` (the app's own
+``authToken``) is kept for the app to check. A ``callbackPrefix`` ending in ``/`` makes
+Vipps call ``{prefix}//v2/...``: that doubled slash counts as one. eCom's
+``POST .../shippingDetails`` and ``DELETE .../v2/consents/...`` want the app's answer,
+so they are proxied to it at once, within 10 s, and never stored; any other method on
+them gets 405.
 """
 
 from __future__ import annotations
@@ -38,7 +42,14 @@ from proxy.forwarding import CallRecord
 from proxy.headers import RESPONSE_DROP, filtered
 from proxy.inbound import check_request, continue_body
 from proxy.routing import decode_unreserved, normalise_path
-from proxy.webhooks.deliver import DELIVERY_DROP, EVENT_ID, NO_AUTO_HEADERS, delivery_url
+from proxy.secret import Secret
+from proxy.webhooks.deliver import (
+    DELIVERY_DROP,
+    EVENT_ID,
+    NO_AUTO_HEADERS,
+    callback_rest,
+    delivery_url,
+)
 from proxy.webhooks.metrics import WebhookMetrics
 from proxy.webhooks.store import Store
 from proxy.webhooks.verify import SignatureError, signed_target, verify
@@ -84,6 +95,8 @@ class Receiver:
         self.metrics = metrics
         self.allowlists = allowlists
         self.wake = wake
+        #: Each vipps-webhook path's secrets as the serving config has them.
+        self.secrets: dict[str, tuple[Secret, ...]] = {}
         self.session: aiohttp.ClientSession | None = None  # for the synchronous paths
 
     async def receive(
@@ -93,14 +106,18 @@ class Receiver:
         if hook.kind == "ecom-callback":
             self.allowlists[hook.path].check(call.client)
         check_request(request)
-        rest = call.path[len(hook.path) :]
+        rest = callback_rest(hook, call.path)
         if rest and normalise_path(rest) != decode_unreserved(rest):
             # deliver_to + rest: a dot segment would reach the app outside deliver_to
             raise BadRequest("the path leaves the callback prefix", reason="path_traversal")
-        if hook.kind == "ecom-callback" and _is_synchronous(request.method, rest):
+        if hook.kind == "ecom-callback" and (wanted := _synchronous_method(rest)):
+            if request.method != wanted:
+                raise MethodNotAllowed(
+                    f"Vipps calls this path with {wanted}", reason="method", allow=wanted
+                )
             return await self._synchronous(request, hook, call)
         if request.method != hdrs.METH_POST:
-            raise MethodNotAllowed("webhooks are POST only", reason="method")
+            raise MethodNotAllowed("webhooks are POST only", reason="method", allow="POST")
         body = await self._body(request, hook, call)
         if hook.kind == "vipps-webhook":
             self._verify(request, hook, body)
@@ -157,13 +174,12 @@ class Receiver:
         return b"".join(chunks)
 
     def _verify(self, request: web.BaseRequest, hook: Webhook, body: bytes) -> None:
-        assert hook.secret is not None  # the config requires one for this kind
         host, target = signed_target(
             hook.public_url, request.headers.get(hdrs.HOST, ""), request.raw_path
         )
         try:
             verify(
-                hook.secret,
+                self.secrets.get(hook.path, hook.secrets),
                 request.headers,
                 body,
                 method=request.method,
@@ -221,15 +237,20 @@ class Receiver:
         return web.Response(status=answer.status, body=content, headers=kept)
 
 
-def _is_synchronous(method: str, rest: str) -> bool:
+def _synchronous_method(rest: str) -> str:
+    """The one method Vipps uses on a synchronous eCom path (eCom v2's callbacks:
+    ``POST {shippingDetailsPrefix}/v2/payments/{orderId}/shippingDetails``,
+    ``DELETE {consentRemovalPrefix}/v2/consents/{userId}``); "" for any other path."""
     path = rest.partition("?")[0]
-    return path.endswith("/shippingDetails") or (method == "DELETE" and "/consents/" in path)
+    if path.endswith("/shippingDetails"):
+        return hdrs.METH_POST
+    return hdrs.METH_DELETE if "/v2/consents/" in path else ""
 
 
 def _ordering_key(hook: Webhook, path: str, body: bytes) -> str:
     """The payment an event belongs to: eCom's orderId in the path, else the body's
     ``reference`` (ePayment) or ``orderId``; "" when there is none."""
-    if hook.kind == "ecom-callback" and (found := _ORDER_ID.search(path[len(hook.path) :])):
+    if hook.kind == "ecom-callback" and (found := _ORDER_ID.search(callback_rest(hook, path))):
         return found.group(1)
     try:
         doc = orjson.loads(body)

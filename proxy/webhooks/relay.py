@@ -1,7 +1,8 @@
 """``WebhookRelay``: the receiver, the store and the deliverer of one app, put together.
 
 ``match`` is the one check on every call's path (a dict lookup, and a prefix test per
-eCom callback hook); ``start`` and ``close`` run with the app's.
+eCom callback hook); ``start`` and ``close`` run with the app's. ``use_secrets`` is how
+a reload hands over new webhook secrets: the rest of ``[[webhooks]]`` needs a restart.
 """
 
 from __future__ import annotations
@@ -52,8 +53,17 @@ class WebhookRelay:
             self.deliverer.wake,
             body_timeout=config.server.body_timeout,
         )
+        self.use_secrets(config)
         self._ssl = ssl_context
         self._tasks: list[asyncio.Task[None]] = []
+
+    def use_secrets(self, config: Config) -> None:
+        """Verify with ``config``'s webhook secrets from now on (paths this relay serves)."""
+        self.receiver.secrets = {
+            hook.path: hook.secrets
+            for hook in config.webhooks
+            if hook.secrets and hook.path in self._exact
+        }
 
     def match(self, path: str) -> Webhook | None:
         """The hook a call's path (no query) belongs to, if any."""
