@@ -147,8 +147,9 @@ def _emulator_options(emu: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="approve each payment this long after its creation (default: none: payments "
-        "stay CREATED until POST /epayment/v1/test/payments/{reference}/approve)",
+        help="approve each payment and eCom order this long after its creation (default: "
+        "none: payments stay CREATED until POST /epayment/v1/test/payments/{reference}/approve"
+        ", eCom orders INITIATE until the eCom test approve or the admin app's approve)",
     )
 
 

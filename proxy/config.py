@@ -49,7 +49,9 @@ NOT_PUBLIC: Final[tuple[Network, ...]] = (
     ipaddress.ip_network("fc00::/7"),
 )
 MIN_CLIENT_KEY: Final = 16  # characters; a shorter shared key can be guessed
-SYSTEM_HEADER_MAX: Final = 30  # Vipps truncates Vipps-System-* values at 30 characters
+# Vipps-System-* values: maxLength 30 in Vipps' specs (epayment.local.yml and
+# vipps-ecom-api.yaml in tests/specs, the four Vipps-System-* header parameters).
+SYSTEM_HEADER_MAX: Final = 30
 
 _REF = re.compile(r"\$\{([^}]*)\}")
 _MSN = re.compile(r"[0-9]+")

@@ -90,23 +90,23 @@ def test_the_demo_removes_its_temporary_folder_when_it_cannot_start(
     assert not list(demo_tmp.iterdir())
 
 
-def readme_flow() -> str:
-    """The README's create -> approve -> capture -> refund block."""
+def readme_flow(api: str = "/epayment/v1/") -> str:
+    """The README's create -> approve -> capture -> refund block for ``api``."""
     text = (ROOT / "README.md").read_text("utf-8")
-    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", text, re.S) if "/refund" in b]
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
+    (block,) = [b for b in blocks if "/refund" in b and api in b]
     return str(block)
 
 
-async def test_the_readmes_epayment_flow_works_against_the_demo(demo_tmp: Path) -> None:
-    """Every curl line of the README's flow, run as written (on the demo's port): the
-    payment ends captured and refunded, with its four events."""
+async def run_readme_flow(demo_tmp: Path, api: str) -> subprocess.CompletedProcess[str]:
+    """Every curl line of the README's flow for ``api``, run as written on a demo."""
     async with running_demo("--auto-approve", "3600", env={"TMPDIR": str(demo_tmp)}) as (
         demo,
         port,
     ):
         await read_until(demo, READY)
-        script = readme_flow().replace("127.0.0.1:8080", f"127.0.0.1:{port}")
-        result = await asyncio.to_thread(
+        script = readme_flow(api).replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+        return await asyncio.to_thread(
             subprocess.run,
             ["bash", "-e", "-c", script],
             capture_output=True,
@@ -114,7 +114,23 @@ async def test_the_readmes_epayment_flow_works_against_the_demo(demo_tmp: Path) 
             timeout=60,
             check=False,
         )
+
+
+async def test_the_readmes_epayment_flow_works_against_the_demo(demo_tmp: Path) -> None:
+    """Every curl line of the README's flow, run as written (on the demo's port): the
+    payment ends captured and refunded, with its four events."""
+    result = await run_readme_flow(demo_tmp, "/epayment/v1/")
     assert result.returncode == 0, result.stderr
     names = re.findall(r'"name": "([A-Z]+)"', result.stdout)
     assert names == ["CREATED", "AUTHORIZED", "CAPTURED", "REFUNDED"]
     assert '"refundedAmount": {"currency": "NOK", "value": 4900}' in result.stdout
+
+
+async def test_the_readmes_ecom_flow_works_against_the_demo(demo_tmp: Path) -> None:
+    """Every curl line of the README's eCom v2 flow, run as written (on the demo's port):
+    the order ends captured and refunded, its log newest first."""
+    result = await run_readme_flow(demo_tmp, "/ecomm/v2/")
+    assert result.returncode == 0, result.stderr
+    operations = re.findall(r'"operation": "([A-Z]+)"', result.stdout)
+    assert operations == ["REFUND", "CAPTURE", "RESERVE", "INITIATE"]
+    assert '"refundedAmount": 4900' in result.stdout

@@ -244,9 +244,9 @@ async def test_the_demo_shows_the_webhook_loop() -> None:
 async def test_an_emulated_ecom_callback_reaches_the_app_through_the_proxy(
     emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path, aiohttp_server: Any
 ) -> None:
-    """eCom v2 initiated through the proxy with a callbackPrefix at the proxy: the
-    emulator's one callback is answered by the proxy and reaches the app with the
-    merchant's authToken."""
+    """eCom v2 initiated and approved through the proxy with a callbackPrefix at the
+    proxy: the emulator's one callback, ``RESERVED`` as for every regular payment, is
+    answered by the proxy and reaches the app with the merchant's authToken."""
     app = LegacyApp()
     app_server = await aiohttp_server(app.app(), host="127.0.0.1")
     hook = {"path": "/ecom", "kind": "ecom-callback", "deliver_to": str(app_server.make_url("/cb"))}
@@ -266,16 +266,17 @@ async def test_an_emulated_ecom_callback_reaches_the_app_through_the_proxy(
         },
         "transaction": {"orderId": "ecom-order-1", "amount": 20000, "transactionText": "x"},
     }
-    async with (
-        aiohttp.ClientSession() as client,
-        client.post(proxy.at("/ecomm/v2/payments"), json=initiate) as response,
-    ):
-        assert response.status == 200
+    approve = proxy.at("/ecomm/v2/integration-test/payments/ecom-order-1/approve")
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy.at("/ecomm/v2/payments"), json=initiate) as response:
+            assert response.status == 200
+        async with client.post(approve, json={}) as approved:
+            assert approved.status == 200
     await eventually(lambda: len(app.received) == 1, "the callback at the app")
     got = app.received[0]
     assert got.path_qs == "/cb/v2/payments/ecom-order-1"
     assert got.header("Authorization") == "order-auth-token-1"
-    assert orjson.loads(got.body)["transactionInfo"]["status"] == "RESERVE"
+    assert orjson.loads(got.body)["transactionInfo"]["status"] == "RESERVED"
     from proxy.emulator.ecom import ECOM_KEY
 
     assert emulator.server.app[ECOM_KEY].callbacks == {"ecom-order-1": 200}

@@ -23,7 +23,7 @@ from .answers import INVALID_SUBSCRIPTION_KEY, Rejection, apim_error
 from .credentials import SUBSCRIPTION_KEY, unit_by_client, unit_by_key
 from .faults import Faults
 from .injection import FAULT_INJECTED, drop_connection
-from .keys import request_state
+from .keys import FAULTED_KEY, request_state
 from .settings import SalesUnit
 from .state import EmulatorState, TokenStyle
 
@@ -95,7 +95,10 @@ async def oauth2_token(request: web.Request) -> web.StreamResponse:
 def _count(request: web.Request, style: TokenStyle) -> Faults | None:
     state = request_state(request)
     state.token_requests[style] += 1
-    return state.faults.take_token()
+    faults = state.faults.take_token()
+    if faults is not None:
+        request[FAULTED_KEY] = True
+    return faults
 
 
 async def _act_out(request: web.Request, faults: Faults | None) -> web.StreamResponse | None:

@@ -56,7 +56,10 @@ from proxy.webhooks.verify import SignatureError, signed_target, verify
 
 MAX_BODY: Final = 64 * 1024
 BODY_TIMEOUT: Final = 20.0  # seconds for the whole body of one event (and body_timeout per gap)
-SYNC_TIMEOUT: Final = 10.0  # Vipps waits 10 s for shippingDetails and consent removal
+# The eCom API guide's merchant-endpoint table: "Get shipping details ... 10-second
+# timeout" (vippsas/vipps-ecom-api a2a3ebd, vipps-ecom-api.md); consent removal has no
+# timeout of its own there, and other callbacks get 3 s ("Callbacks").
+SYNC_TIMEOUT: Final = 10.0
 _ORDER_ID: Final = re.compile(r"/v2/payments/([^/?]+)")
 _log = structlog.get_logger("proxy.webhooks")
 
