@@ -18,6 +18,7 @@ import random
 import secrets
 import ssl
 import time
+from collections.abc import Iterator
 from typing import Any, Final
 
 import aiohttp
@@ -86,6 +87,7 @@ class ProxyApp:
             upstream_ssl=outbound_context(config.tls),
         )
         self.state.forwarder = Forwarder(self.state, self.pool)
+        self.state.metrics.watch_tokens(self._token_lives)
         if config.webhooks:
             from proxy.webhooks.relay import WebhookRelay
 
@@ -122,6 +124,14 @@ class ProxyApp:
             ssl=state.upstream_ssl,
             insecure=not state.config.tls.verify,
         )
+
+    def _token_lives(self) -> Iterator[tuple[str, float]]:
+        """Seconds each held token of the config serving now is still used for."""
+        now = time.monotonic()
+        for name, provider in self.state.tokens.items():
+            token = provider.current()
+            if token is not None:
+                yield name, token.expires_at - now
 
     def prefetch(self) -> None:
         """Fetch every token in the background, once listening: the first call need not wait."""
