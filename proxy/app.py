@@ -31,7 +31,7 @@ from proxy import events
 from proxy.access import Allowlist, check_client_key, peer_address
 from proxy.admin import (
     ADMIN_PREFIX,
-    admin_response,
+    api_admin_response,
     is_legacy_token_path,
     legacy_token_response,
 )
@@ -257,6 +257,8 @@ class ProxyRunner(web.ServerRunner):
         super().__init__(server, shutdown_timeout=shutdown_timeout)
         self.proxy = proxy
         self.reloader = Reloader(proxy)
+        #: The admin listener (``server.admin_port``), closed with this runner.
+        self.admin: web.BaseRunner | None = None
 
     async def _make_server(self) -> web.Server:
         await self.proxy.start()
@@ -267,6 +269,8 @@ class ProxyRunner(web.ServerRunner):
         self.proxy.draining = True
 
     async def _cleanup_server(self) -> None:
+        if self.admin is not None:
+            await self.admin.cleanup()
         await self.reloader.close()
         await self.proxy.close()
 
@@ -378,7 +382,7 @@ async def _dispatch(
     check_request(request)
     if call.path.startswith(ADMIN_PREFIX):
         call.route = "admin"
-        response = admin_response(state, call.path)
+        response = api_admin_response(state, request, call.path)
         call.status = response.status
         return response
     check_client_key(state.config.server.client_keys, request)

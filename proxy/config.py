@@ -90,6 +90,8 @@ class ServerConfig:
     body_timeout: float = 20.0
     max_connections: int = 1024
     reload_interval: float = 10.0
+    admin_port: int = 0
+    admin_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -440,9 +442,13 @@ def _server(t: _Table) -> ServerConfig:
         body_timeout=t.number("body_timeout", 20.0, minimum=0.1),
         max_connections=_integer(t, "max_connections", 1024, 1, 1_000_000),
         reload_interval=t.number("reload_interval", 10.0),
+        admin_port=_integer(t, "admin_port", 0, 0, 65535),
+        admin_host=t.get("admin_host", str, "127.0.0.1"),
     )
     _check_server_tls(server, t.key)
     _check_exposure(server, t.key)
+    if server.admin_port and server.admin_port == server.port:
+        raise ConfigError(f"{t.key}.admin_port", f"must differ from port, got {server.port}")
     return server
 
 
