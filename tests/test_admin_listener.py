@@ -4,17 +4,19 @@ without it, ``/-/metrics`` on the API port asks for a client key like any call."
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 
 from proxy.app import ProxyRunner
-from proxy.config import ConfigError
+from proxy.config import ConfigError, load_config
 from proxy.redact import Redactor
 from proxy.server import start
 from proxy.startup import StartupError
 from tests.conftest import ProxyFactory, RunningEmulator, RunningProxy, free_port, make_config
+from tests.processes import write_config
 
 ADMIN_PATHS = ("/-/health", "/-/ready", "/-/metrics")
 CLIENT_KEY = "a-client-key-of-32-characters-00"
@@ -122,3 +124,21 @@ async def test_metrics_on_the_api_port_need_a_client_key(with_keys: RunningProxy
 async def test_probes_stay_open_without_a_client_key(with_keys: RunningProxy, path: str) -> None:
     """Health and readiness answer probes that carry no client key."""
     assert (await get(with_keys.at(path)))[0] == 200
+
+
+async def test_an_admin_port_added_by_a_reload_waits_for_a_restart(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """A reload that sets ``admin_port`` names it in ``reload_needs_restart``, and the
+    API port goes on answering ``/-/health`` as the process started (no admin listener
+    runs, so the API port must not turn its probes away)."""
+    path = tmp_path / "proxy.toml"
+    write_config(path, str(emulator.token_url), str(emulator.url), 0)
+    proxy = await start_proxy(load_config(path))
+    assert isinstance(proxy.runner, ProxyRunner)
+    write_config(path, str(emulator.token_url), str(emulator.url), 0, admin_port=free_port())
+    assert await proxy.runner.reloader.reload("signal")
+    assert [line["keys"] for line in proxy.logs.events("reload_needs_restart")] == [
+        ["server.admin_port"]
+    ]
+    assert (await get(proxy.at("/-/health")))[0] == 200

@@ -174,12 +174,18 @@ def test_a_group_shows_each_workers_process_metrics_apart(tmp_path: Path) -> Non
 async def test_workers_each_show_their_process_metrics_in_one_scrape(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:
-    """``workers = 2``: one scrape shows the start time of both workers, by pid."""
-    port = free_port()
+    """``workers = 2`` and an admin port (shared by both, as the API port is): one
+    scrape there shows the start time of both workers, by pid."""
+    port, admin_port = free_port(), free_port()
     config = write_config(
-        tmp_path / "w.toml", str(emulator.token_url), str(emulator.url), port, workers=2
+        tmp_path / "w.toml",
+        str(emulator.token_url),
+        str(emulator.url),
+        port,
+        workers=2,
+        admin_port=admin_port,
     )
-    process = await asyncio.to_thread(ProxyProcess, config, port, tmp_path / "w.log")
+    process = await asyncio.to_thread(ProxyProcess, config, admin_port, tmp_path / "w.log")
     try:
         pids: set[str] = set()
         for _ in range(200):  # siblings share their metrics each second; bounded
