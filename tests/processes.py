@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO
@@ -92,13 +92,17 @@ class ProxyProcess:
 
 
 @asynccontextmanager
-async def running_demo(*options: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """`vipps-proxy demo` on free ports with ``options``; its process and the proxy's port."""
+async def running_demo(
+    *options: str,
+    command: Sequence[str] = (sys.executable, "-m", "proxy"),
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """`vipps-proxy demo` on free ports with ``options``; its process and the proxy's port.
+    ``command`` is how vipps-proxy is run (e.g. an installed one, in ``cwd``)."""
     port, emulator_port = free_port(), free_port()
     demo = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
+        *command,
         "demo",
         "--port",
         str(port),
@@ -107,6 +111,8 @@ async def running_demo(*options: str) -> AsyncIterator[tuple[asyncio.subprocess.
         *options,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
+        env=env,
     )
     try:
         yield demo, port

@@ -16,14 +16,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import free_port
+from tests.processes import read_until, running_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANGELOG = ROOT / "CHANGELOG.md"
 RELEASE = re.compile(r"## \[(\d+\.\d+\.\d+)\] - (\d{4}-\d{2}-\d{2})")
 SECTIONS = {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}
 INSTALL_TIMEOUT = 600.0
-START_TIMEOUT = 60.0
 
 
 def project_version() -> str:
@@ -90,25 +89,9 @@ def fresh_venv(where: Path, package: Path) -> Path:
 
 async def demo_creates_a_payment(program: Path) -> None:
     """`vipps-proxy demo` from ``program``: its curl line, then that payment made."""
-    port, emulator_port = free_port(), free_port()
-    demo = await asyncio.create_subprocess_exec(
-        str(program),
-        "demo",
-        "--port",
-        str(port),
-        "--emulator-port",
-        str(emulator_port),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd="/",  # nothing of the source tree within reach
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-    )
-    assert demo.stdout is not None
-    try:
-        line = b""
-        while not line.startswith(b"curl "):
-            line = (await asyncio.wait_for(demo.stdout.readline(), START_TIMEOUT)).strip()
-            assert line or demo.returncode is None, "the demo exited before its curl line"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    async with running_demo(command=[str(program)], cwd="/", env=env) as (demo, port):
+        line = (await read_until(demo, b"curl ")).strip()
         body = line.split(b" -d '", 1)[1].rstrip(b"'")
         key = re.search(rb"Idempotency-Key: ([\w-]+)", line)
         assert key is not None
@@ -121,9 +104,6 @@ async def demo_creates_a_payment(program: Path) -> None:
             ) as created,
         ):
             assert created.status == 201, await created.text()
-    finally:
-        demo.terminate()
-        await asyncio.wait_for(demo.wait(), 30)
 
 
 def installed(dist: Path, kind: str, where: Path) -> Path:
