@@ -22,6 +22,7 @@ from tests.conftest import (
     EmulatorFactory,
     ProxyFactory,
     RunningEmulator,
+    all_secrets,
     free_port,
     make_config,
 )
@@ -151,6 +152,9 @@ async def test_process_metrics_are_exported_and_no_created_series(
         assert samples[name] > 0, name
     assert 'vipps_proxy_token_fetches_total{credentials="main",result="ok"}' in samples
     assert [name for name in samples if "_created" in name] == []
+    text = "\n".join(samples)
+    for secret in all_secrets(proxy.config):
+        assert secret not in text
 
 
 def test_a_group_shows_each_workers_process_metrics_apart(tmp_path: Path) -> None:
