@@ -61,23 +61,13 @@ PER_PROCESS: Final = "process_"
 def snapshot(families: Iterable[Metric], pid: int | None = None) -> Snapshot:
     """Families as plain data, to be written as JSON; with ``pid``, the ``process_*``
     samples are labelled with it, so that each worker's stay apart."""
-    own = {"pid": str(pid)} if pid is not None else {}
-    return [
-        (
-            f.name,
-            f.documentation,
-            f.type,
-            [
-                (
-                    s.name,
-                    {**s.labels, **own} if f.name.startswith(PER_PROCESS) else s.labels,
-                    s.value,
-                )
-                for s in f.samples
-            ],
-        )
-        for f in families
-    ]
+    return [(f.name, f.documentation, f.type, _samples(f, pid)) for f in families]
+
+
+def _samples(family: Metric, pid: int | None) -> list[tuple[str, dict[str, str], float]]:
+    per_process = pid is not None and family.name.startswith(PER_PROCESS)
+    extra = {"pid": str(pid)} if per_process else {}
+    return [(s.name, {**s.labels, **extra}, s.value) for s in family.samples]
 
 
 #: Gauges every worker reads from one shared source (the webhook store) or holds alike
