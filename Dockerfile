@@ -16,6 +16,9 @@
 # Pinned by full version; bump deliberately (and add @sha256:<digest> where the
 # registry can be reached when building, for byte-for-byte reproducible bases).
 ARG PYTHON_IMAGE=python:3.11.17-slim-bookworm
+# The image's version label: pyproject.toml's version (tests/test_deploy.py keeps this
+# default equal to it; `--build-arg VERSION=...` for a build of another commit).
+ARG VERSION=0.1.0
 
 # ---------------------------------------------------------------------------
 # builder: a virtual environment with the dependencies, then the project.
@@ -47,9 +50,11 @@ RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 # ---------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 
+ARG VERSION
 LABEL org.opencontainers.image.title="vipps-proxy" \
       org.opencontainers.image.description="Authenticating reverse proxy for the Vipps MobilePay APIs" \
-      org.opencontainers.image.licenses="MIT"
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.version="${VERSION}"
 
 # A fixed numeric UID/GID, so Kubernetes' runAsNonRoot can verify it and volume
 # permissions can be planned for it.

@@ -6,7 +6,7 @@ RUN_STAMP := $(VENV)/.installed-runtime
 # Node.js is only for `make test`'s official-SDK check; the proxy and the demo need Python.
 NODE_STAMP := tests/clients/node_modules/.installed
 
-.PHONY: install lock run test lint fmt bench soak mutate clean
+.PHONY: install lock run test lint fmt bench soak mutate dist clean
 
 SOAK_MINUTES ?= 10
 
@@ -66,5 +66,11 @@ soak: $(STAMP)
 mutate: $(STAMP)
 	nice -n 10 $(PY) -m scripts.mutate $(MUTATE_ARGS)
 
+# The wheel and the sdist in $(DIST) (the wheel is built from the sdist, as pip would).
+DIST ?= dist
+dist: $(STAMP)
+	rm -rf $(DIST)
+	$(PY) -m build --outdir $(DIST) .
+
 clean:
-	rm -rf mutants $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf mutants dist build $(VENV) .mypy_cache .pytest_cache .ruff_cache

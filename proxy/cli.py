@@ -10,6 +10,7 @@ import secrets
 import sys
 from collections.abc import Sequence
 
+from proxy import __version__
 from proxy.config import LOG_FORMATS, Config, ConfigError, describe, load_config
 from proxy.emulator.settings import DEMO_MERCHANT_SERIAL_NUMBER
 from proxy.startup import EXIT_STARTUP, StartupError
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="vipps-proxy", description="Authenticating reverse proxy for the Vipps APIs."
     )
     parser.add_argument("--config", help=CONFIG_HELP)
+    parser.add_argument("--version", action="version", version=f"vipps-proxy {__version__}")
     sub = parser.add_subparsers(dest="command")
     for name, text in (("run", "run the proxy"), ("check", "validate the config and exit")):
         cmd = sub.add_parser(name, help=text, description=text)
@@ -91,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     _emulator_options(sub.add_parser("emulator", help=EMULATOR_HELP, description=EMULATOR_TEXT))
     from proxy.webhooks.commands import add_parser
 
-    add_parser(sub)
+    add_parser(sub, CONFIG_HELP)
     return parser
 
 

@@ -10,6 +10,7 @@ Secret keys also accept a ``<key>_file`` variant. Secrets are wrapped in
 from __future__ import annotations
 
 import base64
+import difflib
 import hashlib
 import ipaddress
 import os
@@ -92,6 +93,8 @@ class ServerConfig:
     body_timeout: float = 20.0
     max_connections: int = 1024
     reload_interval: float = 10.0
+    admin_port: int = 0
+    admin_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -405,7 +408,7 @@ class _Table:
     def allow_only(self, *names: str) -> None:
         for name in self.data:
             if name not in names:
-                raise ConfigError(_join(self.key, name), "unknown key")
+                raise ConfigError(_join(self.key, name), "unknown key" + _did_you_mean(name, names))
 
     def table(self, name: str) -> _Table:
         return _Table(self.data.get(name, {}), _join(self.key, name))
@@ -420,9 +423,11 @@ class _Table:
         return _check_type(self.data[name], kind, _join(self.key, name))
 
     def number(self, name: str, default: float, minimum: float = 0.0) -> float:
-        value = _number(self.data.get(name, default), _join(self.key, name))
+        key = _join(self.key, name)
+        given = self.data.get(name, default)
+        value = _number(given, key)
         if value < minimum:
-            raise ConfigError(_join(self.key, name), f"must be at least {minimum:g}")
+            raise ConfigError(key, f"must be at least {minimum:g}" + _got(key, given))
         return value
 
     def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
@@ -449,11 +454,42 @@ class _Table:
         return Secret(value)
 
 
+def _did_you_mean(name: str, names: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the known name closest to ``name``, if one is close."""
+    close = difflib.get_close_matches(name, list(names), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+#: Keys whose values are secrets (or may be): a wrong one is never shown in an error.
+SECRET_KEYS: Final = frozenset(
+    {
+        "client_id",
+        "client_secret",
+        "subscription_key",
+        "token_subscription_key",
+        "secret",
+        "client_keys",
+    }
+)
+SHOWN_AT_MOST: Final = 60  # characters of a wrong value shown in an error
+
+
+def _got(key: str, value: Any) -> str:
+    """``, got <value>`` for an error about ``key``'s value, unless the key is a secret's."""
+    name = key.rsplit(".", 1)[-1].split("[", 1)[0]
+    if name in SECRET_KEYS:
+        return ""
+    shown = repr(value)
+    if len(shown) > SHOWN_AT_MOST:
+        shown = shown[: SHOWN_AT_MOST - 3] + "..."
+    return f", got {shown}"
+
+
 def _check_type(value: Any, kind: type[T], key: str) -> T:
     if kind is bool and not isinstance(value, bool):
-        raise ConfigError(key, "must be true or false")
+        raise ConfigError(key, "must be true or false" + _got(key, value))
     if not isinstance(value, kind):
-        raise ConfigError(key, f"must be a {_kind_name(kind)}")
+        raise ConfigError(key, f"must be a {_kind_name(kind)}" + _got(key, value))
     return value
 
 
@@ -464,23 +500,22 @@ def _kind_name(kind: type[Any]) -> str:
 
 def _number(value: Any, key: str) -> float:
     """A number, also accepted as a numeric string (values often come from ``${ENV}``)."""
-    if isinstance(value, bool):
-        raise ConfigError(key, "must be a number")
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):
         try:
             return float(value)
         except ValueError:
             pass
-    raise ConfigError(key, "must be a number")
+    raise ConfigError(key, "must be a number" + _got(key, value))
 
 
 def _integer(table: _Table, name: str, default: int, low: int, high: int) -> int:
     key = _join(table.key, name)
-    value = _number(table.data.get(name, default), key)
-    if value != int(value) or not low <= value <= high:
-        raise ConfigError(key, f"must be a whole number from {low} to {high}")
+    given = table.data.get(name, default)
+    value = _number(given, key)
+    if not low <= value <= high or value != int(value):
+        raise ConfigError(key, f"must be a whole number from {low} to {high}" + _got(key, given))
     return int(value)
 
 
@@ -509,9 +544,13 @@ def _server(t: _Table) -> ServerConfig:
         body_timeout=t.number("body_timeout", 20.0, minimum=0.1),
         max_connections=_integer(t, "max_connections", 1024, 1, 1_000_000),
         reload_interval=t.number("reload_interval", 10.0),
+        admin_port=_integer(t, "admin_port", 0, 0, 65535),
+        admin_host=t.get("admin_host", str, "127.0.0.1"),
     )
     _check_server_tls(server, t.key)
     _check_exposure(server, t.key)
+    if server.admin_port and server.admin_port == server.port:
+        raise ConfigError(f"{t.key}.admin_port", f"must differ from port, got {server.port}")
     return server
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO
@@ -93,15 +93,17 @@ class ProxyProcess:
 
 @asynccontextmanager
 async def running_demo(
-    *options: str, env: dict[str, str] | None = None
+    *options: str,
+    command: Sequence[str] = (sys.executable, "-m", "proxy"),
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     """`vipps-proxy demo` on free ports with ``options`` (and ``env`` added to the
-    environment); its process and the proxy's port."""
+    environment); its process and the proxy's port. ``command`` is how vipps-proxy is
+    run (e.g. an installed one, in ``cwd``)."""
     port, emulator_port = free_port(), free_port()
     demo = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
+        *command,
         "demo",
         "--port",
         str(port),
@@ -110,6 +112,7 @@ async def running_demo(
         *options,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
     )
     try:

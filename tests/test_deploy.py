@@ -680,6 +680,55 @@ def test_image_entrypoint_serves_and_passes_its_health_check(image: Image, start
     assert proxy.popen.wait(timeout=shutdown_timeout() + 5) == 0, proxy.tail()
 
 
+def project_version() -> str:
+    """The version pyproject.toml gives: the one place it is written."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return str(tomllib.load(f)["project"]["version"])
+
+
+def image_labels() -> dict[str, str]:
+    """The final stage's LABELs, the build ARGs' defaults substituted."""
+    args: dict[str, str] = {}
+    for instruction in parse_instructions(DOCKERFILE.read_text(encoding="utf-8")):
+        if instruction.keyword == "FROM":
+            break
+        if instruction.keyword == "ARG":
+            name, _, default = instruction.value.partition("=")
+            args[name.strip()] = default.strip()
+    labels: dict[str, str] = {}
+    for label in final_stage().all("LABEL"):
+        for word in label.words():
+            name, _, value = word.partition("=")
+            labels[name] = expand(value, args)
+    return labels
+
+
+def test_image_labels_carry_the_projects_version() -> None:
+    """The OCI version label is pyproject.toml's version, with title and licence."""
+    labels = image_labels()
+    assert labels["org.opencontainers.image.version"] == project_version()
+    assert labels["org.opencontainers.image.title"] == "vipps-proxy"
+    assert labels["org.opencontainers.image.licenses"] == "MIT"
+
+
+def test_image_runs_the_version_its_label_names(image: Image) -> None:
+    """`vipps-proxy --version` inside the image prints the version its label names."""
+    done = subprocess.run(
+        image.argv(["vipps-proxy", "--version"]),
+        env=image.env,
+        cwd=image.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [
+        "vipps-proxy",
+        image_labels()["org.opencontainers.image.version"],
+    ]
+
+
 # --- Kubernetes ----------------------------------------------------------------------
 
 

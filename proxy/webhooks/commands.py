@@ -47,30 +47,57 @@ LIST_LIMIT: Final = 1000  # rows `webhooks list` shows unless --limit or --all
 _UNSAFE: Final = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Cn"})
 
 
-def add_parser(sub: Any) -> None:
-    """The ``webhooks`` sub-command and its own three."""
-    hooks = sub.add_parser("webhooks", help="inspect, retry and register webhooks")
-    hooks.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+WEBHOOKS_TEXT: Final = (
+    "The webhook store and Vipps' Webhooks API: list the events received, deliver them "
+    "again, register a webhook. list and retry work beside a running proxy."
+)
+LIST_TEXT: Final = (
+    "The events in the store, oldest first, one line each: id, state, attempts, when it "
+    "came, its path and payment reference, the last delivery error. Never the body."
+)
+RETRY_TEXT: Final = (
+    "Deliver a stored event (by id), or every failed one, again: the running proxy picks "
+    "it up within a second and tries for retry_for seconds more."
+)
+REGISTER_TEXT: Final = (
+    "Register a webhook with Vipps (POST /webhooks/v1/webhooks) with a credential set's "
+    "token, and write the secret Vipps returns to --secret-file (mode 0600). The secret "
+    "is shown once by Vipps and never printed."
+)
+
+
+def add_parser(sub: Any, config_help: str) -> None:
+    """The ``webhooks`` sub-command and its own three; ``config_help`` for --config."""
+    hooks = sub.add_parser(
+        "webhooks", help="inspect, retry and register webhooks", description=WEBHOOKS_TEXT
+    )
+    hooks.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=config_help)
     actions = hooks.add_subparsers(dest="action", required=True)
-    listing = actions.add_parser("list", help="stored events, oldest first")
-    listing.add_argument("--config", dest="config", default=argparse.SUPPRESS)
-    listing.add_argument("--state", choices=STATES)
+    listing = actions.add_parser("list", help="stored events, oldest first", description=LIST_TEXT)
+    listing.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=config_help)
+    listing.add_argument("--state", choices=STATES, help="only the events in this state")
     size = listing.add_mutually_exclusive_group()
     size.add_argument(
         "--limit", type=_positive, default=LIST_LIMIT, help=f"at most N (default {LIST_LIMIT})"
     )
     size.add_argument("--all", action="store_true", help="every stored event")
     listing.add_argument("--json", action="store_true", help="one JSON object per event")
-    retry = actions.add_parser("retry", help="deliver an event (or every failed one) again")
-    retry.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+    retry = actions.add_parser(
+        "retry", help="deliver an event (or every failed one) again", description=RETRY_TEXT
+    )
+    retry.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=config_help)
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("id", nargs="?", help="an event id from `webhooks list`")
     which.add_argument("--failed", action="store_true", help="every failed event")
-    register = actions.add_parser("register", help="register a webhook with Vipps")
-    register.add_argument("--config", dest="config", default=argparse.SUPPRESS)
+    register = actions.add_parser(
+        "register", help="register a webhook with Vipps", description=REGISTER_TEXT
+    )
+    register.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=config_help)
     register.add_argument("--credentials", required=True, help="the credential set to use")
     register.add_argument("--url", required=True, help="the public URL Vipps will call")
-    register.add_argument("--events", nargs="+", required=True, help="event types")
+    register.add_argument(
+        "--events", nargs="+", required=True, help="event types, e.g. epayments.payment.captured.v1"
+    )
     register.add_argument("--secret-file", required=True, help="where the secret goes (0600)")
 
 
