@@ -1,7 +1,9 @@
 """``Bounds``: how much the store takes in, per hook and per eCom sender.
 
 ``max_pending`` bounds a hook's events waiting or failed (read from the store every
-few seconds, plus what this process stored since): past it, 503. ``max_per_minute``
+few seconds, plus what this process stored since): past it, 503. ``admit`` counts the
+event at once (no await between the check and the count, so a burst of concurrent
+calls cannot all pass it); ``release`` takes it back when it was not stored. ``max_per_minute``
 bounds what one client address may have stored on an ``ecom-callback`` hook in one
 clock minute: past it, 429 with ``Retry-After`` (the seconds to the next minute).
 Each refusal counts in ``vipps_proxy_webhooks_received_total`` under its own
@@ -66,12 +68,20 @@ class Bounds:
         self._backlog = dict(counts)
 
     def admit(self, hook: Webhook, client: str, now: float) -> None:
-        """Raise ``StoreFull`` or ``TooManyCallbacks`` if this event is past a bound."""
+        """Count the event against ``hook``'s bounds, or raise ``StoreFull`` or
+        ``TooManyCallbacks`` if it is past one."""
         if self._backlog.get(hook.path, 0) >= hook.max_pending:
             self._warn(hook, OVER_PENDING, limit=hook.max_pending)
             raise StoreFull(f"{hook.max_pending} events are waiting for this path; try again")
-        if hook.kind != "ecom-callback":
-            return
+        if hook.kind == "ecom-callback":
+            self._per_minute(hook, client, now)
+        self._backlog[hook.path] = self._backlog.get(hook.path, 0) + 1
+
+    def release(self, hook: Webhook) -> None:
+        """An admitted event was not stored (a duplicate, or the store failed)."""
+        self._backlog[hook.path] = self._backlog.get(hook.path, 1) - 1
+
+    def _per_minute(self, hook: Webhook, client: str, now: float) -> None:
         minute = math.floor(now / 60)
         if minute != self._minute:
             self._minute, self._senders = minute, {}
@@ -81,10 +91,6 @@ class Bounds:
             retry_after = max(1, math.ceil((minute + 1) * 60 - now))
             raise TooManyCallbacks(f"at most {hook.max_per_minute} a minute", retry_after)
         self._senders[hook.path, client] = sent + 1
-
-    def stored(self, hook: Webhook) -> None:
-        """One more event waits for ``hook`` (until the next reading of the store)."""
-        self._backlog[hook.path] = self._backlog.get(hook.path, 0) + 1
 
     def _warn(self, hook: Webhook, result: str, **fields: object) -> None:
         key = (hook.path, result)

@@ -127,15 +127,11 @@ class Receiver:
             return await self._synchronous(request, hook, call)
         if request.method != hdrs.METH_POST:
             raise MethodNotAllowed("webhooks are POST only", reason="method", allow="POST")
-        try:
-            self.bounds.admit(hook, call.client, time.time())
-        except (StoreFull, TooManyCallbacks) as err:
-            self.metrics.received.labels(hook.path, err.reason).inc()
-            raise
         body = await self._body(request, hook, call)
         if hook.kind == "vipps-webhook":
             self._verify(request, hook, body)
         key = _ordering_key(hook, call.path, body)
+        self._admit(hook, call.client)
         try:
             event_id, new = await self.store.run(
                 self._add,
@@ -151,17 +147,25 @@ class Receiver:
             )
         except (sqlite3.Error, StoreMoved) as exc:  # not stored: Vipps (or eCom) tries again
             self.faults.failed("add" if isinstance(exc, sqlite3.Error) else "file_check", exc)
+            self.bounds.release(hook)
             self._received(hook, "store_failed", key)
             raise StoreUnavailable("the event could not be stored; try again") from None
         self.faults.committed()
-        if new:
-            self.bounds.stored(hook)
+        if not new:
+            self.bounds.release(hook)
         result = "accepted" if new else "duplicate"
         self._received(hook, result, key, event_id)
         if new:
             self.wake()
         call.status = 200
         return web.Response(status=200, headers={EVENT_ID: event_id})
+
+    def _admit(self, hook: Webhook, client: str) -> None:
+        try:
+            self.bounds.admit(hook, client, time.time())
+        except (StoreFull, TooManyCallbacks) as err:
+            self.metrics.received.labels(hook.path, err.reason).inc()
+            raise
 
     def _add(self, **event: Any) -> tuple[str, bool]:
         """``Store.add``, then the check that the path still names the file written
