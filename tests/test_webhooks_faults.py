@@ -31,7 +31,12 @@ from tests.webhook_peers import LegacyApp, eventually, payment_event, stored
 
 
 def relay_config(
-    tmp_path: Path, emulator: RunningEmulator, port: int, app_port: int, store: Path
+    tmp_path: Path,
+    emulator: RunningEmulator,
+    port: int,
+    app_port: int,
+    store: Path,
+    **server: object,
 ) -> Path:
     """A relay of HOOK to the app at ``app_port``, its tokens from the emulator."""
     return process_relay_config(
@@ -41,6 +46,7 @@ def relay_config(
         store=store,
         token_url=str(emulator.token_url),
         upstream=str(emulator.url),
+        **server,
     )
 
 
@@ -257,3 +263,35 @@ async def test_an_event_sent_after_the_store_file_is_lost_is_not_acknowledged(
         process.close()
     assert [event.body for event in stored(store)] == [body]
     assert store_failures(process.log_path.read_text()) == {"file_check": 1}
+
+
+def send_until_acknowledged(process: ProxyProcess, body: bytes) -> int:
+    """A worker whose store file is gone answers 503 once, as Vipps would see."""
+    statuses = [send(process, body) for _ in range(3)]
+    return 200 if 200 in statuses else statuses[-1]
+
+
+async def test_with_two_workers_a_deleted_store_keeps_one_deliverer(
+    tmp_path: Path, emulator: RunningEmulator, aiohttp_server: Any
+) -> None:
+    """The store and its lock file are deleted under two workers: the deliverer gives
+    up its lock on the deleted file and the lease is taken anew on the new one, so
+    events stored after it reach the app once each."""
+    port, app_port = free_port(), free_port()
+    app = LegacyApp()
+    await aiohttp_server(app.app(), host="127.0.0.1", port=app_port)
+    store = tmp_path / "events.sqlite3"
+    config = relay_config(tmp_path, emulator, port, app_port, store, workers=2)
+    process = await asyncio.to_thread(ProxyProcess, config, port, tmp_path / "proxy.log")
+    bodies = [payment_event(f"after-{n}") for n in range(20)]
+    try:
+        assert await asyncio.to_thread(send, process, payment_event("before")) == 200
+        await eventually(lambda: len(app.received) == 1, "the first delivery", 30)
+        await asyncio.to_thread(delete, store)
+        for body in bodies:
+            assert await asyncio.to_thread(send_until_acknowledged, process, body) == 200
+        await eventually(lambda: len(stored(store, "delivered")) == 20, "all delivered", 60)
+    finally:
+        process.close()
+    late = app.bodies()[1:]
+    assert sorted(late) == sorted(bodies)

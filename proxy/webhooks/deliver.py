@@ -150,20 +150,21 @@ class Deliverer:
         self._wake.set()
 
     async def run(self) -> None:
-        """Forever: take the lease, then deliver while holding it."""
-        try:
-            while True:
-                if self.lease.acquire():
-                    break
+        """Forever: take the lease, then deliver while holding it. A lease whose lock
+        file was deleted or replaced is given up, then taken again like any other."""
+        while True:
+            if not self.lease.acquire():
                 await asyncio.sleep(LEASE_RETRY)
+                continue
             _log.info(events.WEBHOOK_DELIVERY_STARTED, store=str(self.store.path))
-            async with self._session() as session:
-                await self._deliver_forever(session)
-        finally:
-            for task in self._in_flight.values():
-                task.cancel()
-            await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
-            self.lease.release()
+            try:
+                async with self._session() as session:
+                    await self._deliver_forever(session)
+            finally:
+                for task in self._in_flight.values():
+                    task.cancel()
+                await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+                self.lease.release()
 
     def _session(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
@@ -175,9 +176,10 @@ class Deliverer:
 
     async def _deliver_forever(self, session: aiohttp.ClientSession) -> None:
         pruned_at = 0.0
-        while True:
+        while self.lease.still_held():
             self._wake.clear()
             try:
+                await self._follow_store()
                 pruned_at = await self._start_due(session, pruned_at)
                 wait = await self._idle_time()
             except sqlite3.Error as exc:  # a broken file: keep trying, counted
@@ -188,6 +190,14 @@ class Deliverer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
+        # the lock file is gone: let what is under way finish, then take the lease anew
+        await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+
+    async def _follow_store(self) -> None:
+        """Reopen the store if its path names another file now (or none)."""
+        if not await self.store.run(self.store.same_file):
+            await self.store.run(functools.partial(self.store.reopen, moved=True))
+            self.faults.failed("file_check", "the store file was deleted or replaced; reopened")
 
     async def _start_due(self, session: aiohttp.ClientSession, pruned_at: float) -> float:
         """Start an attempt for each due event not already under way; prune hourly."""

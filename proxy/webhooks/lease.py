@@ -47,6 +47,17 @@ class Lease:
         self._fd = fd
         return True
 
+    def still_held(self) -> bool:
+        """Held, and on the file the lock path names (not deleted, not replaced): a
+        lock on a file no other process can open any more excludes nobody."""
+        if self._fd is None:
+            return False
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return os.path.samestat(os.fstat(self._fd), named)
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the last descriptor drops the lock
