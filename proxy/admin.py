@@ -100,8 +100,11 @@ def admin_response(state: ProxyState, path: str) -> web.Response:
 def _ready(state: ProxyState) -> web.Response:
     # Only sets that need a token have a cache (a client-credentials route's has none).
     failing = sorted(name for name, tokens in state.tokens.items() if not tokens.can_serve())
-    if failing:
-        body = {"status": "not ready", "credentials_without_token": failing}
+    store_down = state.webhooks is not None and not state.webhooks.can_commit
+    if failing or store_down:
+        body: dict[str, object] = {"status": "not ready", "credentials_without_token": failing}
+        if store_down:
+            body["webhook_store"] = "cannot commit"
         return web.Response(
             status=503,
             body=orjson.dumps(body),

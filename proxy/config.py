@@ -181,6 +181,8 @@ class Webhook:
     max_age: float = MAX_AGE
     retry_for: float = 604800.0
     allow_from: tuple[Network, ...] = ()
+    max_pending: int = 100000  # events waiting or failed; past it, 503
+    max_per_minute: int = 600  # ecom-callback: stored per client address; past it, 429
 
 
 @dataclass(frozen=True)
@@ -276,6 +278,7 @@ def parse_config(
         raise ConfigError("credentials", "at least one [credentials.NAME] set is required")
     routes = _routes(doc, credentials)
     webhooks, store = _webhooks(doc, base, pending_webhook_secrets)
+    _check_callback_exposure(server, webhooks)
     files = _named_files(raw, doc.data, server, tls, source, base)
     return Config(server, log, tls, credentials, routes, source, webhooks, store, files)
 
@@ -605,6 +608,28 @@ def _check_exposure(server: ServerConfig, key: str) -> None:
             )
 
 
+def _check_callback_exposure(server: ServerConfig, hooks: tuple[Webhook, ...]) -> None:
+    """eCom callbacks are unsigned and skip client keys: beyond loopback, the addresses
+    let in (``allow_clients`` and the hook's ``allow_from``) must not be public unless
+    ``allow_open_network`` says so."""
+    if _is_loopback_host(server.host) or server.allow_open_network:
+        return
+    for i, hook in enumerate(hooks):
+        if hook.kind != "ecom-callback":
+            continue
+        named = [("server.allow_clients", server.allow_clients)]
+        named.append((f"webhooks[{i}].allow_from", hook.allow_from))
+        for key, nets in named:
+            for j, net in enumerate(nets):
+                if covers_public(net):
+                    raise ConfigError(
+                        f"{key}[{j}]",
+                        f"{net} lets public addresses send unsigned eCom callbacks to "
+                        f"{hook.path}; narrow it to private networks or set "
+                        "server.allow_open_network = true",
+                    )
+
+
 def covers_public(net: Network) -> bool:
     """True if ``net`` holds any address that is not private, loopback, link-local or
     unique-local."""
@@ -832,6 +857,8 @@ _WEBHOOK_KEYS: Final = [
     "max_age",
     "retry_for",
     "allow_from",
+    "max_pending",
+    "max_per_minute",
 ]
 
 
@@ -881,6 +908,8 @@ def _webhook(t: _Table, pending_secret: bool = False) -> Webhook:
         max_age=t.number("max_age", MAX_AGE, minimum=1.0),
         retry_for=t.number("retry_for", 604800.0),
         allow_from=_cidrs(t, "allow_from"),
+        max_pending=_integer(t, "max_pending", 100000, 1, 1_000_000_000),
+        max_per_minute=_per_minute(t, kind),
     )
 
 
@@ -902,6 +931,12 @@ def _webhook_secrets(t: _Table, *, required: bool) -> tuple[Secret, ...]:
         if not value.strip():
             raise ConfigError(f"{t.key}.secret[{i}]", "is empty")
     return tuple(Secret(v) for v in values)
+
+
+def _per_minute(t: _Table, kind: WebhookKind) -> int:
+    if kind != "ecom-callback" and "max_per_minute" in t.data:
+        raise ConfigError(f"{t.key}.max_per_minute", "for ecom-callback only (webhooks are signed)")
+    return _integer(t, "max_per_minute", 600, 1, 1_000_000)
 
 
 def _cidrs(t: _Table, name: str) -> tuple[Network, ...]:

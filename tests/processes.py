@@ -43,16 +43,23 @@ upstream = "{upstream}"
 class ProxyProcess:
     """``python -m proxy --config FILE`` in its own process, output captured to a file."""
 
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(self, config: Path, port: int, log: Path, *, pipe: bool = False) -> None:
         self.port = port
         self.log_path = log
         self._log: IO[bytes] = log.open("wb")
+        #: pipe: output goes through `cat`, so a file-size limit put on the proxy's
+        #: process limits its store, not its logging.
+        self._cat = (
+            subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=self._log) if pipe else None
+        )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "proxy", "--config", str(config)],
-            stdout=self._log,
+            stdout=self._cat.stdin if self._cat else self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        if self._cat is not None and self._cat.stdin is not None:
+            self._cat.stdin.close()  # the proxy holds the pipe's only writing end now
         self.wait_healthy()
 
     def url(self, path: str) -> str:
@@ -88,6 +95,8 @@ class ProxyProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        if self._cat is not None:
+            self._cat.wait(10)
         self._log.close()
 
 

@@ -29,8 +29,17 @@ from tests.webhook_peers import (
 NO_TOKENS = "http://127.0.0.1:9/accesstoken/get"  # nothing here needs a token
 
 
-def relay_config(tmp_path: Path, port: int, app_port: int, **server: object) -> Path:
-    path = write_config(tmp_path / "proxy.toml", NO_TOKENS, "http://127.0.0.1:9", port, **server)
+def relay_config(
+    tmp_path: Path,
+    port: int,
+    app_port: int,
+    *,
+    store: str | Path = "events.sqlite3",
+    token_url: str = NO_TOKENS,
+    upstream: str = "http://127.0.0.1:9",
+    **server: object,
+) -> Path:
+    path = write_config(tmp_path / f"proxy-{port}.toml", token_url, upstream, port, **server)
     with path.open("a") as config:
         config.write(
             f"""
@@ -41,7 +50,7 @@ secret = "{SECRET}"
 deliver_to = "http://127.0.0.1:{app_port}/vipps/events"
 
 [store]
-path = "events.sqlite3"
+path = "{store}"
 """
         )
     return path

@@ -1,9 +1,11 @@
 """``Receiver``: the inbound handler for webhook and callback paths.
 
 A Vipps webhook is verified before anything is stored (401 problem+json otherwise); a
-body over 64 KiB gets 413. The 2xx goes back only once the event is committed to the
-store. A hook's secrets are read per call from ``secrets`` (a reload replaces them);
-any of them verifies. eCom callbacks carry no signature: they obey ``allow_clients``
+body over 64 KiB gets 413; past a hook's ``Bounds``, 503 or 429. The 2xx goes back only
+once the event is committed to the store and the store is still the file its path
+names (deleted or replaced: 503, and the store is reopened at its path). A hook's
+secrets are read per call from ``secrets`` (a reload replaces them); any of them
+verifies. eCom callbacks carry no signature: they obey ``allow_clients``
 (and the hook's ``allow_from``), and their ``Authorization`` (the app's own
 ``authToken``) is kept for the app to check. A ``callbackPrefix`` ending in ``/`` makes
 Vipps call ``{prefix}//v2/...``: that doubled slash counts as one. eCom's
@@ -19,7 +21,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 import orjson
@@ -43,6 +45,7 @@ from proxy.headers import RESPONSE_DROP, filtered
 from proxy.inbound import check_request, continue_body
 from proxy.routing import decode_unreserved, normalise_path
 from proxy.secret import Secret
+from proxy.webhooks.bounds import Bounds, StoreFull, TooManyCallbacks
 from proxy.webhooks.deliver import (
     DELIVERY_DROP,
     EVENT_ID,
@@ -50,6 +53,7 @@ from proxy.webhooks.deliver import (
     callback_rest,
     delivery_url,
 )
+from proxy.webhooks.faults import StoreFaults
 from proxy.webhooks.metrics import WebhookMetrics
 from proxy.webhooks.store import Store
 from proxy.webhooks.verify import SignatureError, signed_target, verify
@@ -79,6 +83,10 @@ class StoreUnavailable(ProxyError):
         return {"Retry-After": "1"}
 
 
+class StoreMoved(Exception):
+    """The store's path no longer names the file the event went into."""
+
+
 class Receiver:
     """Takes events in for the relay; ``wake`` tells the deliverer one is stored."""
 
@@ -88,9 +96,13 @@ class Receiver:
         metrics: WebhookMetrics,
         allowlists: dict[str, Allowlist],
         wake: Callable[[], None],
+        bounds: Bounds,
+        faults: StoreFaults,
         body_timeout: float = BODY_TIMEOUT,
     ) -> None:
         self.store = store
+        self.bounds = bounds
+        self.faults = faults
         self.body_timeout = body_timeout  # [server] body_timeout: the longest gap
         self.metrics = metrics
         self.allowlists = allowlists
@@ -122,9 +134,10 @@ class Receiver:
         if hook.kind == "vipps-webhook":
             self._verify(request, hook, body)
         key = _ordering_key(hook, call.path, body)
+        self._admit(hook, call.client)
         try:
             event_id, new = await self.store.run(
-                self.store.add,
+                self._add,
                 hook=hook.path,
                 path=request.raw_path,
                 method=request.method,
@@ -135,16 +148,36 @@ class Receiver:
                 ordering_key=key,
                 now=time.time(),
             )
-        except sqlite3.Error:  # not stored, so no 2xx: Vipps (or eCom) tries again
-            _log.exception(events.WEBHOOK_STORE_FAILED, path=hook.path)
+        except (sqlite3.Error, StoreMoved) as exc:  # not stored: Vipps (or eCom) tries again
+            self.faults.failed("add" if isinstance(exc, sqlite3.Error) else "file_check", exc)
+            self.bounds.release(hook)
             self._received(hook, "store_failed", key)
             raise StoreUnavailable("the event could not be stored; try again") from None
+        self.faults.committed()
+        if not new:
+            self.bounds.release(hook)
         result = "accepted" if new else "duplicate"
         self._received(hook, result, key, event_id)
         if new:
             self.wake()
         call.status = 200
         return web.Response(status=200, headers={EVENT_ID: event_id})
+
+    def _admit(self, hook: Webhook, client: str) -> None:
+        try:
+            self.bounds.admit(hook, client, time.time())
+        except (StoreFull, TooManyCallbacks) as err:
+            self.metrics.received.labels(hook.path, err.reason).inc()
+            raise
+
+    def _add(self, **event: Any) -> tuple[str, bool]:
+        """``Store.add``, then the check that the path still names the file written
+        (on the store's thread): an event in a deleted file is never acknowledged."""
+        found = self.store.add(**event)
+        if not self.store.same_file():
+            self.store.reopen(moved=True)
+            raise StoreMoved("the store file was deleted or replaced; reopened at its path")
+        return found
 
     async def _body(self, request: web.BaseRequest, hook: Webhook, call: CallRecord) -> bytes:
         length = request.content_length

@@ -11,7 +11,9 @@ delivered or failed. Events without a key, and events of different hooks, are
 independent. ``received_at`` is when the event was acknowledged; a requeue leaves it.
 
 ``sqlite3`` blocks, so the async side calls ``run``, which does the work on the store's
-one thread; the CLI calls the methods directly.
+one thread; the CLI calls the methods directly. The store keeps a descriptor of the file
+it opened, so ``same_file`` can tell whether the configured path still names it (a
+store deleted or replaced under a running proxy would take events no start reads).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +56,7 @@ CREATE TABLE IF NOT EXISTS events (
     received_at REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_pending ON events (state, ordering_key, seq);
+CREATE TABLE IF NOT EXISTS health (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 #: A store made before ``received_at`` existed gets it (0: its ``created_at`` counts).
 _ADD_RECEIVED_AT: Final = "ALTER TABLE events ADD COLUMN received_at REAL NOT NULL DEFAULT 0"
@@ -110,6 +114,8 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
+        #: The file opened and its -wal: compared with what the path names.
+        self._fds: tuple[int, int | None] | None = None
         self._thread: ThreadPoolExecutor | None = None
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -123,9 +129,38 @@ class Store:
         if self._thread is not None:
             self._thread.shutdown(wait=True)
             self._thread = None
+        self.reopen()
+
+    def reopen(self, *, moved: bool = False) -> None:
+        """Close the file; the next use opens whatever the path names then.
+
+        ``moved``: the path names another file now. SQLite leaves the old file's
+        ``-wal`` (and ``-shm``) beside it, and would read them as the new file's; they
+        are set aside (``<store>-wal.moved-<unix time>``, the ``-shm`` removed)."""
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._fds is None:
+            return
+        (fd, wal), self._fds = self._fds, None
+        try:
+            if moved and wal is not None and _names(self._beside("-wal"), os.fstat(wal)):
+                os.replace(self._beside("-wal"), self._beside(f"-wal.moved-{int(time.time())}"))
+                self._beside("-shm").unlink(missing_ok=True)
+        finally:
+            os.close(fd)  # after the connection: closing it earlier drops SQLite's locks
+            if wal is not None:
+                os.close(wal)
+
+    def same_file(self) -> bool:
+        """Whether the path still names the open file, and the file still has a name."""
+        if self._fds is None:
+            return True
+        held = os.fstat(self._fds[0])
+        return held.st_nlink > 0 and _names(self.path, held)
+
+    def _beside(self, suffix: str) -> Path:
+        return self.path.with_name(self.path.name + suffix)
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -133,13 +168,17 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # Owner-only: events hold bodies and headers. SQLite gives its -wal and -shm
             # files the database file's mode.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.executescript(_SCHEMA)
-            _add_received_at(db)
-            self._db = db
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(_SCHEMA)
+                _add_received_at(db)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._db, self._fds = db, (fd, _open_if_there(self._beside("-wal")))
         return self._db
 
     def add(
@@ -250,6 +289,18 @@ class Store:
             )
         return cursor.rowcount
 
+    def probe(self, now: float) -> None:
+        """Commit a one-row write: whether the store can take events again."""
+        with self.db as db:
+            db.execute("INSERT OR REPLACE INTO health (id, at) VALUES (1, ?)", (now,))
+
+    def backlog(self) -> dict[str, int]:
+        """Events waiting or failed, per hook: what ``max_pending`` bounds."""
+        rows = self.db.execute(
+            "SELECT hook, count(*) FROM events WHERE state IN ('pending', 'failed') GROUP BY hook"
+        )
+        return {str(hook): int(count) for hook, count in rows}
+
     def pending(self) -> list[Pending]:
         rows = self.db.execute(
             "SELECT hook, count(*), min(created_at) FROM events WHERE state = 'pending' "
@@ -267,6 +318,22 @@ def _add_received_at(db: sqlite3.Connection) -> None:
         except sqlite3.OperationalError:
             if "received_at" not in {row[1] for row in db.execute("PRAGMA table_info(events)")}:
                 raise
+
+
+def _names(path: Path, held: os.stat_result) -> bool:
+    """Whether ``path`` names the file ``held`` describes."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino)
+
+
+def _open_if_there(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
 
 
 def _event(row: Any) -> Event:
