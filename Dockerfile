@@ -38,7 +38,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN mkdir proxy \
     && touch proxy/__init__.py \
-    && pip install --no-cache-dir . \
+    && pip install --no-cache-dir '.[tracing]' \
     && pip uninstall --yes vipps-proxy \
     && rm -rf proxy build ./*.egg-info
 

@@ -18,7 +18,7 @@ import random
 import secrets
 import ssl
 import time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import structlog
@@ -56,6 +56,9 @@ from proxy.state import ProxyState
 from proxy.tls import outbound_context
 from proxy.tokens import TokenProvider
 from proxy.upstream import UpstreamPool
+
+if TYPE_CHECKING:  # loaded only when [tracing] is on
+    from proxy.tracing import Tracing
 
 MAX_REQUEST_ID: Final = 128
 #: Answers after which the connection is closed: the request was malformed or hostile.
@@ -98,6 +101,7 @@ class ProxyApp:
         # A bound logger, not the module's lazy proxy: one call's line costs ~5 µs less.
         self._log = structlog.get_logger("proxy.app").bind()
         self._tokens_session: aiohttp.ClientSession | None = None
+        self.tracing: Tracing | None = None  # [tracing] set: made in start(), in the worker
 
     async def start(self) -> None:
         """One session for token fetches and a token cache per credential set."""
@@ -105,6 +109,10 @@ class ProxyApp:
         if state.webhooks is not None:  # first: a store that fails to open leaves nothing open
             await state.webhooks.start()
         self._tokens_session = _tokens_session(state)
+        if state.config.tracing.endpoint:  # OpenTelemetry is imported only then
+            from proxy.tracing import Tracing
+
+            self.tracing = Tracing(state.config.tracing, state.metrics.registry)
         bearer_sets = {n for r in state.config.routes if r.auth == "bearer" for n in r.credentials}
         state.tokens = {
             name: self.token_provider(state.config.credentials[name], state)
@@ -114,7 +122,7 @@ class ProxyApp:
     def token_provider(self, creds: Credentials, state: ProxyState) -> TokenProvider:
         """A token cache for ``creds``, fetching over ``state``'s outbound TLS."""
         assert self._tokens_session is not None, "start() first"
-        return TokenProvider(
+        provider = TokenProvider(
             creds,
             self._tokens_session,
             state.metrics,
@@ -122,6 +130,8 @@ class ProxyApp:
             ssl=state.upstream_ssl,
             insecure=not state.config.tls.verify,
         )
+        provider.tracing = self.tracing
+        return provider
 
     def prefetch(self) -> None:
         """Fetch every token in the background, once listening: the first call need not wait."""
@@ -136,6 +146,8 @@ class ProxyApp:
         await self.pool.close()
         if self._tokens_session is not None:
             await self._tokens_session.close()
+        if self.tracing is not None:
+            await self.tracing.close()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Every call: checks, then the proxy's own answer or a forwarded one; one log line."""
@@ -148,6 +160,8 @@ class ProxyApp:
             client=peer_address(request),
         )
         CALL_ID.set(call.request_id)
+        if self.tracing is not None and not call.path.startswith(ADMIN_PREFIX):
+            call.trace = self.tracing.server(request.headers, call.method, call.path, call.client)
         state.metrics.active += 1
         response: web.StreamResponse | None = None
         try:
@@ -216,6 +230,8 @@ class ProxyApp:
             extra["replayed"] = "true"
         if call.retried_stale_connection:
             extra["retried_stale_connection"] = "true"
+        if call.trace is not None:
+            extra.update(call.trace.finish(call, status))
         log(
             events.REQUEST_COMPLETED,
             method=call.method,

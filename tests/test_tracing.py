@@ -1,0 +1,372 @@
+"""Tracing: spans sent over OTLP/HTTP to a real receiver, W3C trace context kept.
+
+The receiver is an aiohttp server decoding each export with ``opentelemetry-proto``,
+as a collector would; the upstream is an aiohttp server recording what it received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from proxy.app import ProxyRunner
+from tests.conftest import (
+    DEMO_CLIENT_ID,
+    ProxyFactory,
+    RunningEmulator,
+    RunningProxy,
+    all_secrets,
+    free_port,
+    make_config,
+)
+
+CEILING = 60.0  # seconds any awaited event may take on a busy machine
+CLIENT_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN_ID = "00f067aa0ba902b7"
+CLIENT_TRACEPARENT = f"00-{CLIENT_TRACE_ID}-{CLIENT_SPAN_ID}-01"
+COLLECTOR_KEY = "collector-key-5b0c8e1d"
+TOKEN = "tok-9f3e2a71c4-never-exported"
+SERVER, CLIENT, INTERNAL = 2, 3, 1  # OTLP's SpanKind numbers
+
+
+@dataclass
+class Span:
+    """One exported span, as the receiver decoded it."""
+
+    name: str
+    kind: int
+    trace_id: str
+    span_id: str
+    parent: str
+    attributes: dict[str, Any]
+    links: list[tuple[str, str]]
+    events: list[str]
+
+
+@dataclass
+class Receiver:
+    """A minimal OTLP/HTTP trace receiver: every span and every raw export kept."""
+
+    spans: list[Span] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        self.raw.append(body)
+        self.headers.append(dict(request.headers))
+        export = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in export.resource_spans:
+            self.resources.append(_attributes(resource_spans.resource.attributes))
+            for scope in resource_spans.scope_spans:
+                self.spans.extend(_span(s) for s in scope.spans)
+        self.changed.set()
+        answer = ExportTraceServiceResponse().SerializeToString()
+        return web.Response(body=answer, content_type="application/x-protobuf")
+
+    async def wait_for(self, found: Callable[[list[Span]], bool]) -> list[Span]:
+        async with asyncio.timeout(CEILING):
+            while not found(self.spans):
+                self.changed.clear()
+                await self.changed.wait()
+        return self.spans
+
+    def named(self, prefix: str) -> list[Span]:
+        return [s for s in self.spans if s.name.startswith(prefix)]
+
+
+def _value(value: AnyValue) -> Any:
+    return getattr(value, value.WhichOneof("value") or "string_value")
+
+
+def _attributes(pairs: Any) -> dict[str, Any]:
+    return {kv.key: _value(kv.value) for kv in pairs}
+
+
+def _span(s: Any) -> Span:
+    return Span(
+        name=s.name,
+        kind=s.kind,
+        trace_id=s.trace_id.hex(),
+        span_id=s.span_id.hex(),
+        parent=s.parent_span_id.hex(),
+        attributes=_attributes(s.attributes),
+        links=[(link.trace_id.hex(), link.span_id.hex()) for link in s.links],
+        events=[e.name for e in s.events],
+    )
+
+
+@dataclass
+class Recorder:
+    """An upstream answering 200, keeping each request's raw header lines."""
+
+    heads: list[list[tuple[bytes, bytes]]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.heads.append(list(request.raw_headers))
+        return web.json_response({"ok": True})
+
+    def header(self, name: bytes, index: int = -1) -> list[bytes]:
+        return [v for k, v in self.heads[index] if k.lower() == name]
+
+
+@pytest.fixture
+async def receiver(aiohttp_server: Any) -> Receiver:
+    found = Receiver()
+    app = web.Application()
+    app.router.add_post("/v1/traces", found.handle)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    found.url = str(server.make_url("/v1/traces"))  # type: ignore[attr-defined]
+    return found
+
+
+@pytest.fixture
+async def recorder(aiohttp_server: Any) -> tuple[Recorder, TestServer]:
+    found = Recorder()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", found.handle)
+    return found, await aiohttp_server(app, host="127.0.0.1")
+
+
+TracedProxy = Callable[..., Awaitable[RunningProxy]]
+
+
+@pytest.fixture
+def traced(
+    start_proxy: ProxyFactory, emulator: RunningEmulator, recorder: tuple[Recorder, TestServer]
+) -> TracedProxy:
+    """The proxy in front of the recording upstream, tokens from the emulator."""
+
+    async def factory(endpoint: str, token_url: str = "", **tracing: Any) -> RunningProxy:
+        extra = {"tracing": {"endpoint": endpoint, **tracing}} if endpoint else {}
+        upstream = recorder[1].make_url("/")
+        config = make_config(token_url or emulator.token_url, upstream, extra=extra)
+        return await start_proxy(config)
+
+    return factory
+
+
+def _url(receiver: Receiver) -> str:
+    return cast(str, receiver.url)  # type: ignore[attr-defined]
+
+
+async def _get(proxy: RunningProxy, path: str, **headers: str) -> aiohttp.ClientResponse:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(proxy.at(path), headers=headers) as r,
+    ):
+        await r.read()
+        return r
+
+
+async def test_server_span_has_the_call_attributes_and_a_client_span_child(
+    traced: TracedProxy, receiver: Receiver
+) -> None:
+    """A proxied call exports a server span (method, path without query, route, status,
+    client, credentials) and the upstream call as its client child."""
+    proxy = await traced(_url(receiver))
+    assert (await _get(proxy, "/epayment/v1/payments?secret=1")).status == 200
+    spans = await receiver.wait_for(lambda s: any(x.kind == SERVER for x in s))
+    server = next(s for s in spans if s.kind == SERVER)
+    assert server.name == "GET /"
+    assert server.attributes == {
+        "http.request.method": "GET",
+        "url.path": "/epayment/v1/payments",
+        "client.address": "127.0.0.1",
+        "http.response.status_code": 200,
+        "http.route": "/",
+        "vipps.credentials": "main",
+    }
+    client = next(s for s in spans if s.kind == CLIENT)
+    assert (client.trace_id, client.parent) == (server.trace_id, server.span_id)
+    assert client.attributes["server.address"] == "127.0.0.1"
+    assert client.attributes["http.response.status_code"] == 200
+    assert client.attributes["vipps.retried_stale_connection"] is False
+
+
+@pytest.fixture
+async def held_token(aiohttp_server: Any) -> tuple[str, asyncio.Event]:
+    """A token endpoint that answers only once released."""
+    release = asyncio.Event()
+
+    async def token(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.json_response(
+            {"token_type": "Bearer", "expires_in": "3600", "access_token": TOKEN}
+        )
+
+    app = web.Application()
+    app.router.add_post("/accesstoken/get", token)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return str(server.make_url("/accesstoken/get")), release
+
+
+async def test_call_that_waited_for_a_cold_token_links_the_token_fetch_span(
+    traced: TracedProxy, receiver: Receiver, held_token: tuple[str, asyncio.Event]
+) -> None:
+    """A call that waits for the first token fetch links to that fetch's span, which
+    names the credential set and the outcome and nothing else."""
+    token_url, release = held_token
+    proxy = await traced(_url(receiver), token_url=token_url)
+    call = asyncio.create_task(_get(proxy, "/epayment/v1/payments"))
+    state = cast(ProxyRunner, proxy.runner).proxy.state
+    async with asyncio.timeout(CEILING):
+        while state.metrics.active < 1:  # noqa: ASYNC110 - a counter, no event to await
+            await asyncio.sleep(0.01)
+    release.set()
+    assert (await call).status == 200
+    spans = await receiver.wait_for(lambda s: len({x.kind for x in s}) == 3)
+    fetch = next(s for s in spans if s.name == "token_fetch")
+    server = next(s for s in spans if s.kind == SERVER)
+    assert fetch.attributes == {"vipps.credentials": "main", "vipps.token.outcome": "ok"}
+    assert (fetch.trace_id, fetch.span_id) in server.links
+
+
+async def test_client_traceparent_makes_the_server_span_its_child(
+    traced: TracedProxy, receiver: Receiver
+) -> None:
+    """A client's traceparent puts our server span in the client's trace, under its span."""
+    proxy = await traced(_url(receiver))
+    await _get(proxy, "/epayment/v1/payments", traceparent=CLIENT_TRACEPARENT)
+    spans = await receiver.wait_for(lambda s: any(x.kind == SERVER for x in s))
+    server = next(s for s in spans if s.kind == SERVER)
+    assert (server.trace_id, server.parent) == (CLIENT_TRACE_ID, CLIENT_SPAN_ID)
+
+
+async def test_upstream_receives_the_client_span_as_its_parent(
+    traced: TracedProxy, receiver: Receiver, recorder: tuple[Recorder, TestServer]
+) -> None:
+    """The upstream gets one traceparent: our client span's, in the client's trace,
+    and the client's tracestate carried on."""
+    proxy = await traced(_url(receiver))
+    await _get(
+        proxy, "/epayment/v1/payments", traceparent=CLIENT_TRACEPARENT, tracestate="vendor=1"
+    )
+    spans = await receiver.wait_for(lambda s: any(x.kind == CLIENT for x in s))
+    client = next(s for s in spans if s.kind == CLIENT)
+    sent = recorder[0].header(b"traceparent")
+    assert sent == [f"00-{CLIENT_TRACE_ID}-{client.span_id}-01".encode()]
+    assert recorder[0].header(b"tracestate") == [b"vendor=1"]
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "tracestate"),
+    [
+        (CLIENT_TRACEPARENT.encode(), b"vendor=1"),
+        (b"  00-Not-A-Valid-Parent  x", b"a=1,,  b=2 "),
+    ],
+)
+async def test_trace_headers_pass_byte_for_byte_with_tracing_off(
+    traced: TracedProxy,
+    recorder: tuple[Recorder, TestServer],
+    traceparent: bytes,
+    tracestate: bytes,
+) -> None:
+    """Without [tracing], traceparent and tracestate reach the upstream as sent."""
+    proxy = await traced("")
+    host, port = proxy.address
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"GET /epayment/v1/payments HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"traceparent: " + traceparent + b"\r\ntracestate: " + tracestate + b"\r\n\r\n"
+    )
+    await asyncio.wait_for(reader.read(), CEILING)
+    writer.close()
+    assert recorder[0].header(b"traceparent") == [traceparent.strip()]
+    assert recorder[0].header(b"tracestate") == [tracestate.strip()]
+
+
+async def test_request_completed_line_carries_the_trace_and_span_ids(
+    traced: TracedProxy, receiver: Receiver
+) -> None:
+    """Each request_completed line names the server span it belongs to."""
+    proxy = await traced(_url(receiver))
+    await _get(proxy, "/epayment/v1/payments")
+    spans = await receiver.wait_for(lambda s: any(x.kind == SERVER for x in s))
+    server = next(s for s in spans if s.kind == SERVER)
+    (line,) = proxy.logs.events("request_completed")
+    assert (line["trace_id"], line["span_id"]) == (server.trace_id, server.span_id)
+
+
+async def test_no_secret_in_any_exported_span(
+    traced: TracedProxy, receiver: Receiver, held_token: tuple[str, asyncio.Event]
+) -> None:
+    """No span, event, link or resource carries a credential, the collector's key or
+    the token (the collector's key goes only in the export's own headers)."""
+    token_url, release = held_token
+    release.set()
+    proxy = await traced(_url(receiver), token_url=token_url, headers={"x-api-key": COLLECTOR_KEY})
+    await _get(proxy, "/epayment/v1/payments?x=1")
+    await receiver.wait_for(lambda s: len({x.kind for x in s}) == 3)
+    secrets = all_secrets(proxy.config, TOKEN)
+    assert COLLECTOR_KEY in secrets
+    assert COLLECTOR_KEY in str(receiver.headers)  # the collector was sent its key ...
+    exported = b"".join(receiver.raw)
+    for secret in [*secrets, DEMO_CLIENT_ID]:  # ... and no span carries any secret
+        assert secret.encode() not in exported, secret
+    assert COLLECTOR_KEY not in proxy.logs.text()
+
+
+async def test_collector_down_costs_calls_nothing(
+    traced: TracedProxy, recorder: tuple[Recorder, TestServer]
+) -> None:
+    """With nothing listening at the endpoint, 1,000 calls all pass."""
+    proxy = await traced(f"http://127.0.0.1:{free_port()}/v1/traces")
+    connector = aiohttp.TCPConnector(limit=20)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int) -> int:
+            async with session.get(proxy.at(f"/epayment/v1/payments/{i}")) as r:
+                await r.read()
+                return r.status
+
+        statuses = await asyncio.gather(*(one(i) for i in range(1000)))
+    assert statuses == [200] * 1000
+    assert len(recorder[0].heads) == 1000
+
+
+def test_tracing_without_the_extra_exits_2_naming_the_key(tmp_path: Path) -> None:
+    """[tracing] set while OpenTelemetry is not installed: one line, exit 2."""
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        '[credentials.main]\ntoken_url = "https://apitest.vipps.no/accesstoken/get"\n'
+        'client_id = "a"\nclient_secret = "b"\nsubscription_key = "c"\n'
+        'merchant_serial_number = "123456"\n'
+        '[[routes]]\nprefix = "/"\nupstream = "https://apitest.vipps.no"\n'
+        'credentials = ["main"]\n'
+        '[tracing]\nendpoint = "http://127.0.0.1:4318/v1/traces"\n'
+    )
+    # OpenTelemetry made absent for this process only, as if the extra were not installed.
+    code = (
+        "import sys; sys.modules['opentelemetry'] = None\n"
+        "from proxy.cli import main\n"
+        f"sys.argv = ['vipps-proxy', '--config', {str(config)!r}]\n"
+        "sys.exit(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=CEILING
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert "tracing.endpoint" in done.stderr
+    assert "vipps-proxy[tracing]" in done.stderr
