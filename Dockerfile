@@ -32,13 +32,14 @@ RUN python -m venv "$VIRTUAL_ENV"
 WORKDIR /src
 
 # Dependencies first, in their own layer: it is rebuilt only when pyproject.toml
-# changes, not on every code change. A one-line stub package lets pip resolve and
+# changes, not on every code change; the `tracing` extra (OpenTelemetry) included, so
+# that [tracing] works in the image. A one-line stub package lets pip resolve and
 # install the project's dependencies before the code is there; the stub itself is
 # uninstalled again.
 COPY pyproject.toml README.md ./
 RUN mkdir proxy \
     && touch proxy/__init__.py \
-    && pip install --no-cache-dir '.[tracing]' \
+    && pip install --no-cache-dir "./[tracing]" \
     && pip uninstall --yes vipps-proxy \
     && rm -rf proxy build ./*.egg-info
 

@@ -113,6 +113,9 @@ class ProxyApp:
             from proxy.tracing import Tracing
 
             self.tracing = Tracing(state.config.tracing, state.metrics.registry)
+            self.pool.on_wait = self.tracing.pool_wait
+            if state.webhooks is not None:
+                state.webhooks.deliverer.tracing = self.tracing
         bearer_sets = {n for r in state.config.routes if r.auth == "bearer" for n in r.credentials}
         state.tokens = {
             name: self.token_provider(state.config.credentials[name], state)

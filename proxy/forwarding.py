@@ -161,8 +161,6 @@ class Forwarder:
                 raise self._not_sent(route, call, exc) from None
             if upstream.retried:
                 call.retried_stale_connection = True
-            if call.trace is not None:
-                call.trace.answered(upstream.status, upstream.retried)
             held = b""
             if upstream.status == 401 and creds is not None and route.auth != "none":
                 held = await self._refusal_body(route, upstream)

@@ -24,10 +24,12 @@ attribute carries a token, secret or key: credential sets appear by name only.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import structlog
@@ -47,6 +49,7 @@ from proxy.config import TracingConfig
 
 if TYPE_CHECKING:  # it imports this one's type
     from proxy.forwarding import CallRecord
+    from proxy.webhooks.store import Event
 
 T = TypeVar("T")
 
@@ -62,6 +65,10 @@ TRACESTATE: Final = "tracestate"
 QUIET_LOGGERS: Final = ("opentelemetry.sdk._shared_internal", "opentelemetry.exporter")
 
 _log = structlog.get_logger("proxy.tracing")
+#: The upstream call's client span under way in this task: where pool waits are noted.
+_UPSTREAM: contextvars.ContextVar[trace.Span | None] = contextvars.ContextVar(
+    "vipps_proxy_upstream_span", default=None
+)
 
 
 class Tracing:
@@ -125,6 +132,42 @@ class Tracing:
             span.set_attribute("vipps.token.outcome", "ok")
             return result
 
+    def delivery(self, event: Event, attempt: int) -> tuple[Event, trace.Span]:
+        """A webhook delivery attempt's client span, linked to the event's receive (its
+        ``traceparent`` as stored); the event to send carries the attempt's own."""
+        received = trace.get_current_span(self.propagator.extract(dict(event.headers)))
+        link = received.get_span_context()
+        span = self.tracer.start_span(
+            "webhook_delivery",
+            context=otel_context.Context(),  # a trace of its own: it runs long after
+            kind=SpanKind.CLIENT,
+            links=[trace.Link(link)] if link.is_valid else None,
+            attributes={"vipps.webhook.event_id": event.id, "vipps.webhook.attempt": attempt},
+        )
+        carrier: dict[str, str] = {}
+        self.propagator.inject(carrier, trace.set_span_in_context(span))
+        return replace(
+            event, headers=(*_without_trace_context(event.headers), *carrier.items())
+        ), span
+
+    @staticmethod
+    def delivered(span: trace.Span, status: int, error: str) -> None:
+        """The attempt's answer (0: none) and its error reason; the span ends."""
+        if status:
+            span.set_attribute("http.response.status_code", status)
+        if error:
+            span.set_attribute("error.type", error)
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+    @staticmethod
+    def pool_wait(waiting: bool) -> None:
+        """The upstream pool's ``on_wait``: the call's client span notes the wait for a
+        free connection (``pool_wait``) and its end (``pool_connection``)."""
+        span = _UPSTREAM.get()
+        if span is not None:
+            span.add_event("pool_wait" if waiting else "pool_connection")
+
     async def close(self) -> None:
         """Send what is queued, for at most ``SHUTDOWN_TIMEOUT_S``; never hangs a stop."""
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trace-shutdown")
@@ -150,8 +193,11 @@ class CallTrace:
 
     def upstream(self, method: str, host: str, port: int, headers: Any) -> None:
         """A client span for the upstream call; its ``traceparent`` goes in ``headers``
-        (a ``CIMultiDict``), replacing whatever the client sent."""
-        self._end_client()
+        (a ``CIMultiDict``), replacing whatever the client sent. A span already under
+        way is the first attempt, whose 401 a fresh token is answering."""
+        if self.client is not None:
+            self.client.set_attribute("http.response.status_code", 401)
+            self._end_client("401")
         self.client = self._tracing.tracer.start_span(
             method,
             kind=SpanKind.CLIENT,
@@ -161,26 +207,23 @@ class CallTrace:
                 "server.port": port,
             },
         )
+        _UPSTREAM.set(self.client)
         for name in (TRACEPARENT, TRACESTATE):
             headers.popall(name, None)
         self._tracing.propagator.inject(headers, trace.set_span_in_context(self.client))
 
-    def pool_wait(self) -> None:
-        """The upstream call waited for a free pooled connection."""
-        if self.client is not None:
-            self.client.add_event("pool_wait")
+    def stamp(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """A received webhook's headers as stored: its ``traceparent`` is this span's, so
+        that each delivery attempt can link to the receive."""
+        carrier: dict[str, str] = {}
+        self._tracing.propagator.inject(carrier, trace.set_span_in_context(self.span))
+        return [*_without_trace_context(headers), *carrier.items()]
 
-    def answered(self, status: int, retried_stale_connection: bool) -> None:
-        """The upstream's status, and whether a closed pooled connection was resent."""
-        if self.client is not None:
-            self.client.set_attributes(
-                {
-                    "http.response.status_code": status,
-                    "vipps.retried_stale_connection": retried_stale_connection,
-                }
-            )
-            if status >= 400:
-                self.client.set_attribute("error.type", str(status))
+    def received(self, result: str, event_id: str) -> None:
+        """A webhook's verification and storage result, and its event id."""
+        self.span.set_attributes(
+            {"vipps.webhook.result": result, "vipps.webhook.event_id": event_id}
+        )
 
     def waited_for_token(self, credentials: str) -> None:
         """This call waited for the set's token fetch: a link to its span."""
@@ -202,7 +245,14 @@ class CallTrace:
         span.set_attributes(attributes)
         if status >= 500:
             span.set_status(Status(StatusCode.ERROR))
-        self._end_client(call.error)
+        if self.client is not None:
+            if call.status:  # the upstream's, relayed
+                self.client.set_attribute("http.response.status_code", call.status)
+            self.client.set_attribute(
+                "vipps.retried_stale_connection", call.retried_stale_connection
+            )
+        failed = str(call.status) if call.status >= 400 else ""  # semconv: a client's 4xx too
+        self._end_client(call.error or failed)
         span.end()
         otel_context.detach(self._attached)  # type: ignore[arg-type]
         ids = span.get_span_context()
@@ -215,6 +265,7 @@ class CallTrace:
                 self.client.set_status(Status(StatusCode.ERROR))
             self.client.end()
             self.client = None
+            _UPSTREAM.set(None)
 
 
 class _CountingProcessor(BatchSpanProcessor):
@@ -245,6 +296,10 @@ class _CountingProcessor(BatchSpanProcessor):
     def _full(self) -> bool:
         queue = getattr(self._batch_processor, "_queue", None)
         return queue is not None and len(queue) >= MAX_QUEUE
+
+
+def _without_trace_context(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers if k.lower() not in (TRACEPARENT, TRACESTATE)]
 
 
 def _kind(exc: BaseException) -> str:

@@ -35,6 +35,7 @@ from tests.conftest import (
     free_port,
     make_config,
 )
+from tests.webhook_peers import HOOK, LegacyApp, payment_event, vipps_headers, webhooks_table
 
 CEILING = 60.0  # seconds any awaited event may take on a busy machine
 CLIENT_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -370,3 +371,57 @@ def test_tracing_without_the_extra_exits_2_naming_the_key(tmp_path: Path) -> Non
     assert done.stderr.count("\n") == 1
     assert "tracing.endpoint" in done.stderr
     assert "vipps-proxy[tracing]" in done.stderr
+
+
+class FailingOnce(LegacyApp):
+    """The legacy app answering the first delivery 500, then 200."""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        answer = await super().handle(request)
+        self.failing.clear()
+        return answer
+
+
+async def test_webhook_deliveries_link_to_their_receive(
+    start_proxy: ProxyFactory,
+    emulator: RunningEmulator,
+    receiver: Receiver,
+    aiohttp_server: Any,
+    tmp_path: Path,
+) -> None:
+    """A webhook's receive span says it was accepted and its event id; each delivery
+    attempt (a 500, then a 200) is a span with its number and status, linked to it."""
+    legacy = FailingOnce(failing={"order-1"})
+    app = await aiohttp_server(legacy.app(), host="127.0.0.1")
+    hook = webhooks_table(str(app.make_url("/vipps/events")))
+    store = {"path": str(tmp_path / "events.sqlite3")}
+    extra = {"webhooks": [hook], "store": store, "tracing": {"endpoint": _url(receiver)}}
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url, extra=extra))
+    body = payment_event("order-1")
+    host, port = proxy.address
+    signed = vipps_headers(body, f"{host}:{port}", HOOK)
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(
+            proxy.at(HOOK), data=body, headers={**signed, "traceparent": CLIENT_TRACEPARENT}
+        ) as response,
+    ):
+        assert response.status == 200
+        event_id = response.headers["Vipps-Proxy-Event-Id"]
+    spans = await receiver.wait_for(lambda s: len([x for x in s if x.kind == CLIENT]) == 2)
+    receive = next(s for s in spans if s.kind == SERVER)
+    assert receive.name == f"POST {HOOK}"
+    assert receive.parent == CLIENT_SPAN_ID
+    assert receive.attributes["vipps.webhook.result"] == "accepted"
+    assert receive.attributes["vipps.webhook.event_id"] == event_id
+    attempts = sorted(
+        (s for s in spans if s.name == "webhook_delivery"),
+        key=lambda s: s.attributes["vipps.webhook.attempt"],
+    )
+    assert [a.attributes["http.response.status_code"] for a in attempts] == [500, 200]
+    assert [a.attributes["vipps.webhook.attempt"] for a in attempts] == [1, 2]
+    for attempt in attempts:
+        assert attempt.links == [(receive.trace_id, receive.span_id)]
+        assert attempt.attributes["vipps.webhook.event_id"] == event_id
+    sent = [r.header("traceparent")[:-3] for r in legacy.received]  # less the flags
+    assert sent == [f"00-{a.trace_id}-{a.span_id}" for a in attempts]

@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import structlog
@@ -36,6 +36,9 @@ from proxy.headers import HOP_BY_HOP, filtered
 from proxy.webhooks.lease import Lease
 from proxy.webhooks.metrics import WebhookMetrics
 from proxy.webhooks.store import Event, Store
+
+if TYPE_CHECKING:  # loaded only when [tracing] is on
+    from proxy.tracing import Tracing
 
 ATTEMPT_TIMEOUT: Final = 10.0
 FIRST_BACKOFF: Final = 1.0
@@ -102,6 +105,9 @@ class _Outcome:
 
 class Deliverer:
     """The delivery loop for one store and its hooks (keyed by configured path)."""
+
+    #: Tracing on: a span per attempt (``proxy.tracing``).
+    tracing: Tracing | None = None
 
     def __init__(
         self,
@@ -195,7 +201,12 @@ class Deliverer:
         if hook is None:  # its [[webhooks]] entry is gone: keep it, but stop trying
             await self.store.run(self.store.mark_failed, event.id, event.attempts, "no_hook")
             return
+        span = None
+        if self.tracing is not None:  # the attempt's span, linked to the receive
+            event, span = self.tracing.delivery(event, attempt)
         outcome = await _send(session, hook, event, attempt)
+        if self.tracing is not None and span is not None:
+            self.tracing.delivered(span, outcome.status, outcome.error)
         now = time.time()
         fields = {
             "path": hook.path,

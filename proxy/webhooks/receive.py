@@ -119,15 +119,16 @@ class Receiver:
         if hook.kind == "vipps-webhook":
             self._verify(request, hook, body)
         key = _ordering_key(hook, call.path, body)
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        if call.trace is not None:  # tracing on: the deliveries' link to this receive
+            headers = call.trace.stamp(headers)
         try:
             event_id, new = await self.store.run(
                 self.store.add,
                 hook=hook.path,
                 path=request.raw_path,
                 method=request.method,
-                headers=[
-                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
-                ],
+                headers=headers,
                 body=body,
                 ordering_key=key,
                 now=time.time(),
@@ -138,6 +139,8 @@ class Receiver:
             raise StoreUnavailable("the event could not be stored; try again") from None
         result = "accepted" if new else "duplicate"
         self._received(hook, result, key, event_id)
+        if call.trace is not None:
+            call.trace.received(result, event_id)
         if new:
             self.wake()
         call.status = 200
