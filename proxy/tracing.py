@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -89,7 +91,13 @@ class Tracing:
         )
         self.processor = _CountingProcessor(exporter, self.dropped)
         self.provider = TracerProvider(
-            resource=Resource.create({"service.name": config.service_name}),
+            resource=Resource.create(
+                {
+                    "service.name": config.service_name,
+                    # one per worker process: each exports its own spans
+                    "service.instance.id": f"{socket.gethostname()}:{os.getpid()}",
+                }
+            ),
             sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
         )
         self.provider.add_span_processor(self.processor)

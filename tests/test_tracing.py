@@ -24,10 +24,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from prometheus_client import CollectorRegistry
 
-from proxy.app import ProxyRunner
+from proxy.app import POOL_SIZE, ProxyRunner
+from proxy.config import TracingConfig
+from proxy.tracing import MAX_QUEUE, Tracing
 from tests.conftest import (
     DEMO_CLIENT_ID,
+    LogSink,
     ProxyFactory,
     RunningEmulator,
     RunningProxy,
@@ -35,6 +39,7 @@ from tests.conftest import (
     free_port,
     make_config,
 )
+from tests.processes import ProxyProcess, write_config
 from tests.webhook_peers import HOOK, LegacyApp, payment_event, vipps_headers, webhooks_table
 
 CEILING = 60.0  # seconds any awaited event may take on a busy machine
@@ -158,9 +163,11 @@ def traced(
 ) -> TracedProxy:
     """The proxy in front of the recording upstream, tokens from the emulator."""
 
-    async def factory(endpoint: str, token_url: str = "", **tracing: Any) -> RunningProxy:
+    async def factory(
+        endpoint: str, token_url: str = "", upstream: str = "", **tracing: Any
+    ) -> RunningProxy:
         extra = {"tracing": {"endpoint": endpoint, **tracing}} if endpoint else {}
-        upstream = recorder[1].make_url("/")
+        upstream = upstream or str(recorder[1].make_url("/"))
         config = make_config(token_url or emulator.token_url, upstream, extra=extra)
         return await start_proxy(config)
 
@@ -425,3 +432,119 @@ async def test_webhook_deliveries_link_to_their_receive(
         assert attempt.attributes["vipps.webhook.event_id"] == event_id
     sent = [r.header("traceparent")[:-3] for r in legacy.received]  # less the flags
     assert sent == [f"00-{a.trace_id}-{a.span_id}" for a in attempts]
+
+
+async def test_a_call_waiting_for_a_pooled_connection_notes_the_wait(
+    traced: TracedProxy, receiver: Receiver, aiohttp_server: Any
+) -> None:
+    """With every upstream connection in use, the next call's client span has a
+    ``pool_wait`` event, then ``pool_connection`` once a connection is free."""
+    release, held = asyncio.Event(), Counted()
+
+    async def hold(request: web.Request) -> web.Response:
+        held.arrived()
+        await release.wait()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", hold)
+    upstream = await aiohttp_server(app, host="127.0.0.1")
+    proxy = await traced(_url(receiver), upstream=str(upstream.make_url("/")))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one(path: str) -> int:
+            async with session.get(proxy.at(path)) as r:
+                await r.read()
+                return r.status
+
+        busy = [asyncio.create_task(one(f"/hold/{i}")) for i in range(POOL_SIZE)]
+        await held.reach(POOL_SIZE)
+        waiting = asyncio.create_task(one("/waits"))
+        state = cast(ProxyRunner, proxy.runner).proxy.state
+        async with asyncio.timeout(CEILING):
+            while state.metrics.active <= POOL_SIZE:  # noqa: ASYNC110 - a counter, no event
+                await asyncio.sleep(0.01)
+        release.set()
+        assert await asyncio.gather(*busy, waiting) == [200] * (POOL_SIZE + 1)
+    spans = await receiver.wait_for(lambda s: any(x.events for x in s))
+    assert [x.events for x in spans if x.events] == [["pool_wait", "pool_connection"]]
+
+
+@dataclass
+class Counted:
+    """A count that can be waited for."""
+
+    count: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def arrived(self) -> None:
+        self.count += 1
+        self.changed.set()
+
+    async def reach(self, n: int) -> None:
+        async with asyncio.timeout(CEILING):
+            while self.count < n:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def test_spans_dropped_by_a_full_queue_are_counted_and_logged_once(
+    aiohttp_server: Any, log_sink: LogSink
+) -> None:
+    """A collector that never answers: the queue fills, each span past it is counted
+    in vipps_proxy_trace_spans_dropped_total, and one warning says how many."""
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(status=400)  # not retried: the rest fails fast
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", hang)
+    collector = await aiohttp_server(app, host="127.0.0.1")
+    registry = CollectorRegistry()
+    config = TracingConfig(endpoint=str(collector.make_url("/v1/traces")))
+    tracing = Tracing(config, registry)
+    try:
+        for i in range(3 * MAX_QUEUE):
+            tracing.tracer.start_span(f"span-{i}").end()
+    finally:
+        release.set()
+        await tracing.close()
+    dropped = registry.get_sample_value("vipps_proxy_trace_spans_dropped_total")
+    assert dropped is not None
+    assert dropped > 0
+    (line,) = log_sink.events("trace_spans_dropped")
+    assert line["dropped"] == 1
+    assert line["level"] == "warning"
+
+
+async def test_each_worker_exports_its_own_spans(
+    emulator: RunningEmulator,
+    receiver: Receiver,
+    recorder: tuple[Recorder, TestServer],
+    tmp_path: Path,
+) -> None:
+    """With workers = 2, spans arrive from both processes (two service.instance.ids)."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "proxy.toml", str(emulator.token_url), str(recorder[1].make_url("/")), port
+    )
+    with config.open("a") as more:
+        more.write(f'\n[tracing]\nendpoint = "{_url(receiver)}"\n')
+    text = config.read_text().replace("[server]\n", "[server]\nworkers = 2\n", 1)
+    config.write_text(text)
+    process = await asyncio.to_thread(ProxyProcess, config, port, tmp_path / "proxy.log")
+    try:
+        async with asyncio.timeout(CEILING):
+            while len({r.get("service.instance.id") for r in receiver.resources}) < 2:
+                async with (  # a new connection each time: the kernel picks the worker
+                    aiohttp.ClientSession() as session,
+                    session.get(process.url("/epayment/v1/payments")) as r,
+                ):
+                    assert r.status == 200
+                await asyncio.sleep(0.05)  # calls keep coming until both have exported
+    finally:
+        await asyncio.to_thread(process.terminate)
+        process.close()
+    assert {r["service.name"] for r in receiver.resources} == {"vipps-proxy"}
