@@ -65,6 +65,7 @@ RESTART_KEYS: Final[tuple[tuple[str, Callable[[Config], Any]], ...]] = (
     ("server.tls_cert", lambda c: bool(c.server.tls_cert)),  # TLS turned on or off
     ("server.client_ca", lambda c: bool(c.server.client_ca)),  # client certificates on/off
     ("log.format", lambda c: c.log.format),
+    ("tracing", lambda c: c.tracing),  # the tracer provider lives as long as the process
     ("webhooks", lambda c: (_hooks_but_secrets(c), c.store, _callback_clients(c))),
 )
 
