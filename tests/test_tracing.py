@@ -27,7 +27,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from prometheus_client import CollectorRegistry
 
 from proxy.app import POOL_SIZE, ProxyRunner
-from proxy.config import TracingConfig
+from proxy.config import ConfigError, TracingConfig, describe
 from proxy.tracing import MAX_QUEUE, Tracing
 from tests.conftest import (
     DEMO_CLIENT_ID,
@@ -548,3 +548,33 @@ async def test_each_worker_exports_its_own_spans(
         await asyncio.to_thread(process.terminate)
         process.close()
     assert {r["service.name"] for r in receiver.resources} == {"vipps-proxy"}
+
+
+@pytest.mark.parametrize(
+    ("tracing", "key"),
+    [
+        ({"endpoint": "127.0.0.1:4318"}, "tracing.endpoint"),
+        ({"endpoint": "ftp://collector/v1/traces"}, "tracing.endpoint"),
+        ({"endpoint": "http://c:4318/v1/traces", "sample_ratio": 1.5}, "tracing.sample_ratio"),
+        ({"endpoint": "http://c:4318/v1/traces", "sample_ratio": -0.1}, "tracing.sample_ratio"),
+        ({"endpoint": "http://c:4318/v1/traces", "headers": {"k": 1}}, "tracing.headers.k"),
+        ({"endpoint": "http://c:4318/v1/traces", "sampler": "always"}, "tracing.sampler"),
+    ],
+)
+def test_a_bad_tracing_value_names_its_key(tracing: dict[str, Any], key: str) -> None:
+    """Each [tracing] mistake is refused naming the key."""
+    with pytest.raises(ConfigError) as refused:
+        make_config("http://127.0.0.1:1/token", "http://127.0.0.1:1", extra={"tracing": tracing})
+    assert refused.value.key == key
+
+
+def test_collector_headers_are_masked_in_the_effective_config() -> None:
+    """``vipps-proxy check`` shows the collector's header names, never their values."""
+    tracing = {"endpoint": "http://c:4318/v1/traces", "headers": {"x-api-key": COLLECTOR_KEY}}
+    config = make_config(
+        "http://127.0.0.1:1/token", "http://127.0.0.1:1", extra={"tracing": tracing}
+    )
+    shown = describe(config)["tracing"]
+    assert shown["headers"] == {"x-api-key": "***"}
+    assert COLLECTOR_KEY not in str(describe(config))
+    assert COLLECTOR_KEY in [s.reveal() for s in config.secrets]  # so logs scrub it
