@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import re
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -578,3 +581,44 @@ def test_collector_headers_are_masked_in_the_effective_config() -> None:
     assert shown["headers"] == {"x-api-key": "***"}
     assert COLLECTOR_KEY not in str(describe(config))
     assert COLLECTOR_KEY in [s.reveal() for s in config.secrets]  # so logs scrub it
+
+
+HEADER_TEXT = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=80)
+TRACEPARENT_SHAPE = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-0[0-3]")
+
+
+async def test_any_client_trace_context_gives_the_upstream_one_wellformed_traceparent(
+    traced: TracedProxy, receiver: Receiver, recorder: tuple[Recorder, TestServer]
+) -> None:
+    """Whatever traceparent and tracestate a client sends (valid, garbled, several),
+    the call passes and the upstream gets exactly one traceparent, well formed, in the
+    client's trace when the client's was valid."""
+    proxy = await traced(_url(receiver))
+    host, port = proxy.address
+    loop = asyncio.get_running_loop()
+
+    async def send(parents: list[str], state: str) -> bytes:
+        reader, writer = await asyncio.open_connection(host, port)
+        lines = b"".join(b"traceparent: " + p.encode() + b"\r\n" for p in parents)
+        writer.write(
+            b"GET /epayment/v1/payments HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            + lines
+            + b"tracestate: "
+            + state.encode()
+            + b"\r\n\r\n"
+        )
+        answer = await asyncio.wait_for(reader.read(), CEILING)
+        writer.close()
+        return answer
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.lists(st.one_of(HEADER_TEXT, st.just(CLIENT_TRACEPARENT)), max_size=3), HEADER_TEXT)
+    def check(parents: list[str], state: str) -> None:
+        answer = asyncio.run_coroutine_threadsafe(send(parents, state), loop).result(CEILING)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        (sent,) = recorder[0].header(b"traceparent")
+        assert TRACEPARENT_SHAPE.fullmatch(sent), sent
+        if parents == [CLIENT_TRACEPARENT]:
+            assert sent.split(b"-")[1] == CLIENT_TRACE_ID.encode()
+
+    await asyncio.to_thread(check)
