@@ -622,3 +622,47 @@ async def test_any_client_trace_context_gives_the_upstream_one_wellformed_tracep
             assert sent.split(b"-")[1] == CLIENT_TRACE_ID.encode()
 
     await asyncio.to_thread(check)
+
+
+OFF_PROBE = """
+import asyncio, sys
+import aiohttp
+from proxy.config import parse_config
+from proxy.redact import Redactor
+from proxy.server import start
+
+async def main(upstream: str) -> None:
+    doc = {
+        "server": {"host": "127.0.0.1", "port": 0},
+        "credentials": {"main": {
+            "token_url": upstream + "/accesstoken/get", "client_id": "a",
+            "client_secret": "b", "subscription_key": "c",
+            "merchant_serial_number": "123456"}},
+        "routes": [{"prefix": "/", "upstream": upstream, "auth": "none"}],
+    }
+    config = parse_config(doc, {})
+    runner = await start(config, Redactor(config.secrets))
+    host, port = runner.addresses[0][:2]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://{host}:{port}/x") as r:
+            assert r.status == 200, r.status
+    await runner.cleanup()
+    print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_tracing_off_never_loads_opentelemetry(
+    recorder: tuple[Recorder, TestServer],
+) -> None:
+    """A proxy without [tracing] serves a call without importing any OpenTelemetry
+    module (in a process of its own, where nothing else imported one)."""
+    upstream = str(recorder[1].make_url("")).rstrip("/")
+    probe = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", OFF_PROBE, upstream, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(probe.communicate(), CEILING)
+    assert probe.returncode == 0, err.decode()
+    assert out.decode().strip().splitlines()[-1] == "[]"
+    assert len(recorder[0].heads) == 1
