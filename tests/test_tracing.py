@@ -30,7 +30,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from prometheus_client import CollectorRegistry
 
 from proxy.app import POOL_SIZE, ProxyRunner
-from proxy.config import ConfigError, TracingConfig, describe
+from proxy.config import ConfigError, TracingConfig, describe, load_config
 from proxy.tracing import MAX_QUEUE, Tracing
 from tests.conftest import (
     DEMO_CLIENT_ID,
@@ -666,3 +666,15 @@ async def test_tracing_off_never_loads_opentelemetry(
     assert probe.returncode == 0, err.decode()
     assert out.decode().strip().splitlines()[-1] == "[]"
     assert len(recorder[0].heads) == 1
+
+
+@pytest.mark.parametrize("endpoint", ["", "http://otel-collector:4318/v1/traces"])
+def test_the_container_config_takes_the_tracing_endpoint_from_the_environment(
+    endpoint: str,
+) -> None:
+    """config/container.toml: VIPPS_PROXY_TRACING_ENDPOINT turns tracing on; unset, off."""
+    env = {"VIPPS_CLIENT_ID": "a", "VIPPS_CLIENT_SECRET": "b", "VIPPS_SUBSCRIPTION_KEY": "c"}
+    if endpoint:
+        env["VIPPS_PROXY_TRACING_ENDPOINT"] = endpoint
+    config = load_config(Path(__file__).parent.parent / "config" / "container.toml", env)
+    assert config.tracing.endpoint == endpoint
