@@ -1,4 +1,4 @@
-"""``python -m bench.icount [--method POST] [DIR ...]``: instructions per call, counted.
+"""``python -m bench.icount [--method POST] [--tracing] [DIR ...]``: instructions per call.
 
 Wall-clock CPU per call on a shared machine moves by a third from run to run; an
 instruction count moves by about 1 %, so it shows a change of a few percent that
