@@ -35,10 +35,11 @@ RUN python -m venv "$VIRTUAL_ENV"
 WORKDIR /src
 
 # Dependencies first, in their own layer: it is rebuilt only when the lock changes,
-# not on every code change. Exactly the hashed pins of requirements/runtime.lock
-# (the build backend included), so an image built next month has the same aiohttp.
-COPY requirements/runtime.lock ./
-RUN pip install --no-cache-dir --require-hashes -r runtime.lock
+# not on every code change. Exactly the hashed pins of requirements/image.lock (the
+# runtime dependencies, the `tracing` extra so that [tracing] works in the image, and
+# the build backend), so an image built next month has the same aiohttp.
+COPY requirements/image.lock ./
+RUN pip install --no-cache-dir --require-hashes -r image.lock
 
 # The code: a regular (non-editable) install on top, built by the locked setuptools.
 COPY pyproject.toml README.md ./

@@ -33,6 +33,7 @@ $(STAMP): $(RUN_STAMP) pyproject.toml requirements/dev.lock
 LOCK := $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes
 lock: $(STAMP)
 	$(LOCK) $(LOCK_ARGS) pyproject.toml requirements/build.in -o requirements/runtime.lock
+	$(LOCK) $(LOCK_ARGS) --extra tracing pyproject.toml requirements/build.in -o requirements/image.lock
 	$(LOCK) $(LOCK_ARGS) --extra dev pyproject.toml requirements/build.in -o requirements/dev.lock
 
 $(NODE_STAMP): tests/clients/package-lock.json

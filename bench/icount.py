@@ -1,4 +1,4 @@
-"""``python -m bench.icount [--method POST] [DIR ...]``: instructions per call, counted.
+"""``python -m bench.icount [--method POST] [--tracing] [DIR ...]``: instructions per call.
 
 Wall-clock CPU per call on a shared machine moves by a third from run to run; an
 instruction count moves by about 1 %, so it shows a change of a few percent that
@@ -43,6 +43,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.icount", description=__doc__)
     parser.add_argument("sources", nargs="*", type=Path, default=[REPO], metavar="DIR")
     parser.add_argument("--method", choices=("GET", "POST"), default="GET")
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="with [tracing] on, exporting to the nginx upstream (which refuses the spans)",
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         print("bench.icount needs valgrind: apt-get install -y valgrind", file=sys.stderr)
@@ -57,7 +62,7 @@ def main() -> int:
             emulator = fleet.emulator("emulator", 3600.0)
             for source in args.sources:
                 small, large = (
-                    _count(fleet, source.resolve(), emulator, upstream, args.method, calls)
+                    _count(fleet, source.resolve(), emulator, upstream, args, calls)
                     for calls in (SMALL, LARGE)
                 )
                 per_call = (large - small) / (LARGE - SMALL)
@@ -68,12 +73,21 @@ def main() -> int:
 
 
 def _count(
-    fleet: Fleet, source: Path, emulator: Server, upstream: Server, method: str, calls: int
+    fleet: Fleet,
+    source: Path,
+    emulator: Server,
+    upstream: Server,
+    args: argparse.Namespace,
+    calls: int,
 ) -> int:
     """Instructions the proxy from ``source`` ran in its whole life, serving ``calls``."""
+    method = args.method
     port = free_port()
     conf = fleet.workdir / f"icount-{port}.toml"
-    conf.write_text(proxy_toml(port, 1, emulator.url, upstream.url))
+    toml = proxy_toml(port, 1, emulator.url, upstream.url)
+    if args.tracing:
+        toml += f'\n[tracing]\nendpoint = "{upstream.url}/v1/traces"\n'
+    conf.write_text(toml)
     out = fleet.workdir / f"cachegrind-{port}.out"
     argv = ["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}"]
     argv += [sys.executable, "-m", "proxy", "--config", str(conf)]

@@ -19,7 +19,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import structlog
@@ -57,6 +57,9 @@ from proxy.state import ProxyState
 from proxy.tls import outbound_context
 from proxy.tokens import TokenProvider
 from proxy.upstream import UpstreamPool
+
+if TYPE_CHECKING:  # loaded only when [tracing] is on
+    from proxy.tracing import Tracing
 
 MAX_REQUEST_ID: Final = 128
 #: Answers after which the connection is closed: the request was malformed or hostile.
@@ -100,6 +103,7 @@ class ProxyApp:
         # A bound logger, not the module's lazy proxy: one call's line costs ~5 µs less.
         self._log = structlog.get_logger("proxy.app").bind()
         self._tokens_session: aiohttp.ClientSession | None = None
+        self.tracing: Tracing | None = None  # [tracing] set: made in start(), in the worker
 
     async def start(self) -> None:
         """One session for token fetches and a token cache per credential set."""
@@ -107,6 +111,13 @@ class ProxyApp:
         if state.webhooks is not None:  # first: a store that fails to open leaves nothing open
             await state.webhooks.start()
         self._tokens_session = _tokens_session(state)
+        if state.config.tracing.endpoint:  # OpenTelemetry is imported only then
+            from proxy.tracing import Tracing
+
+            self.tracing = Tracing(state.config.tracing, state.metrics.registry)
+            self.pool.on_wait = self.tracing.pool_wait
+            if state.webhooks is not None:
+                state.webhooks.deliverer.tracing = self.tracing
         bearer_sets = {n for r in state.config.routes if r.auth == "bearer" for n in r.credentials}
         state.tokens = {
             name: self.token_provider(state.config.credentials[name], state)
@@ -116,7 +127,7 @@ class ProxyApp:
     def token_provider(self, creds: Credentials, state: ProxyState) -> TokenProvider:
         """A token cache for ``creds``, fetching over ``state``'s outbound TLS."""
         assert self._tokens_session is not None, "start() first"
-        return TokenProvider(
+        provider = TokenProvider(
             creds,
             self._tokens_session,
             state.metrics,
@@ -124,6 +135,8 @@ class ProxyApp:
             ssl=state.upstream_ssl,
             insecure=not state.config.tls.verify,
         )
+        provider.tracing = self.tracing
+        return provider
 
     def _token_lives(self) -> Iterator[tuple[str, float]]:
         """Seconds each held token of the config serving now is still used for."""
@@ -146,6 +159,8 @@ class ProxyApp:
         await self.pool.close()
         if self._tokens_session is not None:
             await self._tokens_session.close()
+        if self.tracing is not None:
+            await self.tracing.close()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Every call: checks, then the proxy's own answer or a forwarded one; one log line."""
@@ -158,6 +173,8 @@ class ProxyApp:
             client=peer_address(request),
         )
         CALL_ID.set(call.request_id)
+        if self.tracing is not None and not call.path.startswith(ADMIN_PREFIX):
+            call.trace = self.tracing.server(request.headers, call.method, call.path, call.client)
         state.metrics.active += 1
         response: web.StreamResponse | None = None
         try:
@@ -226,6 +243,8 @@ class ProxyApp:
             extra["replayed"] = "true"
         if call.retried_stale_connection:
             extra["retried_stale_connection"] = "true"
+        if call.trace is not None:
+            extra.update(call.trace.finish(call, status))
         log(
             events.REQUEST_COMPLETED,
             method=call.method,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import difflib
 import hashlib
+import importlib.util
 import ipaddress
 import os
 import re
@@ -193,6 +194,16 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """``[tracing]``: OpenTelemetry spans over OTLP/HTTP; off while ``endpoint`` is empty."""
+
+    endpoint: str = ""
+    service_name: str = "vipps-proxy"
+    sample_ratio: float = 1.0  # parent-based: a client's sampled flag wins
+    headers: Mapping[str, Secret] = field(default_factory=dict)  # for the collector
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -208,13 +219,15 @@ class Config:
     #: Each of ``files``' content hash when the config was loaded (``load_config``): what
     #: a later check compares with, in this process or a worker given this config.
     digests: Mapping[str, str] = field(default_factory=dict, repr=False)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     @property
     def secrets(self) -> tuple[Secret, ...]:
         """Every secret the config holds, for redaction."""
         held = [s for c in self.credentials.values() for s in c.secrets]
         hooks = [s for w in self.webhooks for s in w.secrets]
-        return (*held, *self.server.client_keys, *hooks)
+        collector = tuple(self.tracing.headers.values())
+        return (*held, *self.server.client_keys, *hooks, *collector)
 
 
 # --------------------------------------------------------------------------- loading
@@ -268,7 +281,7 @@ def parse_config(
     if unresolved:
         raise unresolved[0] if len(unresolved) == 1 else ConfigErrors(unresolved)
     _anchor_paths(doc.data, "", base)
-    doc.allow_only("server", "log", "tls", "credentials", "routes", "webhooks", "store")
+    doc.allow_only("server", "log", "tls", "credentials", "routes", "webhooks", "store", "tracing")
     server = _server(doc.table("server"))
     log = _log(doc.table("log"))
     tls = _tls(doc.table("tls"))
@@ -280,7 +293,8 @@ def parse_config(
     webhooks, store = _webhooks(doc, base, pending_webhook_secrets)
     _check_callback_exposure(server, webhooks)
     files = _named_files(raw, doc.data, server, tls, source, base)
-    return Config(server, log, tls, credentials, routes, source, webhooks, store, files)
+    config = Config(server, log, tls, credentials, routes, source, webhooks, store, files)
+    return replace(config, tracing=_tracing(doc.table("tracing")))
 
 
 def _named_files(
@@ -656,6 +670,44 @@ def _log(t: _Table) -> LogConfig:
     )
 
 
+def _tracing(t: _Table) -> TracingConfig:
+    t.allow_only("endpoint", "service_name", "sample_ratio", "headers")
+    endpoint = t.get("endpoint", str, "").strip()
+    ratio = t.number("sample_ratio", 1.0)
+    if ratio > 1:
+        raise ConfigError(_join(t.key, "sample_ratio"), "must be between 0 and 1")
+    headers = t.table("headers")
+    config = TracingConfig(
+        endpoint=endpoint,
+        service_name=t.get("service_name", str, "vipps-proxy").strip() or "vipps-proxy",
+        sample_ratio=ratio,
+        headers={
+            n: Secret(_check_type(v, str, _join(headers.key, n))) for n, v in headers.data.items()
+        },
+    )
+    if endpoint:
+        _check_collector_url(endpoint, _join(t.key, "endpoint"))
+    return config
+
+
+def _check_collector_url(endpoint: str, key: str) -> None:
+    """An http(s) URL, and the ``tracing`` extra installed to send to it."""
+    url = URL(endpoint)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(key, f"must be an http:// or https:// URL, not {endpoint!r}")
+    if not _tracing_installed():
+        raise ConfigError(
+            key, "tracing needs the extra: pip install 'vipps-proxy[tracing]' (not installed)"
+        )
+
+
+def _tracing_installed() -> bool:
+    try:
+        return importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is not None
+    except ImportError:  # a parent package missing or blocked
+        return False
+
+
 def _tls(t: _Table) -> TLSConfig:
     t.allow_only(*TLSConfig.__dataclass_fields__)
     tls = TLSConfig(
@@ -978,4 +1030,8 @@ def describe(config: Config) -> dict[str, Any]:
         "routes": [section(r) for r in config.routes],
         "webhooks": [section(w) for w in config.webhooks],
         "store": section(config.store),
+        "tracing": {
+            **section(config.tracing),
+            "headers": {n: str(v) for n, v in config.tracing.headers.items()},
+        },
     }

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import structlog
@@ -59,6 +59,9 @@ REPLAYABLE_BODY: Final = 64 * 1024  # every ordinary Vipps call fits; larger one
 NO_BODY_STATUSES: Final = frozenset({204, 304})
 UPSTREAM_BUSY_RETRY_AFTER: Final = 1.0  # seconds: a connection frees as soon as a call ends
 
+if TYPE_CHECKING:  # loaded only when [tracing] is on
+    from proxy.tracing import CallTrace
+
 _log = structlog.get_logger("proxy.forwarding")
 
 
@@ -80,6 +83,7 @@ class CallRecord:
     replayed: bool = False
     retried_stale_connection: bool = False
     credentials: str = ""
+    trace: CallTrace | None = None  # tracing on: the call's spans (proxy.tracing)
 
 
 def upstream_error(route: Route, exc: BaseException) -> ProxyError:
@@ -130,6 +134,8 @@ class Forwarder:
                 fetched = False
                 if token is None:
                     token, fetched = await tokens.get()
+                    if fetched and call.trace is not None:
+                        call.trace.waited_for_token(tokens.creds.name)
                 call.token = "fetched" if fetched else "cached"
             headers = upstream_request_headers(
                 request.headers.items(),
@@ -140,6 +146,8 @@ class Forwarder:
             )
             if token is not None and attempt == 2:
                 call.replayed = True
+            if call.trace is not None:
+                call.trace.upstream(request.method, up.host, up.port, headers)
             try:
                 upstream = await self.pool.request(
                     up,

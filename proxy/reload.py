@@ -70,6 +70,7 @@ RESTART_KEYS: Final[tuple[tuple[str, Callable[[Config], Any]], ...]] = (
     ("log.format", lambda c: c.log.format),
     ("server.admin_host", lambda c: c.server.admin_host),
     ("server.admin_port", lambda c: c.server.admin_port),
+    ("tracing", lambda c: c.tracing),  # the tracer provider lives as long as the process
     ("webhooks", lambda c: (_hooks_but_secrets(c), c.store, _callback_clients(c))),
 )
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import orjson
@@ -47,6 +47,9 @@ from proxy.errors import TokenUnavailable
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
 from proxy.secret import Secret
+
+if TYPE_CHECKING:  # loaded only when [tracing] is on
+    from proxy.tracing import Tracing
 
 MAX_LIFETIME: Final = 7 * 24 * 3600.0  # distrust absurd lifetimes; a 401 still refreshes
 MIN_REFRESH_INTERVAL: Final = 1.0  # seconds between two fetches' starts, at least
@@ -251,6 +254,9 @@ def token_request(creds: Credentials) -> dict[str, Any]:
 class TokenProvider:
     """The token cache of one credential set."""
 
+    #: Tracing on: each fetch runs under a span (``proxy.tracing``).
+    tracing: Tracing | None = None
+
     def __init__(
         self,
         creds: Credentials,
@@ -370,7 +376,10 @@ class TokenProvider:
             now = self._clock()
             wait = max(0.0, self._next_fetch_at - now)
             self._next_fetch_at = now + wait + MIN_REFRESH_INTERVAL
-            self._fetch = asyncio.get_running_loop().create_task(self._run_fetch(wait))
+            run = self._run_fetch(wait)
+            if self.tracing is not None:
+                run = self.tracing.token_fetch(self.creds.name, run)
+            self._fetch = asyncio.get_running_loop().create_task(run)
             self._fetch.add_done_callback(_consume_result)
         return self._fetch
 

@@ -209,6 +209,9 @@ class UpstreamPool:
         self._origins: dict[Key, _Origin] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        #: Told ``True`` when a call starts waiting for a free connection, ``False`` when
+        #: it has one (tracing's pool-wait events); None: nobody asks.
+        self.on_wait: Callable[[bool], None] | None = None
 
     async def request(
         self,
@@ -291,7 +294,11 @@ class UpstreamPool:
         """A connection for one call: an idle one if there is (and not ``fresh``), else
         a new one."""
         if origin.busy >= self.limit:
+            if self.on_wait is not None:
+                self.on_wait(True)
             await self._wait_for_slot(up, origin)
+            if self.on_wait is not None:
+                self.on_wait(False)
         origin.busy += 1
         proto = None if fresh else self._take_idle(origin)
         if proto is not None:

@@ -568,6 +568,14 @@ def test_the_project_is_installed_non_editable_and_only_in_the_builder() -> None
     assert not pip_commands(final_stage())
 
 
+def test_the_image_includes_the_tracing_extra() -> None:
+    """The dependency layer installs the image lock, which pins the ``tracing`` extra
+    (tests/test_lock.py checks that), so that a [tracing] config works in the image."""
+    installs = [c for c in pip_commands(builder_stage()) if c[1:2] == ["install"]]
+    assert installs[0][-2:] == ["-r", "image.lock"], installs
+    assert "--require-hashes" in installs[0]
+
+
 def test_image_runs_as_a_non_root_numeric_user() -> None:
     """The final USER is the numeric UID 10001 that the Kubernetes example expects."""
     user = final_stage().last("USER").value

@@ -293,6 +293,18 @@ async def test_a_restart_key_changed_back_no_longer_needs_a_restart(rotation: Ro
     assert [line["settings"] for line in rotation.events("config_reloaded")] == [[], []]
 
 
+async def test_tracing_changed_by_a_reload_is_named_as_needing_a_restart(
+    rotation: Rotation,
+) -> None:
+    """[tracing] added by a reload: ``reload_needs_restart`` names it; calls go on."""
+    traced = config_text(rotation.vipps, str(rotation.secret))
+    traced += '\n[tracing]\nendpoint = "http://127.0.0.1:9/v1/traces"\n'
+    rotation.config.write_text(traced)
+    await eventually(lambda: rotation.events("config_reloaded") != [], "a reload")
+    (restart,) = rotation.events("reload_needs_restart")
+    assert restart["keys"] == ["tracing"]
+
+
 async def test_a_new_log_level_applies_to_every_logger(rotation: Rotation) -> None:
     """``[log] level = "warning"``: a successful call (an info line) is no longer logged,
     by the app's logger made at start-up; a failed one (a warning) still is."""

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import structlog
@@ -43,6 +43,9 @@ from proxy.webhooks.faults import StoreFaults
 from proxy.webhooks.lease import Lease
 from proxy.webhooks.metrics import WebhookMetrics
 from proxy.webhooks.store import Event, Store
+
+if TYPE_CHECKING:  # loaded only when [tracing] is on
+    from proxy.tracing import Tracing
 
 ATTEMPT_TIMEOUT: Final = 10.0
 FIRST_BACKOFF: Final = 1.0
@@ -125,6 +128,9 @@ class _Outcome:
 
 class Deliverer:
     """The delivery loop for one store and its hooks (keyed by configured path)."""
+
+    #: Tracing on: a span per attempt (``proxy.tracing``).
+    tracing: Tracing | None = None
 
     def __init__(
         self,
@@ -265,7 +271,12 @@ class Deliverer:
             failed = functools.partial(self.store.mark_failed, event.id, event.attempts, "no_hook")
             await self._record(event, event.attempts, "mark_failed", failed)
             return
+        span = None
+        if self.tracing is not None:  # the attempt's span, linked to the receive
+            event, span = self.tracing.delivery(event, attempt)
         outcome = await _send(session, hook, event, attempt)
+        if self.tracing is not None and span is not None:
+            self.tracing.delivered(span, outcome.status, outcome.error)
         now = time.time()
         fields = {
             "path": hook.path,

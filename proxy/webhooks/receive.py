@@ -135,15 +135,16 @@ class Receiver:
             self._verify(request, hook, body)
         key = _ordering_key(hook, call.path, body)
         self._admit(hook, call.client)
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        if call.trace is not None:  # tracing on: the deliveries' link to this receive
+            headers = call.trace.stamp(headers)
         try:
             event_id, new = await self.store.run(
                 self._add,
                 hook=hook.path,
                 path=request.raw_path,
                 method=request.method,
-                headers=[
-                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
-                ],
+                headers=headers,
                 body=body,
                 ordering_key=key,
                 now=time.time(),
@@ -158,6 +159,8 @@ class Receiver:
             self.bounds.release(hook)
         result = "accepted" if new else "duplicate"
         self._received(hook, result, key, event_id)
+        if call.trace is not None:
+            call.trace.received(result, event_id)
         if new:
             self.wake()
         call.status = 200
