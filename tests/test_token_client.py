@@ -21,7 +21,7 @@ from yarl import URL
 from proxy.config import Config, ConfigError, parse_config
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
-from proxy.tokens import NO_TOKEN_RETRY_CAP, TokenProvider, retry_after_seconds
+from proxy.tokens import NO_TOKEN_RETRY_CAP, Backoff, TokenProvider, retry_after_seconds
 from tests.conftest import LogSink, ProxyFactory, RunningProxy, make_config
 from tests.webhook_peers import eventually
 
@@ -202,6 +202,39 @@ async def test_a_retry_after_never_outlasts_half_the_held_tokens_life(
     (failed,) = log_sink.events("token_refresh_failed")
     assert failed["holding_valid_token"]
     assert failed["retry_in_s"] == 12
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0", formatdate(time.time() - 3600, usegmt=True)],
+    ids=["zero", "http-date-in-the-past"],
+)
+async def test_a_retry_after_shorter_than_the_backoff_never_shortens_it(
+    serve: Start, log_sink: LogSink, value: str
+) -> None:
+    """A refresh answered 503 ``Retry-After: 0`` (or a date gone by): the endpoint may
+    be asked again no sooner than it says, but the backoff still holds; a struggling
+    endpoint is not asked every second. (A clock the test moves.)"""
+    answers = [token_answer, retry_after_answer(503, lambda: value)]
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return await answers.pop(0)(request) if len(answers) > 1 else await answers[0](request)
+
+    endpoint = await serve(answer)
+    creds = make_config(endpoint.url / "accesstoken/get").credentials["main"]
+    now = [1000.0]
+    async with aiohttp.ClientSession() as session:
+        provider = TokenProvider(
+            creds, session, Metrics(), Redactor(), backoff=Backoff(20, 30), clock=lambda: now[0]
+        )
+        await provider.get()
+        now[0] += 3240  # the refresh time: the held token has 355 s left
+        provider.start()
+        await eventually(lambda: bool(log_sink.events("token_refresh_failed")), "a refresh")
+        await provider.close()
+    (failed,) = log_sink.events("token_refresh_failed")
+    assert failed["holding_valid_token"]
+    assert 10 <= failed["retry_in_s"] <= 20  # the first backoff step, not 1 s
 
 
 # ------------------------------------------------------------------ token styles
