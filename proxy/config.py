@@ -322,6 +322,8 @@ def _read_secret_file(path: str, key: str) -> str:
         return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise ConfigError(key, f"cannot read file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"file {path} is not UTF-8 text") from None
 
 
 def _join(prefix: str, name: str) -> str:
