@@ -573,6 +573,14 @@ _SYSTEM_HEADERS: Final = (
 )
 
 
+def _header_value(t: _Table, name: str) -> str:
+    """A value sent as a header field (RFC 9110 §5.5): no control character but tab."""
+    value = t.get(name, str, "")
+    if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+        raise ConfigError(_join(t.key, name), "has a control character")
+    return value
+
+
 def _credentials(t: _Table, name: str) -> Credentials:
     t.allow_only(*_CREDENTIAL_KEYS)
     style = cast(TokenStyle, t.choice("token_style", TOKEN_STYLES, "accesstoken"))
@@ -580,7 +588,7 @@ def _credentials(t: _Table, name: str) -> Credentials:
     if style == "jwt-token" and not resource:
         raise ConfigError(f"{t.key}.resource", "is required for token_style jwt-token")
     system = tuple(
-        (header, t.get(key, str, "")[:SYSTEM_HEADER_MAX])
+        (header, _header_value(t, key)[:SYSTEM_HEADER_MAX])
         for key, header in _SYSTEM_HEADERS
         if t.get(key, str, "")
     )
