@@ -358,7 +358,7 @@ class _Table:
 
     def number(self, name: str, default: float, minimum: float = 0.0) -> float:
         value = _number(self.data.get(name, default), _join(self.key, name))
-        if value < minimum:
+        if not value >= minimum:  # NaN too: max_age = nan would never find a date stale
             raise ConfigError(_join(self.key, name), f"must be at least {minimum:g}")
         return value
 

@@ -107,6 +107,8 @@ def test_secret_file_is_read(tmp_path: Path) -> None:
         ({"path": "/-/metrics"}, "webhooks[0].path"),
         ({"public_url": "shop.example.com"}, "webhooks[0].public_url"),
         ({"max_age": "soon"}, "webhooks[0].max_age"),
+        ({"max_age": "nan"}, "webhooks[0].max_age"),  # from ${ENV}: never stale, else
+        ({"max_age": float("nan")}, "webhooks[0].max_age"),
         ({"allow_from": ["10.0.0.300/8"]}, "webhooks[0].allow_from[0]"),
         ({"colour": "blue"}, "webhooks[0].colour"),
         ({"kind": "ecom-callback"}, "webhooks[0].secret"),  # eCom callbacks are unsigned
