@@ -407,6 +407,8 @@ def _read_secret_file(path: str, key: str) -> str:
         return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise ConfigError(key, f"cannot read file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"file {path} is not UTF-8 text") from None
 
 
 def _join(prefix: str, name: str) -> str:
@@ -443,7 +445,7 @@ class _Table:
         key = _join(self.key, name)
         given = self.data.get(name, default)
         value = _number(given, key)
-        if value < minimum:
+        if not value >= minimum:  # NaN too: max_age = nan would never find a date stale
             raise ConfigError(key, f"must be at least {minimum:g}" + _got(key, given))
         return value
 
@@ -752,6 +754,14 @@ _SYSTEM_HEADERS: Final = (
 )
 
 
+def _header_value(t: _Table, name: str) -> str:
+    """A value sent as a header field (RFC 9110 §5.5): no control character but tab."""
+    value = t.get(name, str, "")
+    if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+        raise ConfigError(_join(t.key, name), "has a control character")
+    return value
+
+
 def _credentials(t: _Table, name: str) -> Credentials:
     t.allow_only(*_CREDENTIAL_KEYS)
     style = cast(TokenStyle, t.choice("token_style", TOKEN_STYLES, "accesstoken"))
@@ -759,7 +769,7 @@ def _credentials(t: _Table, name: str) -> Credentials:
     if style == "jwt-token" and not resource:
         raise ConfigError(f"{t.key}.resource", "is required for token_style jwt-token")
     system = tuple(
-        (header, t.get(key, str, "")[:SYSTEM_HEADER_MAX])
+        (header, _header_value(t, key)[:SYSTEM_HEADER_MAX])
         for key, header in _SYSTEM_HEADERS
         if t.get(key, str, "")
     )
