@@ -257,10 +257,11 @@ async def test_the_oauth2_token_request_sends_no_subscription_key(
 
     assert (await call(proxy))[0] == 200
 
-    (head,) = endpoint.heads
-    assert "Ocp-Apim-Subscription-Key" not in head
-    assert head["Authorization"].startswith("Basic ")
-    assert head["Content-Type"] == "application/x-www-form-urlencoded"
+    assert endpoint.heads  # one fetch, or more if a busy machine made one fail
+    for head in endpoint.heads:
+        assert "Ocp-Apim-Subscription-Key" not in head
+        assert head["Authorization"].startswith("Basic ")
+        assert head["Content-Type"] == "application/x-www-form-urlencoded"
 
 
 def test_an_oauth2_set_needs_no_subscription_key_but_others_do() -> None:
@@ -324,7 +325,7 @@ async def test_the_accesstoken_request_carries_the_msn_and_system_headers(
 
     assert (await call(proxy))[0] == 200
 
-    (head,) = endpoint.heads
+    head = endpoint.heads[-1]  # the fetch whose token the call used
     assert head["Merchant-Serial-Number"] == config.credentials["main"].merchant_serial_number
     assert [head.get(f"Vipps-System-{n}") for n in ("Name", "Version")] == ["acme", "3.1.2"]
     assert [head.get(f"Vipps-System-Plugin-{n}") for n in ("Name", "Version")] == [
