@@ -850,7 +850,7 @@ async def test_release_of_an_early_answer_stops_sending_the_body(
         response = await start(pool, up, "PUT", "/upload", body=endless_body())
         assert response.status == 413
         response.release()
-        async with asyncio.timeout(0.5):  # a stopped task ends at once; 0.5 s is plenty
+        async with asyncio.timeout(WAIT):  # a stopped task ends at once
             await stopped.wait()
     finally:
         more.set()
