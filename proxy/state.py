@@ -10,9 +10,10 @@ from __future__ import annotations
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
-from proxy.access import Allowlist
+from proxy.access import Allowlist, admission
 from proxy.config import Config
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
@@ -39,3 +40,9 @@ class ProxyState:
     tokens: Mapping[str, TokenProvider] = field(default_factory=dict)
     webhooks: WebhookRelay | None = None  # set when the config has [[webhooks]]
     forwarder: Forwarder = field(init=False)  # set once, right after the snapshot is made
+
+    @cached_property
+    def admission(self) -> Allowlist | None:
+        """Who may connect (``proxy.access.admission``); the webhooks are the relay's."""
+        hooks = self.webhooks.hooks.values() if self.webhooks is not None else ()
+        return admission(self.config.server.allow_clients, hooks)

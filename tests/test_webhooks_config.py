@@ -128,6 +128,18 @@ def test_a_bad_webhook_entry_names_its_key(change: dict[str, Any], key: str) -> 
     assert "hook-secret-value" not in str(err.value)
 
 
+@pytest.mark.parametrize("path", ["/", "/callbacks/", "/vipps/callbacks//"])
+def test_an_ecom_callback_path_that_is_or_ends_in_a_slash_is_refused(path: str) -> None:
+    """``/`` would make every call a callback; after ``/callbacks/`` the rest of a
+    callback's path does not start with ``/``, so every callback would be refused."""
+    hook = {"path": path, "kind": "ecom-callback", "deliver_to": HOOK["deliver_to"]}
+    with pytest.raises(ConfigError) as err:
+        parse(hook)
+    assert err.value.key == "webhooks[0].path"
+    (accepted,) = parse({**hook, "path": path.rstrip("/") or "/callbacks"}).webhooks
+    assert accepted.kind == "ecom-callback"
+
+
 def test_two_entries_on_one_path_are_refused() -> None:
     with pytest.raises(ConfigError) as err:
         parse(HOOK, HOOK)
