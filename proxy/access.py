@@ -7,11 +7,12 @@ Client keys are compared in constant time against every configured key.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Final
 
 from aiohttp import hdrs, web
 
-from proxy.config import Network
+from proxy.config import Network, Webhook
 from proxy.errors import Forbidden, ProxyAuthRequired
 from proxy.secret import Secret
 
@@ -22,6 +23,8 @@ def peer_address(request: web.BaseRequest) -> str:
     return str(peer[0]) if peer else ""
 
 
+#: The reason of a 403 for an address outside ``allow_clients``.
+CLIENT_NOT_ALLOWED: Final = "client_not_allowed"
 MAX_ADDRESSES_KNOWN = 4096  # answers remembered, so a scan of addresses cannot grow memory
 
 
@@ -36,13 +39,29 @@ class Allowlist:
 
     def check(self, client: str) -> None:
         """403 unless the socket's peer address is in ``allow_clients``."""
+        if not self.admits(client):
+            raise Forbidden(f"client address {client} is not allowed", reason=CLIENT_NOT_ALLOWED)
+
+    def admits(self, client: str) -> bool:
+        """True if ``client``, a socket's peer address, is in the networks."""
         allowed = self._known.get(client)
         if allowed is None:
             allowed = _in_networks(self._networks, client)
             if len(self._known) < MAX_ADDRESSES_KNOWN:
                 self._known[client] = allowed
-        if not allowed:
-            raise Forbidden(f"client address {client} is not allowed", reason="client_not_allowed")
+        return allowed
+
+
+def admission(allow_clients: tuple[Network, ...], hooks: Iterable[Webhook]) -> Allowlist | None:
+    """Who may hold a connection at all: ``allow_clients`` and every eCom callback's
+    ``allow_from``; None (anyone) when a ``vipps-webhook`` path takes calls from anywhere.
+    A peer outside it could be served no path, so it is closed as it is accepted."""
+    networks = list(allow_clients)
+    for hook in hooks:
+        if hook.kind == "vipps-webhook":
+            return None
+        networks += hook.allow_from
+    return Allowlist(tuple(networks))
 
 
 def _in_networks(networks: tuple[Network, ...], client: str) -> bool:

@@ -6,8 +6,9 @@ port then answers 404 for ``/-/``). On the API port ``/-/metrics`` needs a clien
 like any call when ``client_keys`` are set; health and readiness stay open for probes.
 
 Legacy apps (and the official plugins and SDKs) still ask ``POST /accesstoken/get`` or
-``POST /api/access-token/jwt-token`` for a token before their calls (in any spelling
-the upstream reads as one of these; other methods there get 405). The proxy answers
+``POST /api/access-token/jwt-token`` (or ``POST /miami/v1/token``) for a token before
+their calls (in any spelling the upstream reads as one of these; other methods there get
+405). The proxy answers
 with all seven fields as strings and a *placeholder* ``access_token``: the real token
 never leaves the proxy, and the placeholder is worthless anywhere else (the proxy
 strips every client ``Authorization`` header and injects the real token).
@@ -24,7 +25,7 @@ import orjson
 from aiohttp import web
 
 from proxy.access import check_client_key
-from proxy.config import ServerConfig
+from proxy.config import Route, ServerConfig
 from proxy.errors import NotFound
 from proxy.routing import fold_case
 from proxy.startup import StartupError, listen
@@ -34,7 +35,10 @@ HEALTH: Final = "/-/health"
 READY: Final = "/-/ready"
 METRICS: Final = "/-/metrics"
 ADMIN_PREFIX: Final = "/-/"
-LEGACY_TOKEN_PATHS: Final = frozenset({"/accesstoken/get", "/api/access-token/jwt-token"})
+#: Every token endpoint of Vipps': accesstoken, jwt-token (0.1.1) and oauth2.
+LEGACY_TOKEN_PATHS: Final = frozenset(
+    {"/accesstoken/get", "/api/access-token/jwt-token", "/miami/v1/token"}
+)
 #: A normal form has at most one trailing slash.
 _LEGACY_LENGTHS: Final = frozenset(len(p) + s for p in LEGACY_TOKEN_PATHS for s in (0, 1))
 PLACEHOLDER_LIFETIME: Final = 3600
@@ -84,6 +88,12 @@ async def serve_admin(
         await runner.cleanup()
         raise
     return runner
+
+
+def reaches_token_path(route: Route, normal_path: str) -> bool:
+    """True if the upstream would read ``normal_path``, sent on ``route``, as a token
+    path: such a call must never carry the credentials the proxy injects."""
+    return is_legacy_token_path(route.upstream_base + normal_path)
 
 
 def admin_response(state: ProxyState, path: str) -> web.Response:

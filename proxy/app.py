@@ -2,8 +2,9 @@
 
 Order of checks for a call: client address (403), method (405 for CONNECT and TRACE),
 request shape (400/417/431/505), reserved ``/-/`` paths, client key (407), the path's
-normal form (400), legacy token calls (405 unless POST), route (400/404), credentials
-(403), then forwarding. Every call ends in exactly one log line and one metrics update.
+normal form (400), legacy token calls (405 unless POST), route (400/404), the route's
+methods (405), credentials (403; none on a token path), then forwarding. Every call
+ends in exactly one log line and one metrics update.
 
 The proxy has one handler and its own router, so it runs on ``web.Server`` rather than
 an ``Application``: no URL dispatcher, middleware chain or per-call ``Request`` with app
@@ -28,12 +29,13 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from proxy import events
-from proxy.access import check_client_key, peer_address
+from proxy.access import CLIENT_NOT_ALLOWED, check_client_key, peer_address
 from proxy.admin import (
     ADMIN_PREFIX,
     api_admin_response,
     is_legacy_token_path,
     legacy_token_response,
+    reaches_token_path,
 )
 from proxy.calls import CallRecord
 from proxy.config import Config, Credentials
@@ -63,8 +65,11 @@ if TYPE_CHECKING:  # loaded only when [tracing] is on, or [[webhooks]] are set
     from proxy.webhooks.relay import WebhookRelay
 
 MAX_REQUEST_ID: Final = 128
-#: Answers after which the connection is closed: the request was malformed or hostile.
-CLOSE_AFTER: Final = frozenset({400, 405, 408, 431, 505})
+#: Answers after which the connection is closed: the request was malformed or hostile,
+#: or its client has no key (a refused peer must not keep the connection as a slot).
+CLOSE_AFTER: Final = frozenset({400, 405, 407, 408, 431, 505})
+#: ... and a 403 for these reasons: the address itself is refused.
+CLOSE_AFTER_REASONS: Final = frozenset({CLIENT_NOT_ALLOWED})
 #: Methods refused with 405 before anything else is looked at.
 REFUSED_METHODS: Final = frozenset({hdrs.METH_CONNECT, hdrs.METH_TRACE})
 POOL_SIZE: Final = 256  # upstream connections in use at once, per upstream origin
@@ -202,7 +207,7 @@ class ProxyApp:
             if isinstance(err, BadGateway | GatewayTimeout | UpstreamBusy):
                 state.metrics.upstream_errors.labels(call.route, call.error).inc()
             response = problem_response(err, call.request_id)
-            if err.status in CLOSE_AFTER:
+            if err.status in CLOSE_AFTER or err.reason in CLOSE_AFTER_REASONS:
                 response.force_close()  # what follows on this connection cannot be trusted
         except asyncio.CancelledError:
             cause = "cut_at_shutdown" if self.draining else "client_disconnected"
@@ -323,21 +328,43 @@ class _ProxyServer(web.Server):
     """aiohttp's low-level server, whose connections answer refused requests the proxy's
     way (``ProxyApp.refused``) instead of aiohttp's text/plain 400 and ERROR traceback,
     and which holds at most ``max_connections`` client connections (the current
-    config's): one more is closed the moment it is accepted, before a byte is read."""
+    config's), and at most ``max_connections_per_client`` from one address: one more is
+    closed the moment it is accepted, before a byte is read. So is a peer that no path
+    could serve (``ProxyState.admission``)."""
 
     def __init__(self, proxy: ProxyApp, **kwargs: Any) -> None:
         super().__init__(proxy.handle, **kwargs)
         self.proxy = proxy
+        self._clients: dict[RequestHandler, str] = {}  # each connection's peer address
+        self._per_client: dict[str, int] = {}  # connections held, per peer address
 
     def __call__(self) -> RequestHandler:
         return _ConnectionHandler(self, loop=self._loop, **self._kwargs)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        if len(self._connections) >= self.proxy.state.config.server.max_connections:
+        state = self.proxy.state
+        peer = transport.get_extra_info("peername")
+        client = str(peer[0]) if peer else ""
+        held = self._per_client.get(client, 0)
+        if (
+            len(self._connections) >= state.config.server.max_connections
+            or held >= state.config.server.max_connections_per_client
+            or (state.admission is not None and not state.admission.admits(client))
+        ):
             transport.abort()
             handler.force_close()  # its parser never runs; its task ends at once
             return
+        self._per_client[client] = held + 1
+        self._clients[handler] = client
         super().connection_made(handler, transport)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        client = self._clients.pop(handler, None)
+        if client is not None:
+            held = self._per_client.pop(client) - 1
+            if held:
+                self._per_client[client] = held
+        super().connection_lost(handler, exc)
 
 
 class _ConnectionHandler(RequestHandler):
@@ -434,9 +461,15 @@ async def _dispatch(
             return legacy_token_response(state)
     route = state.router.route(request.raw_path, normal)
     call.route, call.upstream = route.name, route.upstream_text
-    creds = pick_credentials(
-        route, state.config.credentials, request.headers.get(MERCHANT_SERIAL_NUMBER)
-    )
+    if request.method not in route.methods:  # before any credential is touched
+        raise MethodNotAllowed(f"{request.method} is not taken by this route", allow=route.allow)
+    if reaches_token_path(route, normal):
+        # local_token_endpoints = false: the client's own credentials only, never ours
+        creds = None
+    else:
+        creds = pick_credentials(
+            route, state.config.credentials, request.headers.get(MERCHANT_SERIAL_NUMBER)
+        )
     call.credentials = creds.name if creds else ""
     if route.auth == "none" or creds is None:  # the client's Authorization goes upstream
         refuse_placeholder(request, state.placeholder)

@@ -54,6 +54,11 @@ MIN_CLIENT_KEY: Final = 16  # characters; a shorter shared key can be guessed
 # Vipps-System-* values: maxLength 30 in Vipps' specs (epayment.local.yml and
 # vipps-ecom-api.yaml in tests/specs, the four Vipps-System-* header parameters).
 SYSTEM_HEADER_MAX: Final = 30
+#: What a route takes unless its ``methods`` say otherwise; others get 405.
+ROUTE_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+#: Never served, whatever a route says: CONNECT opens a tunnel, TRACE reflects our credentials.
+NEVER_SERVED_METHODS: Final = ("CONNECT", "TRACE")
+_METHOD = re.compile(r"[A-Z][A-Z0-9!#$%&'*+.^_`|~-]*")
 
 _REF = re.compile(r"\$\{([^}]*)\}")
 _MSN = re.compile(r"[0-9]+")
@@ -96,6 +101,7 @@ class ServerConfig:
     reload_interval: float = 10.0
     admin_port: int = 0
     admin_host: str = "127.0.0.1"
+    max_connections_per_client: int = 256
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,7 @@ class Route:
     #: With several credential sets: the one a call without Merchant-Serial-Number gets
     #: (empty: such a call is refused with 400 ``missing_msn``).
     default_credentials: str = ""
+    methods: tuple[str, ...] = ROUTE_METHODS
 
     @property
     def name(self) -> str:
@@ -160,6 +167,16 @@ class Route:
     def upstream_text(self) -> str:
         """The upstream as logged; formatted once, not per call."""
         return str(self.upstream)
+
+    @cached_property
+    def allow(self) -> str:
+        """The ``Allow`` header of a 405 on this route: its methods."""
+        return ", ".join(self.methods)
+
+    @cached_property
+    def upstream_base(self) -> str:
+        """The upstream's base path, which the client's path is appended to."""
+        return self.upstream.raw_path.rstrip("/")
 
 
 WebhookKind = Literal["vipps-webhook", "ecom-callback"]
@@ -407,6 +424,8 @@ def _read_secret_file(path: str, key: str) -> str:
         return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as exc:
         raise ConfigError(key, f"cannot read file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(key, f"file {path} is not UTF-8 text") from None
 
 
 def _join(prefix: str, name: str) -> str:
@@ -443,7 +462,7 @@ class _Table:
         key = _join(self.key, name)
         given = self.data.get(name, default)
         value = _number(given, key)
-        if value < minimum:
+        if not value >= minimum:  # NaN too: max_age = nan would never find a date stale
             raise ConfigError(key, f"must be at least {minimum:g}" + _got(key, given))
         return value
 
@@ -563,6 +582,7 @@ def _server(t: _Table) -> ServerConfig:
         reload_interval=t.number("reload_interval", 10.0),
         admin_port=_integer(t, "admin_port", 0, 0, 65535),
         admin_host=t.get("admin_host", str, "127.0.0.1"),
+        max_connections_per_client=_integer(t, "max_connections_per_client", 256, 1, 1_000_000),
     )
     _check_server_tls(server, t.key)
     _check_exposure(server, t.key)
@@ -752,6 +772,14 @@ _SYSTEM_HEADERS: Final = (
 )
 
 
+def _header_value(t: _Table, name: str) -> str:
+    """A value sent as a header field (RFC 9110 §5.5): no control character but tab."""
+    value = t.get(name, str, "")
+    if any((c < " " and c != "\t") or c == "\x7f" for c in value):
+        raise ConfigError(_join(t.key, name), "has a control character")
+    return value
+
+
 def _credentials(t: _Table, name: str) -> Credentials:
     t.allow_only(*_CREDENTIAL_KEYS)
     style = cast(TokenStyle, t.choice("token_style", TOKEN_STYLES, "accesstoken"))
@@ -759,7 +787,7 @@ def _credentials(t: _Table, name: str) -> Credentials:
     if style == "jwt-token" and not resource:
         raise ConfigError(f"{t.key}.resource", "is required for token_style jwt-token")
     system = tuple(
-        (header, t.get(key, str, "")[:SYSTEM_HEADER_MAX])
+        (header, _header_value(t, key)[:SYSTEM_HEADER_MAX])
         for key, header in _SYSTEM_HEADERS
         if t.get(key, str, "")
     )
@@ -814,6 +842,7 @@ _ROUTE_KEYS: Final = [
     "read_timeout",
     "local_token_endpoints",
     "default_credentials",
+    "methods",
 ]
 
 
@@ -849,6 +878,14 @@ def _route(t: _Table, credentials: Mapping[str, Credentials]) -> Route:
         raise ConfigError(f"{t.key}.upstream", "must not have a query or fragment")
     auth = cast(AuthMode, t.choice("auth", AUTH_MODES, "bearer"))
     names = _route_credentials(t, credentials, auth)
+    local_token_endpoints = t.get("local_token_endpoints", bool, True)
+    if auth == "client-credentials" and not local_token_endpoints:
+        # forwarded with our client_id and secret, a token call hands the real token out
+        raise ConfigError(
+            f"{t.key}.local_token_endpoints",
+            f"route {prefix!r} sends client credentials: its token paths must be answered "
+            "locally (leave local_token_endpoints out, or true)",
+        )
     return Route(
         prefix=prefix,
         upstream=upstream,
@@ -857,8 +894,9 @@ def _route(t: _Table, credentials: Mapping[str, Credentials]) -> Route:
         subscription_key=t.get("subscription_key", bool, True),
         connect_timeout=t.number("connect_timeout", 5.0, minimum=0.001),
         read_timeout=t.number("read_timeout", 60.0, minimum=0.001),
-        local_token_endpoints=t.get("local_token_endpoints", bool, True),
+        local_token_endpoints=local_token_endpoints,
         default_credentials=_default_credentials(t, names),
+        methods=_methods(t),
     )
 
 
@@ -872,6 +910,21 @@ def _default_credentials(t: _Table, names: tuple[str, ...]) -> str:
             f"must be one of the route's credential sets ({listed}), not {name!r}",
         )
     return name
+
+
+def _methods(t: _Table) -> tuple[str, ...]:
+    """``methods``: request methods as sent (upper case), never CONNECT or TRACE."""
+    key = f"{t.key}.methods"
+    items = t.get("methods", list, list(ROUTE_METHODS))
+    if not items:
+        raise ConfigError(key, "must name at least one method")
+    for i, item in enumerate(items):
+        method = _check_type(item, str, f"{key}[{i}]")
+        if not _METHOD.fullmatch(method):
+            raise ConfigError(f"{key}[{i}]", f"not a method in upper case: {method!r}")
+        if method in NEVER_SERVED_METHODS:
+            raise ConfigError(f"{key}[{i}]", f"{method} is never served by the proxy")
+    return tuple(dict.fromkeys(items))
 
 
 def _route_credentials(
@@ -939,6 +992,10 @@ def _webhook(t: _Table, pending_secret: bool = False) -> Webhook:
     if not path.startswith("/") or path.startswith("/-/") or "?" in path:
         raise ConfigError(f"{t.key}.path", "must start with / (not /-/) and have no query")
     kind = cast(WebhookKind, t.choice("kind", WEBHOOK_KINDS, "vipps-webhook"))
+    if kind == "ecom-callback" and path.endswith("/"):
+        # a prefix: "/" would take every call, and after one ending in "/" the rest of a
+        # callback's path does not start with "/", so every callback would be refused
+        raise ConfigError(f"{t.key}.path", "an ecom-callback path must not be / or end in /")
     secret_file = t.data.get("secret_file")
     pending = pending_secret and isinstance(secret_file, str) and not Path(secret_file).exists()
     secrets = () if pending else _webhook_secrets(t, required=kind == "vipps-webhook")

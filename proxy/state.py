@@ -11,9 +11,10 @@ from __future__ import annotations
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
-from proxy.access import Allowlist
+from proxy.access import Allowlist, admission
 from proxy.config import Config
 from proxy.forwarding import Forwarder
 from proxy.metrics import Metrics
@@ -41,6 +42,12 @@ class ProxyState:
     tokens: Mapping[str, TokenProvider]  # a cache per bearer set; none before the app starts
     webhooks: WebhookRelay | None  # when the config has [[webhooks]]
     forwarder: Forwarder
+
+    @cached_property
+    def admission(self) -> Allowlist | None:
+        """Who may connect (``proxy.access.admission``); the webhooks are the relay's."""
+        hooks = self.webhooks.hooks.values() if self.webhooks is not None else ()
+        return admission(self.config.server.allow_clients, hooks)
 
 
 def build_state(

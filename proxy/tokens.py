@@ -426,17 +426,17 @@ class TokenProvider:
         self._schedule(self._retry_at)
 
     def _retry_delay(self, asked: float | None) -> float:
-        """The endpoint's Retry-After (``asked``) up to 300 s, else backoff, short while
-        there is no token at all: clients get 503s until the next attempt. Either way
-        never so long that a held token expires first. (Never sooner than a second
-        after the last attempt began, though.)"""
+        """Backoff, short while there is no token at all (clients get 503s until the
+        next attempt), or the endpoint's Retry-After (``asked``, up to 300 s) when that
+        is longer: a Retry-After of 0 never shortens the backoff. Either way never so
+        long that a held token expires first. (Never sooner than a second after the
+        last attempt began, though.)"""
         token = self.current()
+        delay = self._backoff.delay(self._failures)
+        if token is None:
+            delay = min(delay, NO_TOKEN_RETRY_CAP)
         if asked is not None:
-            delay = min(asked, MAX_RETRY_AFTER)
-        else:
-            delay = self._backoff.delay(self._failures)
-            if token is None:
-                return min(delay, NO_TOKEN_RETRY_CAP)
+            delay = max(delay, min(asked, MAX_RETRY_AFTER))
         if token is None:
             return delay
         return min(delay, max(MIN_RETRY, (token.expires_at - self._clock()) / 2))

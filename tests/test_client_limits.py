@@ -215,6 +215,9 @@ async def test_a_client_that_pipelines_and_never_reads_is_cut(limited: Limited) 
     connection for good (a slot of max_connections; on a listener open to the
     internet, for webhooks, anyone could fill them all with cheap 401s or 403s)."""
     asked, count = b"GET /-/metrics HTTP/1.1\r\nHost: proxy.test\r\n\r\n", 2000  # ~10 MB
+    server = limited.proxy.runner.server
+    assert server is not None
+    served_before = server.requests_count  # cut: served some of ours, then dropped them
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(limited.proxy.address)
@@ -223,7 +226,7 @@ async def test_a_client_that_pipelines_and_never_reads_is_cut(limited: Limited) 
         transport = cast(asyncio.Transport, writer.transport)
         transport.pause_reading()
         writer.write(asked * count)
-        await asyncio.sleep(4 * BODY_TIMEOUT)  # long enough to be cut (a bound, not a timing)
+        await until(lambda: server.requests_count > served_before and not server.connections)
         transport.resume_reading()
         received, closed = bytearray(), False
         try:
@@ -279,7 +282,11 @@ async def test_slow_uploads_do_not_keep_another_route_from_answering(
     other = await aiohttp_server(plain, host="127.0.0.1")
     config = make_config(
         emulator.token_url,
-        server={"body_timeout": 2.0, "header_timeout": WITHIN},
+        server={
+            "body_timeout": 2.0,
+            "header_timeout": WITHIN,
+            "max_connections_per_client": SLOW_UPLOADS + 1,  # every client is 127.0.0.1
+        },
         extra={
             "routes": [
                 {"prefix": "/echo", "upstream": str(emulator.url)},

@@ -264,6 +264,21 @@ def test_check_exits_2_with_one_line_naming_the_key(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("value", ["shop\nX-Evil: 1", "shop\r", "shop\x1b[2J", "shop\x7f"])
+def test_a_system_header_value_with_a_control_character_exits_2_naming_the_key(
+    tmp_path: Path, value: str
+) -> None:
+    """``system_name`` from the environment with a newline (or ESC, DEL) cannot be sent
+    as a header: bad config naming the key, not a token endpoint "unreachable" on every
+    fetch (the accesstoken request carries it)."""
+    path = write(tmp_path, GOOD + 'system_name = "${VIPPS_SYSTEM}"\n')
+    result = run_cli("check", "--config", str(path), env={**ENV, "VIPPS_SYSTEM": value})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "vipps-proxy: credentials.main.system_name: has a control character"
+    ]
+
+
 def test_check_prints_the_config_with_secrets_masked(tmp_path: Path) -> None:
     """`check` shows the effective config and no secret value, in any output."""
     result = run_cli("check", "--config", str(write(tmp_path, GOOD)), env=ENV)

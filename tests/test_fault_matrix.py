@@ -584,7 +584,7 @@ async def wait_for_cleanup(proxy: RunningProxy, emulator: RunningEmulator) -> di
     async def cleaned_up() -> bool:
         return upstream_connections(emulator) == 0 and bool(calls(proxy))
 
-    await wait_until(cleaned_up, "the upstream connection to close", seconds=5.0)
+    await wait_until(cleaned_up, "the upstream connection to close", seconds=30.0)
     (line,) = calls(proxy)
     return line
 

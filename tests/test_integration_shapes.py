@@ -214,7 +214,7 @@ async def test_token_subscription_key_is_used_for_the_token_call_only(
 async def test_legacy_token_answers_can_be_switched_off(
     emulator: RunningEmulator, start_proxy: ProxyFactory
 ) -> None:
-    """local_token_endpoints = false forwards a legacy token call like any other."""
+    """local_token_endpoints = false forwards a legacy token call, without our credentials."""
     creds = unit_config(DEMO_SALES_UNIT, str(emulator.token_url))
     doc = {
         "server": {"port": 0},

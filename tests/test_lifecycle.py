@@ -57,13 +57,20 @@ async def test_64_mib_each_way_streams_with_flat_memory(proxy_process: ProxyProc
     assert peak - before < 24 * 1024, f"RSS grew from {before} KiB to a peak of {peak} KiB"
 
 
+async def reached_upstream(emulator: RunningEmulator, path: str) -> None:
+    """Until the emulator has received a call to ``path``; at most 30 s (a busy machine)."""
+    async with asyncio.timeout(30):
+        while not any(r.raw_path == path for r in emulator.state.received):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
 async def test_sigterm_lets_in_flight_calls_finish_then_exits_0(
-    proxy_process: ProxyProcess,
+    proxy_process: ProxyProcess, emulator: RunningEmulator
 ) -> None:
     """SIGTERM during a slow call: the call completes, then the process exits 0."""
     async with aiohttp.ClientSession() as client:
         call = asyncio.create_task(client.get(proxy_process.url("/slow/1")))
-        await asyncio.sleep(0.4)
+        await reached_upstream(emulator, "/slow/1")  # in flight, not merely asked
         proxy_process.process.send_signal(signal.SIGTERM)
         response = await call
         assert response.status == 200
@@ -72,15 +79,28 @@ async def test_sigterm_lets_in_flight_calls_finish_then_exits_0(
     assert '"event":"proxy_stopped"' in proxy_process.output()
 
 
-async def test_sigterm_refuses_new_connections(proxy_process: ProxyProcess) -> None:
+async def accepted(client: aiohttp.ClientSession, url: str) -> bool:
+    """True if a call to ``url`` got a connection, False if the connection was refused."""
+    try:
+        async with client.get(url) as response:
+            await response.read()
+    except aiohttp.ClientConnectorError:
+        return False
+    return True
+
+
+async def test_sigterm_refuses_new_connections(
+    proxy_process: ProxyProcess, emulator: RunningEmulator
+) -> None:
     """Once draining, the listener is closed: new connections are refused."""
     async with aiohttp.ClientSession() as client:
-        slow = asyncio.create_task(client.get(proxy_process.url("/slow/1.5")))
-        await asyncio.sleep(0.4)
+        slow = asyncio.create_task(client.get(proxy_process.url("/slow/3")))
+        await reached_upstream(emulator, "/slow/3")
         proxy_process.process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
-        with pytest.raises(aiohttp.ClientConnectorError):
-            await client.get(proxy_process.url("/echo/late"))
+        async with asyncio.timeout(30):  # a call that came before the listener closed is served
+            while await accepted(client, proxy_process.url("/echo/late")):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert not slow.done()  # refused while draining, not after the exit
         (await slow).release()
     assert await asyncio.to_thread(proxy_process.process.wait, 20) == 0
 
@@ -147,7 +167,7 @@ async def test_calls_still_running_at_the_deadline_are_cut_and_logged(
     try:
         async with aiohttp.ClientSession() as client:
             call = asyncio.create_task(client.get(process.url("/slow/30")))
-            await asyncio.sleep(0.4)
+            await reached_upstream(emulator, "/slow/30")
             process.process.send_signal(signal.SIGTERM)
             with pytest.raises(aiohttp.ClientError):
                 await call

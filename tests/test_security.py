@@ -52,9 +52,10 @@ from tests.conftest import (
 MAX_BODY = 1000
 HEADER_TIMEOUT = 0.5
 #: How long a stalled client may stay connected before the test calls it a failure: a
-#: bound for the loop, eight times ``HEADER_TIMEOUT``, not a measurement.
-CUT_WITHIN = 4.0
-ANSWER_WITHIN = 5.0
+#: bound for the loop, many times ``HEADER_TIMEOUT`` (a busy machine is slow), not a
+#: measurement.
+CUT_WITHIN = 30.0
+ANSWER_WITHIN = 30.0
 SENTINEL = "/echo/b/sentinel"
 PROBLEM_JSON = "application/problem+json"
 PROXY_PROBLEMS = "https://github.com/vipps-proxy/vipps-proxy"
@@ -624,22 +625,22 @@ SPOOFS = [
 async def test_a_spoofed_forwarded_address_does_not_pass_the_allowlist(
     loopback_only: Target, path: str
 ) -> None:
-    """From 127.0.0.2, claiming 127.0.0.1 in every forwarded header: 403, nothing sent."""
+    """From 127.0.0.2, claiming 127.0.0.1 in every forwarded header: closed unanswered
+    (no path serves that address), nothing sent."""
     answer = await exchange(loopback_only.address, get(path, *SPOOFS), source="127.0.0.2")
-    assert answer.status == 403, answer.raw[:300]
-    assert answer.headers["Content-Type"] == PROBLEM_JSON
-    assert b"vipps_proxy" not in answer.body
+    assert answer.status is None, answer.raw[:300]
     await loopback_only.assert_nothing_forwarded()
 
 
 async def test_a_token_call_from_outside_the_allowlist_gets_no_placeholder(
     loopback_only: Target,
 ) -> None:
-    """The legacy token endpoint is behind the allowlist too: 403, no access_token."""
+    """The legacy token endpoint is behind the allowlist too: closed unanswered, no
+    access_token."""
     request = b"POST /accesstoken/get HTTP/1.1\r\nHost: p\r\nContent-Length: 0\r\n\r\n"
     answer = await exchange(loopback_only.address, request, source="127.0.0.2")
-    assert answer.status == 403, answer.raw[:300]
-    assert b"access_token" not in answer.body
+    assert answer.status is None, answer.raw[:300]
+    assert b"access_token" not in answer.raw
     await loopback_only.assert_nothing_forwarded()
 
 

@@ -90,7 +90,9 @@ async def test_reset_mid_body_aborts_the_client_connection(
         assert response.status == 200
         with pytest.raises(aiohttp.ClientPayloadError):
             await response.read()
-    await asyncio.sleep(0.1)
+    async with asyncio.timeout(30):  # the line is written once the proxy's handler ends
+        while not proxy.logs.events("request_completed"):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
     (line,) = proxy.logs.events("request_completed")
     assert line["error"] == "upstream_reset_mid_body"
 

@@ -34,10 +34,13 @@ from proxy.upstream import (
 )
 from tests.conftest import ProxyFactory, RunningEmulator, free_port, make_config
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = pytest.mark.timeout(120)  # a ceiling for a busy machine; idle, each takes < 2 s
 
 BASE = "/base"
-WAIT = 2.0  # the bound on any one wait in these tests; every wait ends long before
+WAIT = 30.0  # the bound on any one wait in these tests; every wait ends long before
+#: connect_timeout where a wait for a free connection must run out: a loopback connect,
+#: which the same setting bounds, ends long before it even on a busy machine.
+SLOT_WAIT = 2.0
 
 
 @dataclass
@@ -305,7 +308,8 @@ async def test_connection_idle_past_read_timeout_serves_the_next_call(
             await answer_ok(conn)
 
     upstream = await raw_upstream(answer)
-    pool, up = make_pool(max_idle=30.0), upstream.upstream(read_timeout=0.2)
+    read_timeout = 1.0  # long enough for the whole first answer on a busy machine
+    pool, up = make_pool(max_idle=30.0), upstream.upstream(read_timeout=read_timeout)
     response = await start(pool, up)
     async with asyncio.timeout(WAIT):
         # Let the whole body arrive, unread; no event tells of bytes buffered, so poll.
@@ -313,7 +317,7 @@ async def test_connection_idle_past_read_timeout_serves_the_next_call(
             await asyncio.sleep(0.01)
         assert len(await response.content.read()) == size
     response.release()
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(2 * read_timeout)  # idle past read_timeout: the time is the point
     assert await call(pool, up) == (200, b"conn 0 call 2")
     assert len(upstream.connections) == 1
 
@@ -484,7 +488,7 @@ async def test_call_over_the_limit_fails_after_connect_timeout_as_no_free_connec
     """With limit=1 held and never released, a second call fails: NoFreeConnection, not a
     connect time-out (nothing was connecting)."""
     upstream = await raw_upstream(answer_ok)
-    pool, up = make_pool(limit=1), upstream.upstream(connect_timeout=0.3)
+    pool, up = make_pool(limit=1), upstream.upstream(connect_timeout=SLOT_WAIT)
     first = await start(pool, up)
     try:
         with pytest.raises(NoFreeConnection):
@@ -499,7 +503,7 @@ async def test_releasing_twice_frees_one_slot_only(
 ) -> None:
     """A second release() of the same answer does not free a slot nobody gave back."""
     upstream = await raw_upstream(answer_ok)
-    pool, up = make_pool(limit=1), upstream.upstream(connect_timeout=0.3)
+    pool, up = make_pool(limit=1), upstream.upstream(connect_timeout=SLOT_WAIT)
     first = await start(pool, up)
     await first.content.read()
     first.release()
@@ -519,10 +523,10 @@ async def test_an_origin_at_its_limit_does_not_hold_up_another_origin(
     is answered, and the held one's next call still waits for its own."""
     held, other = await raw_upstream(answer_ok), await raw_upstream(answer_ok)
     pool = make_pool(limit=1)
-    busy_up = held.upstream(connect_timeout=0.3)
+    busy_up = held.upstream(connect_timeout=SLOT_WAIT)
     first = await start(pool, busy_up)
     try:
-        assert await call(pool, other.upstream(connect_timeout=0.3)) == (200, b"conn 0 call 1")
+        assert await call(pool, other.upstream()) == (200, b"conn 0 call 1")
         with pytest.raises(NoFreeConnection):
             await start(pool, busy_up)
     finally:
@@ -846,7 +850,7 @@ async def test_release_of_an_early_answer_stops_sending_the_body(
         response = await start(pool, up, "PUT", "/upload", body=endless_body())
         assert response.status == 413
         response.release()
-        async with asyncio.timeout(0.5):  # a stopped task ends at once; 0.5 s is plenty
+        async with asyncio.timeout(WAIT):  # a stopped task ends at once
             await stopped.wait()
     finally:
         more.set()
@@ -1077,12 +1081,16 @@ async def test_through_the_proxy_a_saturated_upstream_gives_503_busy_and_spares_
         await answer_ok(conn)
 
     slow, fast = await raw_upstream(stall), await raw_upstream(answer_ok)
-    limits = {"auth": "none", "connect_timeout": 0.5, "read_timeout": 30}
+    # connect_timeout bounds each of the 256 connects (made at once) and the wait of the
+    # one more call: SLOT_WAIT, which a connect on a busy machine does not run out
+    limits = {"auth": "none", "connect_timeout": SLOT_WAIT, "read_timeout": 60}
     routes = [
         {"prefix": "/slow", "upstream": f"http://127.0.0.1:{slow.port}", **limits},
         {"prefix": "/fast", "upstream": f"http://127.0.0.1:{fast.port}", **limits},
     ]
-    proxy = await start_proxy(make_config(emulator.token_url, extra={"routes": routes}))
+    server = {"max_connections_per_client": POOL_SIZE + 1}  # every client is 127.0.0.1
+    config = make_config(emulator.token_url, server=server, extra={"routes": routes})
+    proxy = await start_proxy(config)
     clients = []
     try:
         for n in range(POOL_SIZE):

@@ -101,6 +101,19 @@ def test_list_limit_must_be_a_positive_number(emulator: RunningEmulator, tmp_pat
         assert "--limit" in listed.stderr
 
 
+def test_list_limit_larger_than_sqlite_takes_lists_everything(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """A ``--limit`` past SQLite's 64-bit integers is a limit no store reaches: every
+    event, no traceback."""
+    config = write_cli_config(tmp_path, emulator)
+    ids = store_with(config, "r-1", "r-2")
+    for huge in (str(2**63), "9" * 40):
+        listed = cli(config, "list", "--limit", huge, "--json")
+        assert (listed.returncode, listed.stderr) == (0, "")
+        assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == ids
+
+
 def test_retry_of_an_event_whose_later_events_were_delivered_says_so(
     emulator: RunningEmulator, tmp_path: Path
 ) -> None:

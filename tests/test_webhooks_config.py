@@ -113,6 +113,8 @@ def test_secret_file_is_read(tmp_path: Path) -> None:
         ({"path": "/-/metrics"}, "webhooks[0].path"),
         ({"public_url": "shop.example.com"}, "webhooks[0].public_url"),
         ({"max_age": "soon"}, "webhooks[0].max_age"),
+        ({"max_age": "nan"}, "webhooks[0].max_age"),  # from ${ENV}: never stale, else
+        ({"max_age": float("nan")}, "webhooks[0].max_age"),
         ({"allow_from": ["10.0.0.300/8"]}, "webhooks[0].allow_from[0]"),
         ({"colour": "blue"}, "webhooks[0].colour"),
         ({"kind": "ecom-callback"}, "webhooks[0].secret"),  # eCom callbacks are unsigned
@@ -124,6 +126,18 @@ def test_a_bad_webhook_entry_names_its_key(change: dict[str, Any], key: str) -> 
         parse(hook)
     assert err.value.key == key
     assert "hook-secret-value" not in str(err.value)
+
+
+@pytest.mark.parametrize("path", ["/", "/callbacks/", "/vipps/callbacks//"])
+def test_an_ecom_callback_path_that_is_or_ends_in_a_slash_is_refused(path: str) -> None:
+    """``/`` would make every call a callback; after ``/callbacks/`` the rest of a
+    callback's path does not start with ``/``, so every callback would be refused."""
+    hook = {"path": path, "kind": "ecom-callback", "deliver_to": HOOK["deliver_to"]}
+    with pytest.raises(ConfigError) as err:
+        parse(hook)
+    assert err.value.key == "webhooks[0].path"
+    (accepted,) = parse({**hook, "path": path.rstrip("/") or "/callbacks"}).webhooks
+    assert accepted.kind == "ecom-callback"
 
 
 def test_two_entries_on_one_path_are_refused() -> None:
@@ -154,18 +168,30 @@ def test_check_exits_2_naming_the_webhook_key(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_check_shows_webhooks_with_the_secret_masked(tmp_path: Path) -> None:
-    path = tmp_path / "proxy.toml"
-    path.write_text(
-        CREDENTIALS + '\n[[webhooks]]\npath = "/hook"\nsecret = "hook-secret-value"\n'
-        'deliver_to = "http://127.0.0.1:9/"\n'
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "check", "--config", str(path)],
+def check(config: Path, hook: str) -> subprocess.CompletedProcess[str]:
+    """``vipps-proxy check`` on CREDENTIALS and one ``[[webhooks]]`` entry of ``hook``."""
+    config.write_text(f'{CREDENTIALS}\n[[webhooks]]\npath = "/hook"\n{hook}')
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def test_a_secret_file_that_is_not_utf8_exits_2_naming_its_key(tmp_path: Path) -> None:
+    """A binary or Latin-1 secret file is bad config: one line naming the key, exit 2."""
+    (tmp_path / "hook.secret").write_bytes(b"\xff\xfesecret\r\n")
+    hook = f'secret_file = "{tmp_path / "hook.secret"}"\ndeliver_to = "http://127.0.0.1:9/"\n'
+    result = check(tmp_path / "proxy.toml", hook)
+    assert result.returncode == 2
+    assert result.stderr.startswith("vipps-proxy: webhooks[0].secret_file: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_check_shows_webhooks_with_the_secret_masked(tmp_path: Path) -> None:
+    hook = 'secret = "hook-secret-value"\ndeliver_to = "http://127.0.0.1:9/"\n'
+    result = check(tmp_path / "proxy.toml", hook)
     assert result.returncode == 0, result.stderr
     assert '"path": "/hook"' in result.stdout
     assert "hook-secret-value" not in result.stdout

@@ -42,6 +42,7 @@ from proxy.webhooks.store import STATES, Event, Store
 WEBHOOKS_API: Final = "/webhooks/v1/webhooks"
 EXIT_FAILED: Final = 1
 LIST_LIMIT: Final = 1000  # rows `webhooks list` shows unless --limit or --all
+MAX_LIMIT: Final = 2**63 - 1  # SQLite's largest integer: a larger --limit means the same
 #: Unicode categories escaped on output: controls, format (bidi), line/paragraph
 #: separators, surrogates, unassigned.
 _UNSAFE: Final = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Cn"})
@@ -141,7 +142,7 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
-    return value
+    return min(value, MAX_LIMIT)
 
 
 def describe(event: Event) -> str:
