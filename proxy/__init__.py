@@ -16,6 +16,7 @@ The map, one concept per module:
 - ``headers``: header policy as data: hop-by-hop, client credentials, what we inject
 - ``forwarding``: ``Forwarder``: body in, upstream call, answer streamed back, the one
   safe replay; the one place upstream errors become 502/504
+- ``calls``: ``CallRecord``, what one call's log line and metrics report
 - ``upstream``: ``UpstreamPool``: keep-alive HTTP/1.1 connections to upstreams over
   aiohttp's client protocol (its parser, flow control, read time-outs), limited per
   origin; the request head and its framing, written by the pool; the one safe resend on
@@ -29,7 +30,7 @@ The map, one concept per module:
 - ``app``: ``ProxyApp``, the handler every call meets (checks, dispatch, one log
   line), and ``ProxyRunner``, which serves it on aiohttp's low-level server
 - ``state``: ``ProxyState``, one config's snapshot: what every part of a call reads,
-  never changed once made
+  built whole by ``build_state`` and frozen
 - ``reload``: ``Reloader``, the one owner of reloading: SIGHUP and files watched by
   content; a new snapshot built whole (a changed credential set fetching first) and
   swapped in, or the reload refused with the old one serving

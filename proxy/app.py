@@ -29,7 +29,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from proxy import events
-from proxy.access import CLIENT_NOT_ALLOWED, Allowlist, check_client_key, peer_address
+from proxy.access import CLIENT_NOT_ALLOWED, check_client_key, peer_address
 from proxy.admin import (
     ADMIN_PREFIX,
     api_admin_response,
@@ -37,6 +37,7 @@ from proxy.admin import (
     legacy_token_response,
     reaches_token_path,
 )
+from proxy.calls import CallRecord
 from proxy.config import Config, Credentials
 from proxy.errors import (
     BadGateway,
@@ -47,21 +48,21 @@ from proxy.errors import (
     UpstreamBusy,
     problem_response,
 )
-from proxy.forwarding import CallRecord, Forwarder
 from proxy.headers import MERCHANT_SERIAL_NUMBER, REQUEST_ID
 from proxy.inbound import check_request, parser_refusal, refuse_placeholder
 from proxy.logs import CALL_ID
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
 from proxy.reload import Reloader
-from proxy.routing import Router, pick_credentials
-from proxy.state import ProxyState
+from proxy.routing import pick_credentials
+from proxy.state import ProxyState, build_state
 from proxy.tls import outbound_context
 from proxy.tokens import TokenProvider
 from proxy.upstream import UpstreamPool
 
-if TYPE_CHECKING:  # loaded only when [tracing] is on
+if TYPE_CHECKING:  # loaded only when [tracing] is on, or [[webhooks]] are set
     from proxy.tracing import Tracing
+    from proxy.webhooks.relay import WebhookRelay
 
 MAX_REQUEST_ID: Final = 128
 #: Answers after which the connection is closed: the request was malformed or hostile,
@@ -84,24 +85,26 @@ class ProxyApp:
         """``redactor`` should be the one the process's logging uses, so that tokens
         this proxy fetches are scrubbed from every log line."""
         self.pool = UpstreamPool(limit=POOL_SIZE, max_idle=MAX_IDLE_UPSTREAM)
-        #: The config being served, swapped whole by a reload; a call reads it once.
-        self.state = ProxyState(
-            config=config,
-            allowlist=Allowlist(config.server.allow_clients),
-            router=Router(config.routes),
-            metrics=Metrics(),
-            redactor=redactor or Redactor(config.secrets),
-            placeholder="vipps-proxy-placeholder-" + secrets.token_urlsafe(16),
-            upstream_ssl=outbound_context(config.tls),
-        )
-        self.state.forwarder = Forwarder(self.state, self.pool)
-        self.state.metrics.watch_tokens(self._token_lives)
+        metrics = Metrics()
+        metrics.watch_tokens(self._token_lives)
+        upstream_ssl = outbound_context(config.tls)
+        webhooks: WebhookRelay | None = None
         if config.webhooks:
             from proxy.webhooks.relay import WebhookRelay
 
-            self.state.webhooks = WebhookRelay(
-                config, self.state.metrics.registry, self.state.upstream_ssl
-            )
+            webhooks = WebhookRelay(config, metrics.registry, upstream_ssl)
+        #: The config being served, swapped whole by start() (with its token caches) and
+        #: by a reload; a call reads it once.
+        self.state = build_state(
+            config,
+            self.pool,
+            metrics=metrics,
+            redactor=redactor or Redactor(config.secrets),
+            placeholder="vipps-proxy-placeholder-" + secrets.token_urlsafe(16),
+            upstream_ssl=upstream_ssl,
+            tokens={},
+            webhooks=webhooks,
+        )
         self.draining = False  # set when shutdown begins; calls cut after this say so
         #: The listener's SSL context (``server.tls_cert``), set by ``proxy.server``.
         self.inbound_tls: ssl.SSLContext | None = None
@@ -124,21 +127,35 @@ class ProxyApp:
             if state.webhooks is not None:
                 state.webhooks.deliverer.tracing = self.tracing
         bearer_sets = {n for r in state.config.routes if r.auth == "bearer" for n in r.credentials}
-        state.tokens = {
-            name: self.token_provider(state.config.credentials[name], state)
+        tokens = {
+            name: self.token_provider(
+                state.config.credentials[name], state.config, state.upstream_ssl
+            )
             for name in sorted(bearer_sets)
         }
+        self.state = build_state(
+            state.config,
+            self.pool,
+            metrics=state.metrics,
+            redactor=state.redactor,
+            placeholder=state.placeholder,
+            upstream_ssl=state.upstream_ssl,
+            tokens=tokens,
+            webhooks=state.webhooks,
+        )
 
-    def token_provider(self, creds: Credentials, state: ProxyState) -> TokenProvider:
-        """A token cache for ``creds``, fetching over ``state``'s outbound TLS."""
+    def token_provider(
+        self, creds: Credentials, config: Config, upstream_ssl: ssl.SSLContext
+    ) -> TokenProvider:
+        """A token cache for ``creds`` of ``config``, fetching over ``upstream_ssl``."""
         assert self._tokens_session is not None, "start() first"
         provider = TokenProvider(
             creds,
             self._tokens_session,
-            state.metrics,
-            state.redactor,
-            ssl=state.upstream_ssl,
-            insecure=not state.config.tls.verify,
+            self.state.metrics,  # the process's, like the redactor: every snapshot's
+            self.state.redactor,
+            ssl=upstream_ssl,
+            insecure=not config.tls.verify,
         )
         provider.tracing = self.tracing
         return provider

@@ -17,16 +17,17 @@ client that takes none of the answer for as long is cut (reason
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from typing import Final
 
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
 
 from proxy import events
-from proxy.config import Credentials, Route
+from proxy.calls import CallRecord
+from proxy.config import Config, Credentials, Route
 from proxy.errors import (
     BadGateway,
     BadRequest,
@@ -38,9 +39,16 @@ from proxy.errors import (
 )
 from proxy.headers import upstream_request_headers
 from proxy.inbound import continue_body
+from proxy.metrics import Metrics
 from proxy.relay import RelayedResponse, interim_relay
-from proxy.state import ProxyState
-from proxy.tokens import MAX_REFUSAL_BODY, OTHER_REFUSAL, TOKEN_REFUSED, Token, refusal_cause
+from proxy.tokens import (
+    MAX_REFUSAL_BODY,
+    OTHER_REFUSAL,
+    TOKEN_REFUSED,
+    Token,
+    TokenProvider,
+    refusal_cause,
+)
 from proxy.upstream import (
     ConnectFailed,
     NoFreeConnection,
@@ -59,31 +67,7 @@ REPLAYABLE_BODY: Final = 64 * 1024  # every ordinary Vipps call fits; larger one
 NO_BODY_STATUSES: Final = frozenset({204, 304})
 UPSTREAM_BUSY_RETRY_AFTER: Final = 1.0  # seconds: a connection frees as soon as a call ends
 
-if TYPE_CHECKING:  # loaded only when [tracing] is on
-    from proxy.tracing import CallTrace
-
 _log = structlog.get_logger("proxy.forwarding")
-
-
-@dataclass
-class CallRecord:
-    """What the call's log line and metrics report; filled in as the call goes."""
-
-    request_id: str
-    method: str
-    path: str
-    client: str
-    route: str = ""
-    upstream: str = ""
-    status: int = 0
-    token: str = "none"
-    bytes_in: int = 0
-    bytes_out: int = 0
-    error: str = ""
-    replayed: bool = False
-    retried_stale_connection: bool = False
-    credentials: str = ""
-    trace: CallTrace | None = None  # tracing on: the call's spans (proxy.tracing)
 
 
 def upstream_error(route: Route, exc: BaseException) -> ProxyError:
@@ -108,24 +92,32 @@ def upstream_error(route: Route, exc: BaseException) -> ProxyError:
 
 
 class Forwarder:
-    """Sends calls for the routes of one app."""
+    """Sends calls for the routes of one config (one snapshot, ``proxy.state``)."""
 
-    def __init__(self, state: ProxyState, pool: UpstreamPool) -> None:
-        self.state = state
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        tokens: Mapping[str, TokenProvider],
+        upstream_ssl: ssl.SSLContext,
+        pool: UpstreamPool,
+    ) -> None:
+        self.metrics = metrics
+        self.tokens = tokens
         self.pool = pool
         self.targets = {
-            r.prefix: Upstream.of(r.upstream, state.upstream_ssl, r.connect_timeout, r.read_timeout)
-            for r in state.config.routes
+            r.prefix: Upstream.of(r.upstream, upstream_ssl, r.connect_timeout, r.read_timeout)
+            for r in config.routes
         }
-        self.max_body = state.config.server.max_body_bytes
-        self.body_timeout = state.config.server.body_timeout
+        self.max_body = config.server.max_body_bytes
+        self.body_timeout = config.server.body_timeout
 
     async def forward(
         self, request: web.BaseRequest, route: Route, creds: Credentials | None, call: CallRecord
     ) -> web.StreamResponse:
         up = self.targets[route.prefix]
         body, replayable = await self._body(request, call)
-        tokens = self.state.tokens[creds.name] if route.auth == "bearer" and creds else None
+        tokens = self.tokens[creds.name] if route.auth == "bearer" and creds else None
         for attempt in (1, 2):
             token = None
             if tokens is not None:
@@ -159,7 +151,7 @@ class Forwarder:
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._not_sent(route, call, exc) from None
-            self.state.metrics.observe_upstream(
+            self.metrics.observe_upstream(
                 route.name, creds.name if creds else "none", upstream.waited
             )
             if upstream.retried:
@@ -213,9 +205,9 @@ class Forwarder:
         )
 
     def _token_rejected(self, creds: Credentials, token: Token) -> bool:
-        self.state.metrics.token_rejections.labels(creds.name).inc()
+        self.metrics.token_rejections.labels(creds.name).inc()
         _log.warning(events.TOKEN_REJECTED, credentials=creds.name)
-        return self.state.tokens[creds.name].invalidate(token)
+        return self.tokens[creds.name].invalidate(token)
 
     async def _body(self, request: web.BaseRequest, call: CallRecord) -> tuple[bytes | None, bool]:
         """The whole body if small enough to replay; else (None, False) to stream it."""
@@ -326,7 +318,7 @@ class Forwarder:
             call.error = CLIENT_READ_TIMEOUT
         else:
             call.error = "client_disconnected" if client_gone else _abort_reason(exc)
-        self.state.metrics.upstream_errors.labels(route.name, call.error).inc()
+        self.metrics.upstream_errors.labels(route.name, call.error).inc()
         if request.transport is not None:
             request.transport.abort()
 

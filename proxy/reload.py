@@ -36,24 +36,19 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields, replace
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 
 from proxy import events
-from proxy.access import Allowlist
-from proxy.config import Config, ConfigError, file_digests, load_config
+from proxy.config import Config, ConfigError, Credentials, file_digests, load_config
 from proxy.errors import ProxyError
-from proxy.forwarding import Forwarder
 from proxy.logs import set_level
-from proxy.routing import Router
 from proxy.startup import StartupError
-from proxy.state import ProxyState
+from proxy.state import ProxyState, build_state
 from proxy.tls import inbound_context, outbound_context
 from proxy.tokens import TokenProvider
-
-if TYPE_CHECKING:  # the app owns a reloader
-    from proxy.app import ProxyApp
+from proxy.upstream import UpstreamPool
 
 #: Seconds a token cache the new config dropped lives on, for calls still using it.
 RETIRE_AFTER: Final = 120.0
@@ -93,6 +88,19 @@ Digests = dict[str, str]
 _log = structlog.get_logger("proxy.reload")
 
 
+class Reloadable(Protocol):
+    """What a reloader reads and swaps of its app (``proxy.app.ProxyApp`` is one; a
+    protocol, so that the app that owns a reloader is not imported back here)."""
+
+    state: ProxyState
+    pool: UpstreamPool
+    inbound_tls: ssl.SSLContext | None
+
+    def token_provider(
+        self, creds: Credentials, config: Config, upstream_ssl: ssl.SSLContext
+    ) -> TokenProvider: ...
+
+
 class ReloadRefused(Exception):
     """The new config cannot be served; ``str()`` names the key or the cause."""
 
@@ -100,7 +108,7 @@ class ReloadRefused(Exception):
 class Reloader:
     """Reloads ``app``'s config from its file: on ``request()`` or a file that changed."""
 
-    def __init__(self, app: ProxyApp) -> None:
+    def __init__(self, app: Reloadable) -> None:
         self.app = app
         config = app.state.config
         self.path = config.source
@@ -172,24 +180,22 @@ class Reloader:
         if self._changed(old.config.tls, config.tls, _tls_files(config), now):
             outbound = outbound_context(config.tls)
         old.redactor.learn(config.secrets)  # before any line could hold a new secret
-        state = ProxyState(
-            config=config,
-            allowlist=Allowlist(config.server.allow_clients),
-            router=Router(config.routes),
+        return build_state(
+            config,
+            self.app.pool,
             metrics=old.metrics,
             redactor=old.redactor,
             placeholder=old.placeholder,
             upstream_ssl=outbound,
+            tokens=await self._tokens(old, config, outbound),
             webhooks=old.webhooks,  # a changed [[webhooks]] needs a restart
         )
-        state.tokens = await self._tokens(old, state)
-        state.forwarder = Forwarder(state, self.app.pool)
-        return state
 
-    async def _tokens(self, old: ProxyState, state: ProxyState) -> dict[str, TokenProvider]:
+    async def _tokens(
+        self, old: ProxyState, config: Config, outbound: ssl.SSLContext
+    ) -> dict[str, TokenProvider]:
         """A token cache per bearer set: the old one for equal settings, else a new one
         that has fetched a token. Any fetch refused: every new one closed, and refused."""
-        config = state.config
         names = sorted({n for r in config.routes if r.auth == "bearer" for n in r.credentials})
         tokens: dict[str, TokenProvider] = {}
         fresh: list[TokenProvider] = []
@@ -198,7 +204,7 @@ class Reloader:
             if kept is not None and kept.creds == config.credentials[name]:
                 tokens[name] = kept
             else:
-                tokens[name] = self.app.token_provider(config.credentials[name], state)
+                tokens[name] = self.app.token_provider(config.credentials[name], config, outbound)
                 fresh.append(tokens[name])
         results = await asyncio.gather(*(p.get() for p in fresh), return_exceptions=True)
         failed = [

@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 import structlog
 from opentelemetry import context as otel_context
@@ -49,8 +49,7 @@ from prometheus_client import CollectorRegistry, Counter
 from proxy import events
 from proxy.config import TracingConfig
 
-if TYPE_CHECKING:  # it imports this one's type
-    from proxy.forwarding import CallRecord
+if TYPE_CHECKING:
     from proxy.webhooks.store import Event
 
 T = TypeVar("T")
@@ -67,6 +66,20 @@ TRACESTATE: Final = "tracestate"
 QUIET_LOGGERS: Final = ("opentelemetry.sdk._shared_internal", "opentelemetry.exporter")
 
 _log = structlog.get_logger("proxy.tracing")
+
+
+class CallOutcome(Protocol):
+    """What ``CallTrace.finish`` reads of a call (``proxy.calls.CallRecord``, which
+    holds its trace: a protocol, so neither module imports the other)."""
+
+    method: str
+    route: str
+    status: int
+    error: str
+    retried_stale_connection: bool
+    credentials: str
+
+
 #: The upstream call's client span under way in this task: where pool waits are noted.
 _UPSTREAM: contextvars.ContextVar[trace.Span | None] = contextvars.ContextVar(
     "vipps_proxy_upstream_span", default=None
@@ -239,7 +252,7 @@ class CallTrace:
         if fetch is not None:
             self.span.add_link(fetch)
 
-    def finish(self, call: CallRecord, status: int) -> dict[str, str]:
+    def finish(self, call: CallOutcome, status: int) -> dict[str, str]:
         """End the spans with what the call's log line says; its ids for that line."""
         span = self.span
         attributes: dict[str, Any] = {"http.response.status_code": status}

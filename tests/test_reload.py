@@ -15,7 +15,7 @@ import os
 import signal
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +219,29 @@ async def test_a_rotated_secret_file_is_used_by_the_next_fetch_without_a_failed_
     (reloaded,) = rotation.events("config_reloaded")
     assert (reloaded["credentials"], reloaded["routes"]) == (["rotated"], [])
     no_secret_in(rotation)
+
+
+async def test_a_reload_swaps_in_a_new_frozen_snapshot_and_leaves_the_old_one_whole(
+    rotation: Rotation,
+) -> None:
+    """A reload builds a new snapshot, its forwarder on its own token caches, and swaps
+    it in; the old one, still read by calls under way, is left as it was; neither can
+    be changed."""
+    runner = rotation.proxy.runner
+    assert isinstance(runner, ProxyRunner)
+    old = runner.proxy.state
+    old_tokens = dict(old.tokens)
+    rotation.secret.write_text(NEW_SECRET + "\n")
+    assert await runner.reloader.reload("signal")
+    new = runner.proxy.state
+    assert new is not old
+    assert dict(old.tokens) == old_tokens
+    assert new.tokens["steady"] is old.tokens["steady"]  # equal settings: the cache stays
+    assert new.tokens["rotated"] is not old.tokens["rotated"]
+    assert (new.forwarder.tokens, old.forwarder.tokens) == (new.tokens, old.tokens)
+    for snapshot in (old, new):
+        with pytest.raises(FrozenInstanceError):
+            setattr(snapshot, "tokens", {})  # noqa: B010 - the assignment mypy would refuse
 
 
 async def test_a_wrong_new_secret_is_refused_and_calls_go_on_with_the_old_token(

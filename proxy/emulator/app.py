@@ -19,10 +19,8 @@ from .credentials import authenticate_api
 from .ecomorders import EcomError
 from .injection import Handler, with_api_faults
 from .keys import STATE_KEY, request_state
-from .settings import DEFAULT_SETTINGS, EmulatorSettings
+from .settings import DEFAULT_SETTINGS, SPECS_ENV, EmulatorSettings
 from .state import EmulatorState, ReceivedRequest
-
-SPECS_ENV = "VIPPS_EMULATOR_CHECK_SPECS"  # a folder of OpenAPI files: see speccheck
 
 PAYMENT = epayment.PAYMENTS_PATH + "/{reference}"
 

@@ -6,6 +6,8 @@ test suite configure the proxy with them.
 
 from dataclasses import dataclass, field
 
+SPECS_ENV = "VIPPS_EMULATOR_CHECK_SPECS"  # a folder of OpenAPI files: see speccheck
+
 
 @dataclass(frozen=True)
 class SalesUnit:

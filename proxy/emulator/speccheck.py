@@ -35,9 +35,9 @@ from referencing.jsonschema import DRAFT4
 from yarl import URL
 
 from .answers import PROBLEM_CONTENT_TYPE, problem
-from .app import SPECS_ENV
 from .injection import Handler
 from .keys import FAULTED_KEY
+from .settings import SPECS_ENV
 
 LOG_ENV: Final = "VIPPS_EMULATOR_SPEC_LOG"
 # The files checked against, and the path prefix their ``servers`` put before paths.

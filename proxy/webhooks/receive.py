@@ -30,6 +30,7 @@ from aiohttp import hdrs, web
 
 from proxy import events
 from proxy.access import Allowlist
+from proxy.calls import CallRecord
 from proxy.config import Webhook
 from proxy.errors import (
     BadGateway,
@@ -40,7 +41,6 @@ from proxy.errors import (
     ProxyError,
     RequestTimeout,
 )
-from proxy.forwarding import CallRecord
 from proxy.headers import RESPONSE_DROP, filtered
 from proxy.inbound import check_request, continue_body
 from proxy.routing import decode_unreserved, normalise_path

@@ -20,8 +20,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.access import Allowlist
+from proxy.calls import CallRecord
 from proxy.config import Config, Webhook
-from proxy.forwarding import CallRecord
 from proxy.startup import StartupError
 from proxy.webhooks.bounds import Bounds
 from proxy.webhooks.deliver import STORE_RETRY, Deliverer
