@@ -171,7 +171,8 @@ def traced(
     ) -> RunningProxy:
         extra = {"tracing": {"endpoint": endpoint, **tracing}} if endpoint else {}
         upstream = upstream or str(recorder[1].make_url("/"))
-        config = make_config(token_url or emulator.token_url, upstream, extra=extra)
+        server = {"max_connections_per_client": 1024}  # the pool-wait test holds 257
+        config = make_config(token_url or emulator.token_url, upstream, server=server, extra=extra)
         return await start_proxy(config)
 
     return factory
