@@ -44,7 +44,7 @@ from proxy.errors import (
     UpstreamBusy,
     problem_response,
 )
-from proxy.forwarding import CallRecord, Forwarder
+from proxy.forwarding import CLIENT_DISCONNECTED, CallRecord, Forwarder
 from proxy.headers import MERCHANT_SERIAL_NUMBER, REQUEST_ID
 from proxy.inbound import check_request, parser_refusal, refuse_placeholder
 from proxy.logs import CALL_ID
@@ -161,10 +161,11 @@ class ProxyApp:
             if err.status in CLOSE_AFTER:
                 response.force_close()  # what follows on this connection cannot be trusted
         except asyncio.CancelledError:
-            cause = "cut_at_shutdown" if self.draining else "client_disconnected"
-            if not call.error:
-                call.error = cause
-                state.metrics.upstream_errors.labels(call.route or "none", cause).inc()
+            if not call.error and self.draining:
+                call.error = "cut_at_shutdown"
+                state.metrics.upstream_errors.labels(call.route or "none", call.error).inc()
+            elif not call.error:  # the client's failure: never counted as the upstream's
+                call.error = CLIENT_DISCONNECTED
             raise
         except Exception:  # a bug of ours: a problem answer, the cause in the log, no secrets
             _log.exception(events.INTERNAL_ERROR, path=call.path)
