@@ -59,7 +59,7 @@ from proxy.upstream import UpstreamPool
 
 MAX_REQUEST_ID: Final = 128
 #: Answers after which the connection is closed: the request was malformed or hostile.
-CLOSE_AFTER: Final = frozenset({400, 405, 408, 431, 505})
+CLOSE_AFTER: Final = frozenset({400, 405, 408, 431, 501, 505})
 #: Methods refused with 405 before anything else is looked at.
 REFUSED_METHODS: Final = frozenset({hdrs.METH_CONNECT, hdrs.METH_TRACE})
 POOL_SIZE: Final = 256  # upstream connections in use at once, per upstream origin
