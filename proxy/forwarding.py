@@ -42,6 +42,7 @@ from proxy.relay import RelayedResponse, interim_relay
 from proxy.state import ProxyState
 from proxy.tokens import MAX_REFUSAL_BODY, OTHER_REFUSAL, TOKEN_REFUSED, Token, refusal_cause
 from proxy.upstream import (
+    BadAnswer,
     ConnectFailed,
     NoFreeConnection,
     Upstream,
@@ -98,6 +99,8 @@ def upstream_error(route: Route, exc: BaseException) -> ProxyError:
         return GatewayTimeout(f"{where} did not answer in time", reason="read_timeout")
     if isinstance(exc, ConnectFailed):
         return BadGateway(f"cannot connect to {where}", reason="connect_failed")
+    if isinstance(exc, BadAnswer):
+        return BadGateway(f"{where} answered what is not relayed", reason="upstream_bad_answer")
     return BadGateway(
         f"{where} broke the connection or answered malformed HTTP",
         reason=f"upstream_{exc.__class__.__name__}",

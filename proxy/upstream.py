@@ -23,6 +23,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Final
 
 import aiohappyeyeballs
@@ -39,6 +40,7 @@ from proxy.resolver import Resolver
 _FIELD_BYTES: Final = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 HAPPY_EYEBALLS_DELAY: Final = 0.25  # RFC 8305's recommended wait before the next address
 READ_BUFSIZE: Final = 2**18  # what a download is read in, at most, per wake-up
+STATUS_END: Final = len(b"HTTP/1.1 200")  # a status line's bytes up to its code
 #: Methods whose requests carry a body: without one they get Content-Length: 0,
 #: as aiohttp's client sends (some gateways answer 411 otherwise).
 BODY_METHODS: Final = frozenset({hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH})
@@ -70,6 +72,12 @@ class NoFreeConnection(aiohttp.ClientError):
 
 class MalformedAnswer(aiohttp.ClientError):
     """The upstream's answer is not HTTP/1.1 the parser accepts."""
+
+
+class BadAnswer(MalformedAnswer):
+    """The upstream's answer is HTTP the parser took, but not one to relay: a transfer
+    coding other than chunked, a control byte in a field, a head line that starts with
+    whitespace."""
 
 
 @dataclass(frozen=True)
@@ -106,10 +114,27 @@ class Upstream:
 
 class _Connection(ResponseHandler):
     """aiohttp's client protocol, noting whether it has been pooled (so carried a call
-    before) and whether any byte of the current call's answer came."""
+    before), whether any byte of the current call's answer came, and whether a line of
+    its head began with whitespace.
+
+    aiohttp's parser is lenient with answers: it reads a first field line that starts
+    with whitespace (`` Content-Length: 3``) as a field, framing included, and joins
+    obs-fold lines. A proxy must refuse the one (RFC 9112 §2.2) and may refuse the other
+    (§5.2); neither shows in the parsed head, so the head's bytes are watched as they
+    come, up to the final head's empty line (interim heads before it included).
+    """
 
     reused = False
     answered = False
+    folded = False  # a line of an answer head began with SP or HTAB
+    _in_head = False  # the bytes coming are still those of the answer's heads
+    _status = b""  # the current head's first bytes, up to its status code
+    _carry = b""  # the end of the bytes watched so far: a line end may be split
+
+    def expect_answer(self) -> None:
+        """A call went out: what comes next is its answer's head."""
+        self.answered = self.folded = False
+        self._in_head, self._status, self._carry = True, b"", b""
 
     def data_received(
         self,
@@ -117,7 +142,41 @@ class _Connection(ResponseHandler):
         _receive: Callable[[ResponseHandler, bytes], None] = ResponseHandler.data_received,
     ) -> None:
         self.answered = True
+        if self._in_head:
+            self._watch_head(data)
         _receive(self, data)
+
+    def _watch_head(self, data: bytes) -> None:
+        while data:
+            if len(self._status) < STATUS_END:
+                self._status += data[: STATUS_END - len(self._status)]
+            watched = self._carry + data
+            end = _head_end(watched)
+            if _folds(watched if end < 0 else watched[:end]):
+                self.folded = True
+            if end < 0:
+                self._carry = watched[-2:]
+                return
+            code = self._status[STATUS_END - 3 :]
+            if code[:1] != b"1" or code == b"101":  # the final head: the rest is body
+                self._in_head = False
+                return
+            data, self._carry, self._status = watched[end:], b"", b""  # another head
+
+
+def _head_end(data: bytes) -> int:
+    """Where the head in ``data`` ends, after its empty line (CRLF, or a bare LF as
+    aiohttp's parser allows); -1 if it does not end in ``data``."""
+    crlf = data.find(b"\n\r\n")
+    bare = data.find(b"\n\n", 0, crlf + 2 if crlf >= 0 else len(data))
+    if bare >= 0:
+        return bare + 2
+    return crlf + 3 if crlf >= 0 else -1
+
+
+def _folds(head: bytes) -> bool:
+    """A line of ``head`` (not the first) starts with whitespace."""
+    return b"\n " in head or b"\n\t" in head
 
 
 def _held(body: Body) -> bool:
@@ -249,7 +308,7 @@ class UpstreamPool:
         interim: Interim | None,
     ) -> UpstreamResponse:
         """Send the call once on ``proto``; on failure the connection is closed."""
-        proto.answered = False
+        proto.expect_answer()
         body_task = None
         try:
             proto.set_response_params(
@@ -466,6 +525,7 @@ async def _read_head(
             raise MalformedAnswer(f"the upstream answered malformed HTTP: {exc.message}") from None
         if head.code == 101:
             raise MalformedAnswer("the upstream switched protocols unasked (101)")
+        _relayable(head, proto.folded)
         if not 100 <= head.code < 200:
             return _readable_alike(head), content
         if interim is not None:
@@ -482,6 +542,22 @@ def _readable_alike(head: RawResponseMessage) -> RawResponseMessage:
     if head.code < 100 or any(name[-1:] in b" \t" for name, _ in head.raw_headers):
         raise MalformedAnswer("the upstream's answer head is malformed")
     return head
+
+
+def _relayable(head: RawResponseMessage, folded: bool) -> None:
+    """Refuse a head the proxy will not relay (``BadAnswer``): a transfer coding other
+    than chunked alone (its body would reach the client still coded, under a plain
+    ``chunked``), a control byte in a field (as in a request, RFC 9110 §5.5), or a line
+    that starts with whitespace (``folded``)."""
+    if folded:
+        raise BadAnswer("a line of the upstream's answer head starts with whitespace")
+    coding = head.headers.get(hdrs.TRANSFER_ENCODING)
+    if coding is not None and (
+        coding.lower() != "chunked" or len(head.headers.getall(hdrs.TRANSFER_ENCODING)) > 1
+    ):
+        raise BadAnswer("the upstream's answer has a transfer coding other than chunked")
+    if b"".join(chain.from_iterable(head.raw_headers)).translate(None, _FIELD_BYTES):
+        raise BadAnswer("a field of the upstream's answer holds a control character")
 
 
 async def _send_body(

@@ -18,15 +18,16 @@ from typing import Any
 import h11
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tests import test_wire
 from tests.conftest import ProxyFactory, RunningEmulator, RunningProxy
+from tests.test_answer_repair import SETTINGS, assert_bad_answer, one_answer, scripted_proxy
 from tests.test_wire import (
+    OK_ANSWER,
     WAIT,
     Client,
-    H11Upstream,
     UpstreamFactory,
     echo_target,
     proxy_to,
@@ -73,21 +74,7 @@ def shared() -> dict[str, Any]:
     return {}
 
 
-async def proxy_once(
-    shared: dict[str, Any],
-    emulator: RunningEmulator,
-    start_proxy: ProxyFactory,
-    h11_upstream: UpstreamFactory,
-) -> tuple[RunningProxy, H11Upstream]:
-    if not shared:
-        upstream = await h11_upstream(echo_target)
-        shared.update(proxy=await proxy_to(emulator, start_proxy, upstream), upstream=upstream)
-    return shared["proxy"], shared["upstream"]
-
-
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@SETTINGS
 @given(fields=NOT_CHUNKED_ALONE)
 async def test_a_request_coded_other_than_chunked_alone_is_501_and_closed(
     emulator: RunningEmulator,
@@ -100,7 +87,7 @@ async def test_a_request_coded_other_than_chunked_alone_is_501_and_closed(
     unknown coding, chunked twice or with a parameter) gets a 501 problem, the
     connection closed, and nothing goes upstream; h11 refuses each with 501 too."""
     assert h11_refusal(fields) == 501
-    proxy, upstream = await proxy_once(shared, emulator, start_proxy, h11_upstream)
+    proxy = await scripted_proxy(shared, emulator, start_proxy, h11_upstream, OK_ANSWER)
     client = await Client.open(proxy)
     try:
         codings = [b"Transfer-Encoding: " + value.encode() for value in fields]
@@ -113,7 +100,7 @@ async def test_a_request_coded_other_than_chunked_alone_is_501_and_closed(
     assert answer.status == 501
     assert answer.values(b"Content-Type") == [b"application/problem+json"]
     assert orjson.loads(answer.body)["status"] == 501
-    assert upstream.requests == []
+    assert shared["upstream"].requests == []
 
 
 async def test_a_request_chunked_alone_in_any_case_is_forwarded(
@@ -128,3 +115,35 @@ async def test_a_request_chunked_alone_in_any_case_is_forwarded(
     await client.send(request("POST", "/x", b"Transfer-Encoding: Chunked") + CHUNKED_BODY)
     answer = await client.answer("POST")
     assert (answer.status, answer.body) == (200, b"/x 3")
+
+
+@SETTINGS
+@given(fields=NOT_CHUNKED_ALONE)
+async def test_an_answer_coded_other_than_chunked_alone_is_a_502(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    shared: dict[str, Any],
+    fields: list[str],
+) -> None:
+    """An answer under any transfer coding but chunked alone is refused, not decoded:
+    a 502 problem h11 reads, never gzip bytes under a plain chunked."""
+    codings = b"".join(b"Transfer-Encoding: %s\r\n" % value.encode() for value in fields)
+    reply = b"HTTP/1.1 200 OK\r\n" + codings + b"\r\n" + CHUNKED_BODY
+    proxy = await scripted_proxy(shared, emulator, start_proxy, h11_upstream, reply)
+    assert_bad_answer(await one_answer(proxy))
+
+
+async def test_an_answer_chunked_alone_in_any_case_is_relayed(
+    emulator: RunningEmulator,
+    start_proxy: ProxyFactory,
+    h11_upstream: UpstreamFactory,
+    clients: Callable[[RunningProxy], Awaitable[Client]],
+) -> None:
+    """``Transfer-Encoding: CHUNKED`` is chunked: the body reaches the client whole."""
+    reply = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: CHUNKED\r\n\r\n" + CHUNKED_BODY
+    upstream = await h11_upstream(lambda _: reply)
+    client = await clients(await proxy_to(emulator, start_proxy, upstream))
+    await client.send(request("GET", "/x"))
+    answer = await client.answer()
+    assert (answer.status, answer.body) == (200, b"abc")
