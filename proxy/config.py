@@ -23,6 +23,7 @@ from typing import Any, Final, Literal, TypeVar, cast
 
 from yarl import URL
 
+from proxy.redact import masked_url, query_values
 from proxy.secret import Secret
 
 TokenStyle = Literal["accesstoken", "jwt-token", "oauth2"]
@@ -170,6 +171,13 @@ class Webhook:
     retry_for: float = 604800.0
     allow_from: tuple[Network, ...] = ()
 
+    @property
+    def secrets(self) -> tuple[Secret, ...]:
+        """The query values of ``deliver_to`` and ``public_url`` (an app key, a
+        signature): masked like secrets wherever logged."""
+        urls = (self.deliver_to, self.public_url) if self.public_url else (self.deliver_to,)
+        return tuple(Secret(value) for url in urls for value in query_values(url))
+
 
 @dataclass(frozen=True)
 class StoreConfig:
@@ -200,7 +208,8 @@ class Config:
         """Every secret the config holds, for redaction."""
         held = [s for c in self.credentials.values() for s in c.secrets]
         hooks = [w.secret for w in self.webhooks if w.secret]
-        return (*held, *self.server.client_keys, *hooks)
+        in_urls = [s for w in self.webhooks for s in w.secrets]
+        return (*held, *self.server.client_keys, *hooks, *in_urls)
 
 
 # --------------------------------------------------------------------------- loading
@@ -609,9 +618,17 @@ def _required_secret(t: _Table, name: str) -> Secret:
 
 def _url(t: _Table, name: str) -> URL:
     text = t.require(name, str)
-    url = URL(text)
+    url = _no_userinfo(URL(text), _join(t.key, name))
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigError(_join(t.key, name), f"not a URL: {text!r}")
+    return url
+
+
+def _no_userinfo(url: URL, key: str) -> URL:
+    """A URL with a user or password is refused: it would be shown wherever the URL
+    is (``check``, every log line) and is never used. The message shows neither."""
+    if url.raw_user is not None or url.raw_password is not None:
+        raise ConfigError(key, "must not hold a user or password (user:password@)")
     return url
 
 
@@ -736,7 +753,7 @@ def _webhook(t: _Table) -> Webhook:
         raise ConfigError(f"{t.key}.secret", "eCom callbacks are not signed; leave it out")
     deliver_to = _url(t, "deliver_to")
     public = t.get("public_url", str, "")
-    public_url = URL(public) if public else None
+    public_url = _no_userinfo(URL(public), f"{t.key}.public_url") if public else None
     if public_url is not None and (
         public_url.scheme not in ("http", "https") or not public_url.host
     ):
@@ -771,7 +788,7 @@ def describe(config: Config) -> dict[str, Any]:
         if isinstance(value, Secret):
             return str(value)
         if isinstance(value, URL):
-            return str(value)
+            return masked_url(value)
         if isinstance(value, tuple | list):
             return [show(v) for v in value]
         if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
