@@ -12,6 +12,12 @@ streamed; then the call ends with 408 (if no answer has started) and reason
 ``client_body_timeout``, and a streamed call's upstream connection is discarded. A
 client that takes none of the answer for as long is cut (reason
 ``client_read_timeout``), and the upstream connection with it.
+
+A failure is named by the side that failed, not by the exception's type (aiohttp's
+``ClientConnectionResetError`` is both a client error and a ``ConnectionResetError``):
+a write to the client that fails is the client's (``client_disconnected``,
+``client_read_timeout``), logged but never counted in ``upstream_errors_total``; a
+read of the answer that fails is the upstream's.
 """
 
 from __future__ import annotations
