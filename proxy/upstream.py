@@ -23,7 +23,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
-from itertools import chain
 from typing import Final
 
 import aiohappyeyeballs
@@ -41,6 +40,7 @@ _FIELD_BYTES: Final = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100
 HAPPY_EYEBALLS_DELAY: Final = 0.25  # RFC 8305's recommended wait before the next address
 READ_BUFSIZE: Final = 2**18  # what a download is read in, at most, per wake-up
 STATUS_END: Final = len(b"HTTP/1.1 200")  # a status line's bytes up to its code
+_STATUS_LINE, _FIRST_FIELD, _INTERIM_REST = range(3)  # where a head's bytes are
 #: Methods whose requests carry a body: without one they get Content-Length: 0,
 #: as aiohttp's client sends (some gateways answer 411 otherwise).
 BODY_METHODS: Final = frozenset({hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH})
@@ -76,8 +76,8 @@ class MalformedAnswer(aiohttp.ClientError):
 
 class BadAnswer(MalformedAnswer):
     """The upstream's answer is HTTP the parser took, but not one to relay: a transfer
-    coding other than chunked, a control byte in a field, a head line that starts with
-    whitespace."""
+    coding other than chunked, a control byte in a field value, a first field line that
+    starts with whitespace."""
 
 
 @dataclass(frozen=True)
@@ -114,27 +114,29 @@ class Upstream:
 
 class _Connection(ResponseHandler):
     """aiohttp's client protocol, noting whether it has been pooled (so carried a call
-    before), whether any byte of the current call's answer came, and whether a line of
-    its head began with whitespace.
+    before), whether any byte of the current call's answer came, and whether a head's
+    first field line began with whitespace.
 
     aiohttp's parser is lenient with answers: it reads a first field line that starts
-    with whitespace (`` Content-Length: 3``) as a field, framing included, and joins
-    obs-fold lines. A proxy must refuse the one (RFC 9112 §2.2) and may refuse the other
-    (§5.2); neither shows in the parsed head, so the head's bytes are watched as they
-    come, up to the final head's empty line (interim heads before it included).
+    with whitespace (`` Content-Length: 3``) as a field, framing included, which a
+    recipient must refuse (RFC 9112 §2.2), and nothing of it shows in the parsed head.
+    So the byte after each head's status line is looked at as the bytes come (an
+    interim head is followed to its end, where the next head starts). An obs-fold
+    further down is joined into its field with a space, as §5.2 allows a proxy.
     """
 
     reused = False
     answered = False
-    folded = False  # a line of an answer head began with SP or HTAB
+    folded = False  # a head's first field line began with SP or HTAB
     _in_head = False  # the bytes coming are still those of the answer's heads
+    _phase = 0  # in the head: _STATUS_LINE, _FIRST_FIELD, or _INTERIM_REST
     _status = b""  # the current head's first bytes, up to its status code
-    _carry = b""  # the end of the bytes watched so far: a line end may be split
+    _carry = b""  # the end of an interim head's bytes so far: a line end may be split
 
     def expect_answer(self) -> None:
         """A call went out: what comes next is its answer's head."""
         self.answered = self.folded = False
-        self._in_head, self._status, self._carry = True, b"", b""
+        self._in_head, self._phase, self._status, self._carry = True, _STATUS_LINE, b"", b""
 
     def data_received(
         self,
@@ -147,21 +149,33 @@ class _Connection(ResponseHandler):
         _receive(self, data)
 
     def _watch_head(self, data: bytes) -> None:
-        while data:
-            if len(self._status) < STATUS_END:
-                self._status += data[: STATUS_END - len(self._status)]
-            watched = self._carry + data
-            end = _head_end(watched)
-            if _folds(watched if end < 0 else watched[:end]):
-                self.folded = True
-            if end < 0:
-                self._carry = watched[-2:]
-                return
-            code = self._status[STATUS_END - 3 :]
-            if code[:1] != b"1" or code == b"101":  # the final head: the rest is body
-                self._in_head = False
-                return
-            data, self._carry, self._status = watched[end:], b"", b""  # another head
+        at, size = 0, len(data)
+        while at < size:
+            if self._phase == _STATUS_LINE:
+                if not self._status:  # blank lines before a status line are skipped
+                    while at < size and data[at] in b"\r\n":
+                        at += 1
+                self._status += data[at : at + STATUS_END - len(self._status)]
+                line_end = data.find(b"\n", at)
+                if line_end < 0:
+                    return
+                at, self._phase = line_end + 1, _FIRST_FIELD
+            elif self._phase == _FIRST_FIELD:
+                if data[at] in b" \t":
+                    self.folded = True
+                code = self._status[STATUS_END - 3 :]
+                if code[:1] != b"1" or code == b"101":  # the final head: done
+                    self._in_head = False
+                    return
+                self._phase, self._carry = _INTERIM_REST, b"\n"
+            else:
+                watched = self._carry + data[at:]
+                end = _head_end(watched)
+                if end < 0:
+                    self._carry = watched[-2:]
+                    return
+                data, at, size = watched, end, len(watched)  # the next head starts here
+                self._phase, self._status, self._carry = _STATUS_LINE, b"", b""
 
 
 def _head_end(data: bytes) -> int:
@@ -172,11 +186,6 @@ def _head_end(data: bytes) -> int:
     if bare >= 0:
         return bare + 2
     return crlf + 3 if crlf >= 0 else -1
-
-
-def _folds(head: bytes) -> bool:
-    """A line of ``head`` (not the first) starts with whitespace."""
-    return b"\n " in head or b"\n\t" in head
 
 
 def _held(body: Body) -> bool:
@@ -547,16 +556,16 @@ def _readable_alike(head: RawResponseMessage) -> RawResponseMessage:
 def _relayable(head: RawResponseMessage, folded: bool) -> None:
     """Refuse a head the proxy will not relay (``BadAnswer``): a transfer coding other
     than chunked alone (its body would reach the client still coded, under a plain
-    ``chunked``), a control byte in a field (as in a request, RFC 9110 §5.5), or a line
-    that starts with whitespace (``folded``)."""
+    ``chunked``), a control byte in a field value (as in a request, RFC 9110 §5.5; the
+    parser checks names), or a first field line that starts with whitespace (``folded``)."""
     if folded:
-        raise BadAnswer("a line of the upstream's answer head starts with whitespace")
+        raise BadAnswer("the upstream's first field line starts with whitespace")
     coding = head.headers.get(hdrs.TRANSFER_ENCODING)
     if coding is not None and (
         coding.lower() != "chunked" or len(head.headers.getall(hdrs.TRANSFER_ENCODING)) > 1
     ):
         raise BadAnswer("the upstream's answer has a transfer coding other than chunked")
-    if b"".join(chain.from_iterable(head.raw_headers)).translate(None, _FIELD_BYTES):
+    if b"".join([value for _, value in head.raw_headers]).translate(None, _FIELD_BYTES):
         raise BadAnswer("a field of the upstream's answer holds a control character")
 
 

@@ -5,7 +5,7 @@ the client reads what the proxy relays with h11, a parser independent of aiohttp
 A relayed answer gains ``Date`` when the upstream sent none (§6.6.1) and loses a 204's
 ``Content-Length`` (§8.6). An answer that is no HTTP to relay is a 502 problem,
 ``upstream_bad_answer``: a control byte in a field value (the same byte in a request is
-a 400), a head line that starts with whitespace (RFC 9112 §2.2, §5.2), which aiohttp's
+a 400), a first field line that starts with whitespace (RFC 9112 §2.2), which aiohttp's
 lenient parser would otherwise read as a field, framing included.
 """
 
@@ -238,17 +238,20 @@ async def split_proxy(
     return proxy
 
 
-#: Heads with a line that starts with whitespace; aiohttp's parser takes each.
+#: Heads whose first field line starts with whitespace; aiohttp's parser takes each.
 FOLDED = [
     b"HTTP/1.1 200 OK\r\n Content-Length: 3\r\n\r\nabc",  # the first field line
-    b"HTTP/1.1 200 OK\r\nX-Note: a\r\n b\r\nContent-Length: 3\r\n\r\nabc",  # obs-fold
+    b"\r\nHTTP/1.1 200 OK\r\n\tContent-Length: 3\r\n\r\nabc",  # after a blank line
     EARLY_HINTS + b"HTTP/1.1 200 OK\r\n Content-Length: 3\r\n\r\nabc",  # after a 1xx
 ]
-#: Heads without, whose bodies have lines that do (they must not be taken for heads).
+#: Heads without, some with bodies whose lines do (they must not be taken for heads).
 STRAIGHT = [
+    # an obs-fold is joined into its field with a space (RFC 9112 §5.2)
+    (b"HTTP/1.1 200 OK\r\nX-Note: a\r\n b\r\nContent-Length: 3\r\n\r\nabc", b"abc"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\na\n b\n", b"a\n b\n"),
     (EARLY_HINTS + b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\na\r\n\tb\r\n", b"a\r\n\tb\r\n"),
     (b"HTTP/1.1 200 OK\nContent-Length: 5\n\na\n b\n", b"a\n b\n"),  # bare LFs, as aiohttp allows
+    (b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\na\n b\n", b"a\n b\n"),  # a blank line first
 ]
 CUTS = st.lists(st.integers(min_value=1, max_value=120), max_size=6)
 
@@ -264,7 +267,7 @@ async def test_an_answer_head_line_starting_with_whitespace_is_a_502_however_spl
     cuts: list[int],
 ) -> None:
     """A first field line starting with whitespace (which aiohttp's parser would take
-    as the answer's length) or an obs-fold line, sent in any pieces: a 502 problem."""
+    as the answer's length), sent in any pieces, after a 1xx too: a 502 problem."""
     proxy = await split_proxy(shared, emulator, start_proxy, split_upstream)
     split_upstream.reply, split_upstream.cuts = reply, cuts
     assert_bad_answer(await one_answer(proxy))
@@ -280,8 +283,9 @@ async def test_an_answer_whose_body_has_lines_starting_with_whitespace_is_relaye
     reply_and_body: tuple[bytes, bytes],
     cuts: list[int],
 ) -> None:
-    """Only the head is watched: a body's lines may start with anything, in any pieces,
-    after interim answers too."""
+    """Only a head's first field line is refused for whitespace: an obs-fold further
+    down is joined, and a body's lines may start with anything, in any pieces, after
+    interim answers too."""
     proxy = await split_proxy(shared, emulator, start_proxy, split_upstream)
     (split_upstream.reply, body), split_upstream.cuts = reply_and_body, cuts
     answer = await one_answer(proxy)
