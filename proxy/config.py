@@ -172,7 +172,7 @@ class Webhook:
     allow_from: tuple[Network, ...] = ()
 
     @property
-    def secrets(self) -> tuple[Secret, ...]:
+    def url_secrets(self) -> tuple[Secret, ...]:
         """The query values of ``deliver_to`` and ``public_url`` (an app key, a
         signature): masked like secrets wherever logged."""
         urls = (self.deliver_to, self.public_url) if self.public_url else (self.deliver_to,)
@@ -208,7 +208,7 @@ class Config:
         """Every secret the config holds, for redaction."""
         held = [s for c in self.credentials.values() for s in c.secrets]
         hooks = [w.secret for w in self.webhooks if w.secret]
-        in_urls = [s for w in self.webhooks for s in w.secrets]
+        in_urls = [s for w in self.webhooks for s in w.url_secrets]
         return (*held, *self.server.client_keys, *hooks, *in_urls)
 
 
