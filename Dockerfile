@@ -16,6 +16,9 @@
 # Pinned by full version; bump deliberately (and add @sha256:<digest> where the
 # registry can be reached when building, for byte-for-byte reproducible bases).
 ARG PYTHON_IMAGE=python:3.11.17-slim-bookworm
+# The image's version label: pyproject.toml's version (tests/test_deploy.py keeps this
+# default equal to it; `--build-arg VERSION=...` for a build of another commit).
+ARG VERSION=0.1.0
 
 # ---------------------------------------------------------------------------
 # builder: a virtual environment with the dependencies, then the project.
@@ -31,29 +34,27 @@ RUN python -m venv "$VIRTUAL_ENV"
 
 WORKDIR /src
 
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml
-# changes, not on every code change. A one-line stub package lets pip resolve and
-# install the project's dependencies before the code is there; the stub itself is
-# uninstalled again.
-COPY pyproject.toml README.md ./
-RUN mkdir proxy \
-    && touch proxy/__init__.py \
-    && pip install --no-cache-dir . \
-    && pip uninstall --yes vipps-proxy \
-    && rm -rf proxy build ./*.egg-info
+# Dependencies first, in their own layer: it is rebuilt only when the lock changes,
+# not on every code change. Exactly the hashed pins of requirements/runtime.lock
+# (the build backend included), so an image built next month has the same aiohttp.
+COPY requirements/runtime.lock ./
+RUN pip install --no-cache-dir --require-hashes -r runtime.lock
 
-# The code: a regular (non-editable) install on top, dependencies already present.
+# The code: a regular (non-editable) install on top, built by the locked setuptools.
+COPY pyproject.toml README.md ./
 COPY proxy/ proxy/
-RUN pip install --no-cache-dir --no-deps .
+RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 
 # ---------------------------------------------------------------------------
 # runtime: the virtual environment and the container config, nothing else.
 # ---------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 
+ARG VERSION
 LABEL org.opencontainers.image.title="vipps-proxy" \
       org.opencontainers.image.description="Authenticating reverse proxy for the Vipps MobilePay APIs" \
-      org.opencontainers.image.licenses="MIT"
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.version="${VERSION}"
 
 # A fixed numeric UID/GID, so Kubernetes' runAsNonRoot can verify it and volume
 # permissions can be planned for it.

@@ -1,27 +1,47 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The proxy and its runtime dependencies only: all `make run` needs.
+RUN_STAMP := $(VENV)/.installed-runtime
 # Node.js is only for `make test`'s official-SDK check; the proxy and the demo need Python.
 NODE_STAMP := tests/clients/node_modules/.installed
 
-.PHONY: install run test lint fmt bench soak mutate clean
+.PHONY: install lock run test lint fmt bench soak mutate dist clean
 
 SOAK_MINUTES ?= 10
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Both install exactly the hashed pins of a lock file (requirements/), then the project
+# itself (editable, no dependencies, built by the locked setuptools). `make run` takes
+# the runtime pins only; the dev tools come on top for install, test and lint.
+INSTALL_PROJECT := $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+
+$(RUN_STAMP): pyproject.toml requirements/runtime.lock
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements/runtime.lock
+	$(INSTALL_PROJECT)
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP) pyproject.toml requirements/dev.lock
+	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
 	touch $(STAMP)
+
+# Re-resolves both lock files from pyproject.toml, keeping the pins they hold where the
+# bounds still allow them; `make lock LOCK_ARGS=--upgrade` takes the newest allowed.
+# Commit them with the pyproject.toml change.
+LOCK := $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes
+lock: $(STAMP)
+	$(LOCK) $(LOCK_ARGS) pyproject.toml requirements/build.in -o requirements/runtime.lock
+	$(LOCK) $(LOCK_ARGS) --extra dev pyproject.toml requirements/build.in -o requirements/dev.lock
 
 $(NODE_STAMP): tests/clients/package-lock.json
 	npm ci --prefix tests/clients --no-audit --no-fund --silent
 	touch $(NODE_STAMP)
 
-run: $(STAMP)
-	$(VENV)/bin/vipps-proxy demo
+# PORT=N: the proxy's port (default 8080)
+run: $(RUN_STAMP)
+	$(VENV)/bin/vipps-proxy demo $(if $(PORT),--port $(PORT))
 
 test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -46,5 +66,11 @@ soak: $(STAMP)
 mutate: $(STAMP)
 	nice -n 10 $(PY) -m scripts.mutate $(MUTATE_ARGS)
 
+# The wheel and the sdist in $(DIST) (the wheel is built from the sdist, as pip would).
+DIST ?= dist
+dist: $(STAMP)
+	rm -rf $(DIST)
+	$(PY) -m build --outdir $(DIST) .
+
 clean:
-	rm -rf mutants $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf mutants dist build $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -49,4 +49,9 @@ The map, one concept per module:
   relayed to the legacy app (its own package map)
 """
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+try:  # pyproject.toml holds the version; the installed metadata carries it here
+    __version__ = metadata.version("vipps-proxy")
+except metadata.PackageNotFoundError:  # pragma: no cover - a source tree never installed
+    __version__ = "0+unknown"

@@ -1,5 +1,10 @@
 """What the proxy answers itself: health, readiness, metrics, and legacy token calls.
 
+``/-/health``, ``/-/ready`` and ``/-/metrics`` are answered on the API port, or with
+``[server] admin_port`` set, only on a listener of their own (``serve_admin``; the API
+port then answers 404 for ``/-/``). On the API port ``/-/metrics`` needs a client key
+like any call when ``client_keys`` are set; health and readiness stay open for probes.
+
 Legacy apps (and the official plugins and SDKs) still ask ``POST /accesstoken/get`` or
 ``POST /api/access-token/jwt-token`` for a token before their calls (in any spelling
 the upstream reads as one of these; other methods there get 405). The proxy answers
@@ -12,12 +17,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Final
 
 import orjson
 from aiohttp import web
 
+from proxy.access import check_client_key
+from proxy.config import ServerConfig
+from proxy.errors import NotFound
 from proxy.routing import fold_case
+from proxy.startup import StartupError, listen
 from proxy.state import ProxyState
 
 HEALTH: Final = "/-/health"
@@ -41,6 +51,41 @@ def is_legacy_token_path(normal_path: str) -> bool:
     )
 
 
+def api_admin_response(state: ProxyState, request: web.BaseRequest, path: str) -> web.Response:
+    """The answer on the API port for a reserved ``/-/`` path."""
+    server = state.config.server
+    if server.admin_port:
+        raise NotFound(f"{ADMIN_PREFIX} paths are served on the admin listener only")
+    if path == METRICS:
+        check_client_key(server.client_keys, request)
+    return admin_response(state, path)
+
+
+async def serve_admin(
+    state: Callable[[], ProxyState], server: ServerConfig, *, reuse_port: bool = False
+) -> web.ServerRunner:
+    """Listen on ``admin_host:admin_port`` for health, readiness and metrics only;
+    ``state()`` is the snapshot serving now. A port that cannot be listened on raises
+    `StartupError` naming ``server.admin_port``, with nothing left open."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        return admin_response(state(), request.raw_path.partition("?")[0])
+
+    runner = web.ServerRunner(
+        web.Server(handle, keepalive_timeout=server.header_timeout), shutdown_timeout=1.0
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, server.admin_host, server.admin_port, reuse_port=reuse_port or None)
+    try:
+        await listen(
+            site, "server.admin_port", server.admin_host, server.admin_port, "server.admin_host"
+        )
+    except StartupError:
+        await runner.cleanup()
+        raise
+    return runner
+
+
 def admin_response(state: ProxyState, path: str) -> web.Response:
     """The answer for a reserved ``/-/`` path."""
     if path == HEALTH:
@@ -55,8 +100,11 @@ def admin_response(state: ProxyState, path: str) -> web.Response:
 def _ready(state: ProxyState) -> web.Response:
     # Only sets that need a token have a cache (a client-credentials route's has none).
     failing = sorted(name for name, tokens in state.tokens.items() if not tokens.can_serve())
-    if failing:
-        body = {"status": "not ready", "credentials_without_token": failing}
+    store_down = state.webhooks is not None and not state.webhooks.can_commit
+    if failing or store_down:
+        body: dict[str, object] = {"status": "not ready", "credentials_without_token": failing}
+        if store_down:
+            body["webhook_store"] = "cannot commit"
         return web.Response(
             status=503,
             body=orjson.dumps(body),

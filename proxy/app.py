@@ -18,6 +18,7 @@ import random
 import secrets
 import ssl
 import time
+from collections.abc import Iterator
 from typing import Any, Final
 
 import aiohttp
@@ -30,7 +31,7 @@ from proxy import events
 from proxy.access import Allowlist, check_client_key, peer_address
 from proxy.admin import (
     ADMIN_PREFIX,
-    admin_response,
+    api_admin_response,
     is_legacy_token_path,
     legacy_token_response,
 )
@@ -86,6 +87,7 @@ class ProxyApp:
             upstream_ssl=outbound_context(config.tls),
         )
         self.state.forwarder = Forwarder(self.state, self.pool)
+        self.state.metrics.watch_tokens(self._token_lives)
         if config.webhooks:
             from proxy.webhooks.relay import WebhookRelay
 
@@ -122,6 +124,14 @@ class ProxyApp:
             ssl=state.upstream_ssl,
             insecure=not state.config.tls.verify,
         )
+
+    def _token_lives(self) -> Iterator[tuple[str, float]]:
+        """Seconds each held token of the config serving now is still used for."""
+        now = time.monotonic()
+        for name, provider in self.state.tokens.items():
+            token = provider.current()
+            if token is not None:
+                yield name, token.expires_at - now
 
     def prefetch(self) -> None:
         """Fetch every token in the background, once listening: the first call need not wait."""
@@ -248,6 +258,8 @@ class ProxyRunner(web.ServerRunner):
         super().__init__(server, shutdown_timeout=shutdown_timeout)
         self.proxy = proxy
         self.reloader = Reloader(proxy)
+        #: The admin listener (``server.admin_port``), closed with this runner.
+        self.admin: web.BaseRunner | None = None
 
     async def _make_server(self) -> web.Server:
         await self.proxy.start()
@@ -258,6 +270,8 @@ class ProxyRunner(web.ServerRunner):
         self.proxy.draining = True
 
     async def _cleanup_server(self) -> None:
+        if self.admin is not None:
+            await self.admin.cleanup()
         await self.reloader.close()
         await self.proxy.close()
 
@@ -369,7 +383,7 @@ async def _dispatch(
     check_request(request)
     if call.path.startswith(ADMIN_PREFIX):
         call.route = "admin"
-        response = admin_response(state, call.path)
+        response = api_admin_response(state, request, call.path)
         call.status = response.status
         return response
     check_client_key(state.config.server.client_keys, request)

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import secrets
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
-from importlib import resources
 
-from proxy.config import LOG_FORMATS, Config, ConfigError, describe, load_config, parse_config
+from proxy import __version__
+from proxy.config import LOG_FORMATS, Config, ConfigError, describe, load_config
 from proxy.emulator.settings import DEMO_MERCHANT_SERIAL_NUMBER
 from proxy.startup import EXIT_STARTUP, StartupError
 
 DEFAULT_CONFIG = "config/proxy.toml"
 EXIT_CONFIG = 2
+EXIT_CHECK_FAILED = 1
 DEMO_AUTO_APPROVE = 5.0
 CONFIG_HELP = f"config file (default: $VIPPS_PROXY_CONFIG, else {DEFAULT_CONFIG})"
 DEMO_HELP = "the built-in Vipps emulator with the proxy in front"
@@ -25,6 +26,10 @@ DEMO_TEXT = (
     "127.0.0.1:8080, with the emulator's demo credentials (MSN "
     f"{DEMO_MERCHANT_SERIAL_NUMBER}); prints a curl line that creates a payment. Its "
     "own config: --config does not apply."
+)
+ONLINE_HELP = (
+    "also fetch a token for each credential set and connect to each upstream and "
+    "deliver_to (TLS verified, no API called); exit 1 if any fails"
 )
 EMULATOR_HELP = "the Vipps emulator alone, for offline work"
 EMULATOR_TEXT = (
@@ -53,14 +58,16 @@ def _command(args: argparse.Namespace) -> int:
         return _demo(
             args.port, args.emulator_port, args.log_format, args.auto_approve, args.app_port
         )
+    # `webhooks register` writes the secret file a [[webhooks]] names: it may not exist yet
+    registering = command == "webhooks" and args.action == "register"
     try:
-        config = load_config(_config_path(args.config))
+        config = load_config(_config_path(args.config), pending_webhook_secrets=registering)
     except ConfigError as exc:
         for line in str(exc).splitlines():
             print(f"vipps-proxy: {line}", file=sys.stderr)
         return EXIT_CONFIG
     if command == "check":
-        return _check(config)
+        return _check(config, args.online)
     if command == "webhooks":
         from proxy.webhooks import commands
 
@@ -75,15 +82,18 @@ def _parser() -> argparse.ArgumentParser:
         prog="vipps-proxy", description="Authenticating reverse proxy for the Vipps APIs."
     )
     parser.add_argument("--config", help=CONFIG_HELP)
+    parser.add_argument("--version", action="version", version=f"vipps-proxy {__version__}")
     sub = parser.add_subparsers(dest="command")
     for name, text in (("run", "run the proxy"), ("check", "validate the config and exit")):
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", dest="config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+        if name == "check":
+            cmd.add_argument("--online", action="store_true", help=ONLINE_HELP)
     _demo_options(sub.add_parser("demo", help=DEMO_HELP, description=DEMO_TEXT))
     _emulator_options(sub.add_parser("emulator", help=EMULATOR_HELP, description=EMULATOR_TEXT))
     from proxy.webhooks.commands import add_parser
 
-    add_parser(sub)
+    add_parser(sub, CONFIG_HELP)
     return parser
 
 
@@ -139,8 +149,9 @@ def _emulator_options(emu: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="approve each payment this long after its creation (default: none: payments "
-        "stay CREATED until POST /epayment/v1/test/payments/{reference}/approve)",
+        help="approve each payment and eCom order this long after its creation (default: "
+        "none: payments stay CREATED until POST /epayment/v1/test/payments/{reference}/approve"
+        ", eCom orders INITIATE until the eCom test approve or the admin app's approve)",
     )
 
 
@@ -148,38 +159,36 @@ def _config_path(given: str | None) -> str:
     return given or os.environ.get("VIPPS_PROXY_CONFIG") or DEFAULT_CONFIG
 
 
-def _check(config: Config) -> int:
-    print(json.dumps(describe(config), indent=2))
+def _check(config: Config, online: bool) -> int:
+    from proxy import check
+
+    try:
+        check.check_store(config)
+    except ConfigError as exc:
+        print(f"vipps-proxy: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not online:
+        print(json.dumps(describe(config), indent=2))
+    for line in check.msn_rules(config):
+        print(f"vipps-proxy: {line}", file=sys.stderr)
     print(f"vipps-proxy: config OK: {config.source}", file=sys.stderr)
-    return 0
+    if not online:
+        return 0
+    outcomes = asyncio.run(check.online(config))
+    for outcome in outcomes:
+        print(outcome.line(), flush=True)
+    return 0 if all(o.ok for o in outcomes) else EXIT_CHECK_FAILED
 
 
 def _demo(
     port: int, emulator_port: int, log_format: str, auto_approve: float, app_port: int
 ) -> int:
-    emulator_url = f"http://127.0.0.1:{emulator_port}"
-    text = resources.files("proxy").joinpath("demo.toml").read_text(encoding="utf-8")
-    import tempfile
-    import tomllib
+    from proxy.demo import DemoPorts, demo_config, demo_folder, run_demo
 
-    from proxy.demo import DemoWebhooks, free_port, run_demo
-
-    hooks = DemoWebhooks(
-        app_port=app_port or free_port(),
-        secret=secrets.token_urlsafe(32),
-        store=os.path.join(tempfile.mkdtemp(prefix="vipps-proxy-demo-"), "webhooks.sqlite3"),
-    )
-    env = {
-        **os.environ,
-        "DEMO_EMULATOR_URL": emulator_url,
-        "DEMO_APP_URL": f"http://127.0.0.1:{hooks.app_port}",
-        "DEMO_WEBHOOK_SECRET": hooks.secret,
-        "DEMO_STORE": hooks.store,
-    }
-    config = parse_config(tomllib.loads(text), env, source="demo.toml")
-    server = replace(config.server, port=port)
-    config = replace(config, server=server, log=replace(config.log, format=log_format))
-    return run_demo(config, emulator_port, auto_approve, curl_line(port), hooks)
+    with demo_folder() as folder:
+        ports = DemoPorts(port, emulator_port, app_port)
+        config, hooks = demo_config(folder, ports, log_format)
+        return run_demo(config, emulator_port, auto_approve, curl_line(port), hooks)
 
 
 def curl_line(port: int) -> str:

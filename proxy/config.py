@@ -10,6 +10,7 @@ Secret keys also accept a ``<key>_file`` variant. Secrets are wrapped in
 from __future__ import annotations
 
 import base64
+import difflib
 import hashlib
 import ipaddress
 import os
@@ -50,7 +51,9 @@ NOT_PUBLIC: Final[tuple[Network, ...]] = (
     ipaddress.ip_network("fc00::/7"),
 )
 MIN_CLIENT_KEY: Final = 16  # characters; a shorter shared key can be guessed
-SYSTEM_HEADER_MAX: Final = 30  # Vipps truncates Vipps-System-* values at 30 characters
+# Vipps-System-* values: maxLength 30 in Vipps' specs (epayment.local.yml and
+# vipps-ecom-api.yaml in tests/specs, the four Vipps-System-* header parameters).
+SYSTEM_HEADER_MAX: Final = 30
 
 _REF = re.compile(r"\$\{([^}]*)\}")
 _MSN = re.compile(r"[0-9]+")
@@ -91,6 +94,8 @@ class ServerConfig:
     body_timeout: float = 20.0
     max_connections: int = 1024
     reload_interval: float = 10.0
+    admin_port: int = 0
+    admin_host: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,7 @@ class Credentials:
     token_style: TokenStyle
     client_id: Secret
     client_secret: Secret
-    subscription_key: Secret
+    subscription_key: Secret | None  # optional only for oauth2 sets (/miami/v1/token)
     token_subscription_key: Secret | None = None
     merchant_serial_number: str = ""
     resource: str = ""
@@ -126,10 +131,10 @@ class Credentials:
     @property
     def secrets(self) -> tuple[Secret, ...]:
         """Every secret value of this set, for redaction, with the forms it is sent in."""
-        extra = (self.token_subscription_key,) if self.token_subscription_key else ()
+        keys = (self.subscription_key, self.token_subscription_key)
         pair = f"{self.client_id.reveal()}:{self.client_secret.reveal()}".encode()
         basic = Secret(base64.b64encode(pair).decode("ascii"))  # oauth2's Basic header
-        return (self.client_id, self.client_secret, self.subscription_key, basic, *extra)
+        return (self.client_id, self.client_secret, basic, *(k for k in keys if k))
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,9 @@ class Route:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     local_token_endpoints: bool = True
+    #: With several credential sets: the one a call without Merchant-Serial-Number gets
+    #: (empty: such a call is refused with 400 ``missing_msn``).
+    default_credentials: str = ""
 
     @property
     def name(self) -> str:
@@ -155,6 +163,9 @@ class Route:
 
 
 WebhookKind = Literal["vipps-webhook", "ecom-callback"]
+#: ``max_age``'s default: Vipps retries a webhook for 7 days and does not say that a
+#: retry is signed anew, so a retry may carry its first ``x-ms-date``; a day's margin.
+MAX_AGE: Final = 8 * 86400.0
 WEBHOOK_KINDS: Final = ("vipps-webhook", "ecom-callback")
 
 
@@ -165,11 +176,14 @@ class Webhook:
     path: str
     kind: WebhookKind
     deliver_to: URL
-    secret: Secret | None = None  # vipps-webhook only
+    #: vipps-webhook only: the newest first; any of them verifies (a rotation's overlap)
+    secrets: tuple[Secret, ...] = ()
     public_url: URL | None = None
-    max_age: float = 300.0
+    max_age: float = MAX_AGE
     retry_for: float = 604800.0
     allow_from: tuple[Network, ...] = ()
+    max_pending: int = 100000  # events waiting or failed; past it, 503
+    max_per_minute: int = 600  # ecom-callback: stored per client address; past it, 429
 
     @property
     def url_secrets(self) -> tuple[Secret, ...]:
@@ -207,7 +221,7 @@ class Config:
     def secrets(self) -> tuple[Secret, ...]:
         """Every secret the config holds, for redaction."""
         held = [s for c in self.credentials.values() for s in c.secrets]
-        hooks = [w.secret for w in self.webhooks if w.secret]
+        hooks = [s for w in self.webhooks for s in w.secrets]
         in_urls = [s for w in self.webhooks for s in w.url_secrets]
         return (*held, *self.server.client_keys, *hooks, *in_urls)
 
@@ -215,8 +229,15 @@ class Config:
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read, interpolate and validate the TOML file at ``path``."""
+def load_config(
+    path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    pending_webhook_secrets: bool = False,
+) -> Config:
+    """Read, interpolate and validate the TOML file at ``path``. With
+    ``pending_webhook_secrets``, a webhook's ``secret_file`` may not exist yet (what
+    ``webhooks register`` is about to write): that hook then has no secret."""
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -225,7 +246,8 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError("config", f"cannot read {path}: {exc.__class__.__name__}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"invalid TOML: {exc}") from None
-    config = parse_config(raw, os.environ if env is None else env, source=str(path))
+    env = os.environ if env is None else env
+    config = parse_config(raw, env, str(path), pending_webhook_secrets=pending_webhook_secrets)
     return replace(config, digests=file_digests(config.files))
 
 
@@ -240,12 +262,21 @@ def file_digests(paths: Iterable[str]) -> dict[str, str]:
     return found
 
 
-def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "") -> Config:
-    """Validate an already parsed TOML document."""
+def parse_config(
+    raw: Mapping[str, Any],
+    env: Mapping[str, str],
+    source: str = "",
+    *,
+    pending_webhook_secrets: bool = False,
+) -> Config:
+    """Validate an already parsed TOML document; every relative path in it is taken
+    from the folder of ``source`` (the config file), if given."""
+    base = Path(source).resolve().parent if source else None
     unresolved: list[ConfigError] = []
-    doc = _Table(_interpolate(dict(raw), "", env, unresolved), "")
+    doc = _Table(_interpolate(dict(raw), "", env, unresolved, base), "")
     if unresolved:
         raise unresolved[0] if len(unresolved) == 1 else ConfigErrors(unresolved)
+    _anchor_paths(doc.data, "", base)
     doc.allow_only("server", "log", "tls", "credentials", "routes", "webhooks", "store")
     server = _server(doc.table("server"))
     log = _log(doc.table("log"))
@@ -255,8 +286,9 @@ def parse_config(raw: Mapping[str, Any], env: Mapping[str, str], source: str = "
     if not credentials:
         raise ConfigError("credentials", "at least one [credentials.NAME] set is required")
     routes = _routes(doc, credentials)
-    webhooks, store = _webhooks(doc, source)
-    files = _named_files(raw, doc.data, server, tls, source)
+    webhooks, store = _webhooks(doc, base, pending_webhook_secrets)
+    _check_callback_exposure(server, webhooks)
+    files = _named_files(raw, doc.data, server, tls, source, base)
     return Config(server, log, tls, credentials, routes, source, webhooks, store, files)
 
 
@@ -266,13 +298,15 @@ def _named_files(
     server: ServerConfig,
     tls: TLSConfig,
     source: str,
+    base: Path | None,
 ) -> tuple[str, ...]:
     """The config file and every file it names, each once, in a stable order."""
     found: list[str] = [source] if source else []
 
     def walk(value: Any, resolved_value: Any) -> None:
         if isinstance(value, str):
-            found.extend(m.group(1)[5:] for m in _REF.finditer(value) if m.group(1)[:5] == "file:")
+            refs = (m.group(1) for m in _REF.finditer(value))
+            found.extend(_at(base, ref[5:]) for ref in refs if ref[:5] == "file:")
         elif isinstance(value, dict):
             for key, item in value.items():
                 other = resolved_value.get(key) if isinstance(resolved_value, dict) else None
@@ -290,28 +324,32 @@ def _named_files(
     return tuple(dict.fromkeys(path for path in found if path))
 
 
-def _interpolate(value: Any, key: str, env: Mapping[str, str], errors: list[ConfigError]) -> Any:
+def _interpolate(
+    value: Any, key: str, env: Mapping[str, str], errors: list[ConfigError], base: Path | None
+) -> Any:
     """``value`` with every reference resolved; each one that cannot be goes to ``errors``."""
     if isinstance(value, str):
-        return _REF.sub(lambda m: _resolve_or_note(m.group(1), key, env, errors), value)
+        return _REF.sub(lambda m: _resolve_or_note(m.group(1), key, env, errors, base), value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, _join(key, k), env, errors) for k, v in value.items()}
+        return {k: _interpolate(v, _join(key, k), env, errors, base) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, f"{key}[{i}]", env, errors) for i, v in enumerate(value)]
+        return [_interpolate(v, f"{key}[{i}]", env, errors, base) for i, v in enumerate(value)]
     return value
 
 
-def _resolve_or_note(ref: str, key: str, env: Mapping[str, str], errors: list[ConfigError]) -> str:
+def _resolve_or_note(
+    ref: str, key: str, env: Mapping[str, str], errors: list[ConfigError], base: Path | None
+) -> str:
     try:
-        return _resolve(ref, key, env)
+        return _resolve(ref, key, env, base)
     except ConfigError as exc:
         errors.append(exc)
         return ""
 
 
-def _resolve(ref: str, key: str, env: Mapping[str, str]) -> str:
+def _resolve(ref: str, key: str, env: Mapping[str, str], base: Path | None) -> str:
     if ref.startswith("file:"):
-        return _read_secret_file(ref[5:], key)
+        return _read_secret_file(_at(base, ref[5:]), key)
     name, sep, default = ref.partition(":-")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ConfigError(key, f"bad reference ${{{ref}}}")
@@ -320,6 +358,43 @@ def _resolve(ref: str, key: str, env: Mapping[str, str]) -> str:
     if sep:
         return default
     raise ConfigError(key, f"environment variable {name} is not set")
+
+
+#: Keys (``section.name``) whose value is a path; so is every ``*_file`` key.
+_PATH_KEYS: Final = frozenset(
+    {
+        "server.tls_cert",
+        "server.tls_key",
+        "server.client_ca",
+        "tls.ca_bundle",
+        "tls.client_cert",
+        "tls.client_key",
+        "store.path",
+    }
+)
+
+
+def _at(base: Path | None, path: str) -> str:
+    """``path`` taken from ``base`` (the config file's folder) if it is relative."""
+    if base is None or not path or Path(path).is_absolute():
+        return path
+    return str(base / path)
+
+
+def _anchor_paths(data: Any, key: str, base: Path | None) -> None:
+    """Every path in the (interpolated) document made absolute from ``base``, in place:
+    one rule for secret files, certificates, CA bundles and the store."""
+    if isinstance(data, list):
+        for i, item in enumerate(data):
+            _anchor_paths(item, f"{key}[{i}]", base)
+    if not isinstance(data, dict):
+        return
+    for name, value in data.items():
+        full = _join(key, name)
+        if isinstance(value, str) and (name.endswith("_file") or full in _PATH_KEYS):
+            data[name] = _at(base, value)
+        else:
+            _anchor_paths(value, full, base)
 
 
 def _read_secret_file(path: str, key: str) -> str:
@@ -345,7 +420,7 @@ class _Table:
     def allow_only(self, *names: str) -> None:
         for name in self.data:
             if name not in names:
-                raise ConfigError(_join(self.key, name), "unknown key")
+                raise ConfigError(_join(self.key, name), "unknown key" + _did_you_mean(name, names))
 
     def table(self, name: str) -> _Table:
         return _Table(self.data.get(name, {}), _join(self.key, name))
@@ -360,9 +435,11 @@ class _Table:
         return _check_type(self.data[name], kind, _join(self.key, name))
 
     def number(self, name: str, default: float, minimum: float = 0.0) -> float:
-        value = _number(self.data.get(name, default), _join(self.key, name))
+        key = _join(self.key, name)
+        given = self.data.get(name, default)
+        value = _number(given, key)
         if value < minimum:
-            raise ConfigError(_join(self.key, name), f"must be at least {minimum:g}")
+            raise ConfigError(key, f"must be at least {minimum:g}" + _got(key, given))
         return value
 
     def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
@@ -389,11 +466,42 @@ class _Table:
         return Secret(value)
 
 
+def _did_you_mean(name: str, names: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the known name closest to ``name``, if one is close."""
+    close = difflib.get_close_matches(name, list(names), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+#: Keys whose values are secrets (or may be): a wrong one is never shown in an error.
+SECRET_KEYS: Final = frozenset(
+    {
+        "client_id",
+        "client_secret",
+        "subscription_key",
+        "token_subscription_key",
+        "secret",
+        "client_keys",
+    }
+)
+SHOWN_AT_MOST: Final = 60  # characters of a wrong value shown in an error
+
+
+def _got(key: str, value: Any) -> str:
+    """``, got <value>`` for an error about ``key``'s value, unless the key is a secret's."""
+    name = key.rsplit(".", 1)[-1].split("[", 1)[0]
+    if name in SECRET_KEYS:
+        return ""
+    shown = repr(value)
+    if len(shown) > SHOWN_AT_MOST:
+        shown = shown[: SHOWN_AT_MOST - 3] + "..."
+    return f", got {shown}"
+
+
 def _check_type(value: Any, kind: type[T], key: str) -> T:
     if kind is bool and not isinstance(value, bool):
-        raise ConfigError(key, "must be true or false")
+        raise ConfigError(key, "must be true or false" + _got(key, value))
     if not isinstance(value, kind):
-        raise ConfigError(key, f"must be a {_kind_name(kind)}")
+        raise ConfigError(key, f"must be a {_kind_name(kind)}" + _got(key, value))
     return value
 
 
@@ -404,23 +512,22 @@ def _kind_name(kind: type[Any]) -> str:
 
 def _number(value: Any, key: str) -> float:
     """A number, also accepted as a numeric string (values often come from ``${ENV}``)."""
-    if isinstance(value, bool):
-        raise ConfigError(key, "must be a number")
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):
         try:
             return float(value)
         except ValueError:
             pass
-    raise ConfigError(key, "must be a number")
+    raise ConfigError(key, "must be a number" + _got(key, value))
 
 
 def _integer(table: _Table, name: str, default: int, low: int, high: int) -> int:
     key = _join(table.key, name)
-    value = _number(table.data.get(name, default), key)
-    if value != int(value) or not low <= value <= high:
-        raise ConfigError(key, f"must be a whole number from {low} to {high}")
+    given = table.data.get(name, default)
+    value = _number(given, key)
+    if not low <= value <= high or value != int(value):
+        raise ConfigError(key, f"must be a whole number from {low} to {high}" + _got(key, given))
     return int(value)
 
 
@@ -449,9 +556,13 @@ def _server(t: _Table) -> ServerConfig:
         body_timeout=t.number("body_timeout", 20.0, minimum=0.1),
         max_connections=_integer(t, "max_connections", 1024, 1, 1_000_000),
         reload_interval=t.number("reload_interval", 10.0),
+        admin_port=_integer(t, "admin_port", 0, 0, 65535),
+        admin_host=t.get("admin_host", str, "127.0.0.1"),
     )
     _check_server_tls(server, t.key)
     _check_exposure(server, t.key)
+    if server.admin_port and server.admin_port == server.port:
+        raise ConfigError(f"{t.key}.admin_port", f"must differ from port, got {server.port}")
     return server
 
 
@@ -504,6 +615,28 @@ def _check_exposure(server: ServerConfig, key: str) -> None:
                 "client_keys or client_ca; narrow allow_clients to private networks, add "
                 "either, or set allow_open_network = true",
             )
+
+
+def _check_callback_exposure(server: ServerConfig, hooks: tuple[Webhook, ...]) -> None:
+    """eCom callbacks are unsigned and skip client keys: beyond loopback, the addresses
+    let in (``allow_clients`` and the hook's ``allow_from``) must not be public unless
+    ``allow_open_network`` says so."""
+    if _is_loopback_host(server.host) or server.allow_open_network:
+        return
+    for i, hook in enumerate(hooks):
+        if hook.kind != "ecom-callback":
+            continue
+        named = [("server.allow_clients", server.allow_clients)]
+        named.append((f"webhooks[{i}].allow_from", hook.allow_from))
+        for key, nets in named:
+            for j, net in enumerate(nets):
+                if covers_public(net):
+                    raise ConfigError(
+                        f"{key}[{j}]",
+                        f"{net} lets public addresses send unsigned eCom callbacks to "
+                        f"{hook.path}; narrow it to private networks or set "
+                        "server.allow_open_network = true",
+                    )
 
 
 def covers_public(net: Network) -> bool:
@@ -587,13 +720,17 @@ def _credentials(t: _Table, name: str) -> Credentials:
         for key, header in _SYSTEM_HEADERS
         if t.get(key, str, "")
     )
+    token_url = _url(t, "token_url")
+    if token_url.path in ("", "/"):
+        raise ConfigError(f"{t.key}.token_url", f"has no path: {token_url}")
     return Credentials(
         name=name,
-        token_url=_url(t, "token_url"),
+        token_url=token_url,
         token_style=style,
         client_id=_required_secret(t, "client_id"),
         client_secret=_required_secret(t, "client_secret"),
-        subscription_key=_required_secret(t, "subscription_key"),
+        # /miami/v1/token tokens need "no subscription key" (the Access Token spec)
+        subscription_key=t.secret("subscription_key", required=style != "oauth2"),
         token_subscription_key=t.secret("token_subscription_key", required=False),
         merchant_serial_number=_merchant_serial_number(t),
         resource=resource,
@@ -641,6 +778,7 @@ _ROUTE_KEYS: Final = [
     "connect_timeout",
     "read_timeout",
     "local_token_endpoints",
+    "default_credentials",
 ]
 
 
@@ -675,16 +813,30 @@ def _route(t: _Table, credentials: Mapping[str, Credentials]) -> Route:
     if upstream.query_string or upstream.fragment:
         raise ConfigError(f"{t.key}.upstream", "must not have a query or fragment")
     auth = cast(AuthMode, t.choice("auth", AUTH_MODES, "bearer"))
+    names = _route_credentials(t, credentials, auth)
     return Route(
         prefix=prefix,
         upstream=upstream,
-        credentials=_route_credentials(t, credentials, auth),
+        credentials=names,
         auth=auth,
         subscription_key=t.get("subscription_key", bool, True),
         connect_timeout=t.number("connect_timeout", 5.0, minimum=0.001),
         read_timeout=t.number("read_timeout", 60.0, minimum=0.001),
         local_token_endpoints=t.get("local_token_endpoints", bool, True),
+        default_credentials=_default_credentials(t, names),
     )
+
+
+def _default_credentials(t: _Table, names: tuple[str, ...]) -> str:
+    """The set named for calls without Merchant-Serial-Number: one of the route's own."""
+    name = t.get("default_credentials", str, "")
+    if name and name not in names:
+        listed = ", ".join(names) or "none"
+        raise ConfigError(
+            f"{t.key}.default_credentials",
+            f"must be one of the route's credential sets ({listed}), not {name!r}",
+        )
+    return name
 
 
 def _route_credentials(
@@ -722,13 +874,19 @@ _WEBHOOK_KEYS: Final = [
     "max_age",
     "retry_for",
     "allow_from",
+    "max_pending",
+    "max_per_minute",
 ]
 
 
-def _webhooks(doc: _Table, source: str) -> tuple[tuple[Webhook, ...], StoreConfig]:
+def _webhooks(
+    doc: _Table, base: Path | None, pending_secrets: bool
+) -> tuple[tuple[Webhook, ...], StoreConfig]:
     """``[[webhooks]]`` and ``[store]``; the store path is relative to the config's folder."""
     items = doc.get("webhooks", list, [])
-    hooks = tuple(_webhook(_Table(item, f"webhooks[{i}]")) for i, item in enumerate(items))
+    hooks = tuple(
+        _webhook(_Table(item, f"webhooks[{i}]"), pending_secrets) for i, item in enumerate(items)
+    )
     seen: set[str] = set()
     for i, hook in enumerate(hooks):
         if hook.path in seen:
@@ -736,20 +894,20 @@ def _webhooks(doc: _Table, source: str) -> tuple[tuple[Webhook, ...], StoreConfi
         seen.add(hook.path)
     store = doc.table("store")
     store.allow_only("path")
-    path = Path(store.get("path", str, StoreConfig.path))
-    if not path.is_absolute():
-        path = Path(source).resolve().parent / path if source else path.resolve()
+    path = Path(_at(base, store.get("path", str, StoreConfig.path))).resolve()
     return hooks, StoreConfig(str(path))
 
 
-def _webhook(t: _Table) -> Webhook:
+def _webhook(t: _Table, pending_secret: bool = False) -> Webhook:
     t.allow_only(*_WEBHOOK_KEYS)
     path = t.require("path", str)
     if not path.startswith("/") or path.startswith("/-/") or "?" in path:
         raise ConfigError(f"{t.key}.path", "must start with / (not /-/) and have no query")
     kind = cast(WebhookKind, t.choice("kind", WEBHOOK_KINDS, "vipps-webhook"))
-    secret = t.secret("secret", required=kind == "vipps-webhook")
-    if kind == "ecom-callback" and secret is not None:
+    secret_file = t.data.get("secret_file")
+    pending = pending_secret and isinstance(secret_file, str) and not Path(secret_file).exists()
+    secrets = () if pending else _webhook_secrets(t, required=kind == "vipps-webhook")
+    if kind == "ecom-callback" and secrets:
         raise ConfigError(f"{t.key}.secret", "eCom callbacks are not signed; leave it out")
     deliver_to = _url(t, "deliver_to")
     public = t.get("public_url", str, "")
@@ -762,12 +920,40 @@ def _webhook(t: _Table) -> Webhook:
         path=path,
         kind=kind,
         deliver_to=deliver_to,
-        secret=secret,
+        secrets=secrets,
         public_url=public_url,
-        max_age=t.number("max_age", 300.0, minimum=1.0),
+        max_age=t.number("max_age", MAX_AGE, minimum=1.0),
         retry_for=t.number("retry_for", 604800.0),
         allow_from=_cidrs(t, "allow_from"),
+        max_pending=_integer(t, "max_pending", 100000, 1, 1_000_000_000),
+        max_per_minute=_per_minute(t, kind),
     )
+
+
+def _webhook_secrets(t: _Table, *, required: bool) -> tuple[Secret, ...]:
+    """``secret``: one string or a list (a rotation); ``secret_file``: one per line."""
+    if "secret_file" in t.data or isinstance(t.data.get("secret", ""), str):
+        if "secret_file" in t.data:
+            text = _read_secret_file(t.require("secret_file", str), f"{t.key}.secret_file")
+            values = [line.strip() for line in text.splitlines() if line.strip()]
+        else:
+            one = t.secret("secret", required=required)
+            values = [] if one is None else [one.reveal()]
+    else:
+        items = t.require("secret", list)
+        values = [_check_type(v, str, f"{t.key}.secret[{i}]") for i, v in enumerate(items)]
+    if required and not values:
+        raise ConfigError(f"{t.key}.secret", "is empty")
+    for i, value in enumerate(values):
+        if not value.strip():
+            raise ConfigError(f"{t.key}.secret[{i}]", "is empty")
+    return tuple(Secret(v) for v in values)
+
+
+def _per_minute(t: _Table, kind: WebhookKind) -> int:
+    if kind != "ecom-callback" and "max_per_minute" in t.data:
+        raise ConfigError(f"{t.key}.max_per_minute", "for ecom-callback only (webhooks are signed)")
+    return _integer(t, "max_per_minute", 600, 1, 1_000_000)
 
 
 def _cidrs(t: _Table, name: str) -> tuple[Network, ...]:

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import shutil
 import signal
 import socket
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 
 import orjson
 import structlog
 from aiohttp import web
 
 from proxy import events
-from proxy.config import Config
+from proxy.config import Config, load_config
 from proxy.emulator import EmulatorSettings, create_admin_app, create_emulator, emulator_state
 from proxy.emulator.webhooks import EVENT_TYPES, Registration, webhook_hub
 from proxy.logs import configure_logging
@@ -77,6 +85,55 @@ class DemoWebhooks:
     app_port: int
     secret: str
     store: str
+
+
+@dataclass(frozen=True)
+class DemoPorts:
+    """The proxy's, the emulator's and the printing app's port (0: any free one)."""
+
+    proxy: int
+    emulator: int
+    app: int = 0
+
+
+@contextmanager
+def demo_folder() -> Iterator[Path]:
+    """A temporary folder for the demo's config and store, removed however the demo
+    ends: Ctrl-C, SIGTERM (also one that comes before the proxy handles it), a port it
+    cannot have, or an error."""
+    folder = Path(tempfile.mkdtemp(prefix="vipps-proxy-demo-"))
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield folder
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signal.SIGTERM)
+
+
+def demo_config(folder: Path, ports: DemoPorts, log_format: str) -> tuple[Config, DemoWebhooks]:
+    """The demo's config, copied into ``folder`` and loaded from there with the DEMO_*
+    variables set in this process's environment: a reload reads the same file and
+    values, and what the watch checks exists."""
+    hooks = DemoWebhooks(
+        app_port=ports.app or free_port(),
+        secret=secrets.token_urlsafe(32),
+        store=str(folder / "webhooks.sqlite3"),
+    )
+    os.environ.update(
+        DEMO_PORT=str(ports.proxy),
+        DEMO_LOG_FORMAT=log_format,
+        DEMO_EMULATOR_URL=f"http://127.0.0.1:{ports.emulator}",
+        DEMO_APP_URL=f"http://127.0.0.1:{hooks.app_port}",
+        DEMO_WEBHOOK_SECRET=hooks.secret,
+        DEMO_STORE=hooks.store,
+    )
+    path = folder / "demo.toml"
+    path.write_text(resources.files("proxy").joinpath("demo.toml").read_text(encoding="utf-8"))
+    return load_config(path), hooks
 
 
 def free_port() -> int:

@@ -161,6 +161,9 @@ class Forwarder:
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise self._not_sent(route, call, exc) from None
+            self.state.metrics.observe_upstream(
+                route.name, creds.name if creds else "none", upstream.waited
+            )
             if upstream.retried:
                 call.retried_stale_connection = True
             held = b""

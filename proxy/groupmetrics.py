@@ -7,7 +7,8 @@ every `SHARE_INTERVAL` seconds and when it stops (`share`); a snapshot is writte
 a temporary name and renamed, so a reader never sees half of one. A scrape sums the
 worker's live metrics with its siblings' last snapshots (`MetricsGroup.collect`):
 counters and histograms are the group's totals, at most `SHARE_INTERVAL` seconds
-behind for the other workers; the in-flight gauge is the sum too.
+behind for the other workers; the in-flight gauge is the sum too. The ``process_*``
+metrics are not summed: each worker's carry its ``pid``, one series per worker.
 
 prometheus_client's own multiprocess mode would need every metric to be its
 memory-mapped kind, updated on every call; the proxy's per-call metrics are plain
@@ -53,27 +54,44 @@ def metrics_folder() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def snapshot(families: Iterable[Metric]) -> Snapshot:
-    """Families as plain data, to be written as JSON."""
-    return [
-        (f.name, f.documentation, f.type, [(s.name, s.labels, s.value) for s in f.samples])
-        for f in families
-    ]
+#: The families of one process (prometheus_client's ``process_*``): per worker, by pid.
+PER_PROCESS: Final = "process_"
 
 
-#: Gauges every worker reads from one shared source (the webhook store): the group's
-#: value is the highest any worker saw, not the sum.
+def snapshot(families: Iterable[Metric], pid: int | None = None) -> Snapshot:
+    """Families as plain data, to be written as JSON; with ``pid``, the ``process_*``
+    samples are labelled with it, so that each worker's stay apart."""
+    return [(f.name, f.documentation, f.type, _samples(f, pid)) for f in families]
+
+
+def _samples(family: Metric, pid: int | None) -> list[tuple[str, dict[str, str], float]]:
+    per_process = pid is not None and family.name.startswith(PER_PROCESS)
+    extra = {"pid": str(pid)} if per_process else {}
+    return [(s.name, {**s.labels, **extra}, s.value) for s in family.samples]
+
+
+#: Gauges every worker reads from one shared source (the webhook store) or holds alike
+#: (the build): the group's value is the highest any worker saw, not the sum.
 SHARED_GAUGES: Final = frozenset(
-    {"vipps_proxy_webhooks_pending", "vipps_proxy_webhooks_oldest_pending_seconds"}
+    {
+        "vipps_proxy_webhooks_pending",
+        "vipps_proxy_webhooks_oldest_pending_seconds",
+        "vipps_proxy_build_info",
+    }
 )
 
 #: Gauges that are a moment in each worker: the group's value is the earliest, so that
-#: a worker lagging behind its siblings shows.
-EARLIEST_GAUGES: Final = frozenset({"vipps_proxy_config_last_reload_success_timestamp_seconds"})
+#: a worker lagging behind its siblings (or whose token expires first) shows.
+EARLIEST_GAUGES: Final = frozenset(
+    {
+        "vipps_proxy_config_last_reload_success_timestamp_seconds",
+        "vipps_proxy_token_expiry_timestamp_seconds",
+    }
+)
 
 
 def merge(snapshots: Iterable[Snapshot]) -> list[Metric]:
-    """Families with each sample summed over ``snapshots`` (``_created`` and a gauge in
+    """Families with each sample summed over ``snapshots`` (a gauge in
     ``EARLIEST_GAUGES``: the earliest; a gauge in ``SHARED_GAUGES``: the highest)."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
@@ -88,7 +106,7 @@ def merge(snapshots: Iterable[Snapshot]) -> list[Metric]:
                 earlier = summed.get(key)
                 if earlier is None:
                     summed[key] = value
-                elif sample.endswith("_created") or name in EARLIEST_GAUGES:
+                elif name in EARLIEST_GAUGES:
                     summed[key] = min(earlier, value)
                 elif name in SHARED_GAUGES:
                     summed[key] = max(earlier, value)
@@ -105,12 +123,13 @@ class MetricsGroup:
 
     def __init__(self, folder: Path, pid: int | None = None) -> None:
         self.folder = folder
-        self.own = folder / f"{pid or os.getpid()}.json"
+        self.pid = pid or os.getpid()
+        self.own = folder / f"{self.pid}.json"
 
     def write(self, families: Iterable[Metric]) -> None:
         """Replace this worker's snapshot, all at once."""
         partial = self.own.with_suffix(".partial")
-        partial.write_bytes(orjson.dumps(snapshot(families)))
+        partial.write_bytes(orjson.dumps(snapshot(families, self.pid)))
         os.replace(partial, self.own)
 
     def siblings(self) -> list[Snapshot]:
@@ -127,7 +146,7 @@ class MetricsGroup:
 
     def collect(self, own: Iterable[Metric]) -> list[Metric]:
         """This worker's live families summed with its siblings' snapshots."""
-        return merge([snapshot(own), *self.siblings()])
+        return merge([snapshot(own, self.pid), *self.siblings()])
 
 
 def _as_snapshot(data: Any) -> Snapshot:

@@ -112,7 +112,7 @@ def upstream_request_headers(
     elif route.auth == "client-credentials":
         kept.append(("client_id", creds.client_id.reveal()))
         kept.append(("client_secret", creds.client_secret.reveal()))
-    if route.subscription_key:
+    if route.subscription_key and creds.subscription_key:  # an oauth2 set may have none
         kept.append((SUBSCRIPTION_KEY, creds.subscription_key.reveal()))
     if msn:
         kept.append((MERCHANT_SERIAL_NUMBER, msn))

@@ -4,20 +4,37 @@ The per-call metrics (calls, durations, body bytes) are plain numbers updated wi
 dict and list operations, and become Prometheus families only when scraped
 (``_CallCollector``): prometheus_client's own counters take a lock and walk Python
 code on every update, which cost ~20k instructions a proxied call here. The rare
-ones (errors, token fetches) are ordinary prometheus_client metrics.
+ones (errors, token fetches) are ordinary prometheus_client metrics. The process's own
+(``process_*``: CPU, memory, open files, start time) are prometheus_client's. No
+``*_created`` series: prometheus_client's are turned off for the whole process.
 """
 
 from __future__ import annotations
 
+import platform
+import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Metric, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+import aiohttp
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Metric,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from proxy import __version__
 from proxy.groupmetrics import MetricsGroup
+
+# A `*_created` series per counter: noise no dashboard reads, and undocumented.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -25,11 +42,28 @@ _BOUNDS = (*(repr(b) for b in BUCKETS), "+Inf")  # as prometheus_client writes t
 
 
 @dataclass
-class _RouteStats:
-    """One route's durations (a count per bucket, not cumulative) and body bytes."""
+class _Durations:
+    """Durations as a count per bucket (not cumulative) and their sum."""
 
     counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
     seconds: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(BUCKETS, seconds)] += 1  # le: a bound counts itself
+        self.seconds += seconds
+
+    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
+        cumulative, running = [], 0
+        for bound, count in zip(_BOUNDS, self.counts, strict=True):
+            running += count
+            cumulative.append((bound, float(running)))
+        family.add_metric(labels, cumulative, sum_value=self.seconds)
+
+
+@dataclass
+class _RouteStats(_Durations):
+    """One route's durations and body bytes."""
+
     bytes_in: int = 0
     bytes_out: int = 0
 
@@ -40,6 +74,7 @@ class _CallCollector:
     def __init__(self) -> None:
         self.calls: dict[tuple[str, str, int], int] = {}
         self.routes: dict[str, _RouteStats] = {}
+        self.upstream: dict[tuple[str, str], _Durations] = {}
 
     def observe(
         self, route: str, method: str, status: int, seconds: float, bytes_in: int, bytes_out: int
@@ -49,8 +84,7 @@ class _CallCollector:
         stats = self.routes.get(route)
         if stats is None:
             stats = self.routes[route] = _RouteStats()
-        stats.counts[bisect_left(BUCKETS, seconds)] += 1  # le: a bound counts itself
-        stats.seconds += seconds
+        stats.observe(seconds)
         stats.bytes_in += bytes_in
         stats.bytes_out += bytes_out
 
@@ -75,14 +109,43 @@ class _CallCollector:
             "vipps_proxy_response_bytes", "Response body bytes to clients.", labels=["route"]
         )
         for route, stats in self.routes.items():
-            cumulative, running = [], 0
-            for bound, count in zip(_BOUNDS, stats.counts, strict=True):
-                running += count
-                cumulative.append((bound, float(running)))
-            duration.add_metric([route], cumulative, sum_value=stats.seconds)
+            stats.add_to(duration, [route])
             bytes_in.add_metric([route], stats.bytes_in)
             bytes_out.add_metric([route], stats.bytes_out)
-        yield from (duration, bytes_in, bytes_out)
+        upstream = HistogramMetricFamily(
+            "vipps_proxy_upstream_duration_seconds",
+            "Time from the request written upstream to the answer's head, by route and "
+            "credential set.",
+            labels=["route", "credentials"],
+        )
+        for (route, credentials), durations in self.upstream.items():
+            durations.add_to(upstream, [route, credentials])
+        yield from (duration, bytes_in, bytes_out, upstream)
+
+    def describe(self) -> Iterator[Any]:
+        return self.collect()
+
+
+#: Where the held tokens' expiries come from: (credential set, seconds left) pairs.
+TokenLives = Callable[[], Iterable[tuple[str, float]]]
+
+
+class _TokenExpiryCollector:
+    """Each held token's expiry as a wall-clock time, read from the app at scrape time."""
+
+    def __init__(self) -> None:
+        self.source: TokenLives = lambda: ()
+
+    def collect(self) -> Iterator[Any]:
+        family = GaugeMetricFamily(
+            "vipps_proxy_token_expiry_timestamp_seconds",
+            "When the token held for a credential set stops being used, Unix time.",
+            labels=["credentials"],
+        )
+        now = time.time()
+        for name, left in self.source():
+            family.add_metric([name], now + left)
+        yield family
 
     def describe(self) -> Iterator[Any]:
         return self.collect()
@@ -97,7 +160,16 @@ class Metrics:
         self.group: MetricsGroup | None = None
         self._calls = _CallCollector()
         self.registry.register(self._calls)
+        self._tokens = _TokenExpiryCollector()
+        self.registry.register(self._tokens)
         r = self.registry
+        ProcessCollector(registry=r)
+        Gauge(
+            "vipps_proxy_build_info",
+            "The running version, and Python's and aiohttp's (always 1).",
+            ["version", "python", "aiohttp"],
+            registry=r,
+        ).labels(__version__, platform.python_version(), aiohttp.__version__).set(1)
         #: Calls being answered now: a plain count, read by the gauge at scrape time
         #: (two locked gauge updates a call cost more than the rest of the metrics).
         self.active = 0
@@ -138,6 +210,18 @@ class Metrics:
 
     def token_fetch(self, credentials: str, result: str) -> None:
         self.token_fetches.labels(credentials, result).inc()
+
+    def watch_tokens(self, source: TokenLives) -> None:
+        """Read the held tokens' lives from ``source`` at each scrape."""
+        self._tokens.source = source
+
+    def observe_upstream(self, route: str, credentials: str, seconds: float) -> None:
+        """An upstream answer's head came ``seconds`` after its request was written."""
+        key = (route, credentials)
+        durations = self._calls.upstream.get(key)
+        if durations is None:
+            durations = self._calls.upstream[key] = _Durations()
+        durations.observe(seconds)
 
     def observe_call(
         self,

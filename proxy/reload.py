@@ -18,11 +18,15 @@ swap, and a refused fetch refuses the reload. The upstream pool (its connections
 limits) stays. The outbound SSL context is rebuilt only when ``[tls]`` or one of its
 files changed; it serves new upstream connections. The listener's context stays, and
 from the swap on hands every new handshake to a context made from the renewed
-certificate, key or client CA; open connections stay open. The webhook relay stays as it is.
+certificate, key or client CA; open connections stay open. The webhook relay stays,
+but verifies with the new config's webhook secrets from the swap on (a rotation).
 
 What needs a restart, named once in a ``reload_needs_restart`` line while the rest
-applies: ``RESTART_KEYS`` below, and ``webhooks`` for a changed ``[[webhooks]]`` or
-``[store]``.
+applies: ``RESTART_KEYS`` below, and ``webhooks`` for a changed ``[[webhooks]]`` (its
+secrets aside) or ``[store]``. They are compared with what runs (the config the process
+started with), not with the previous file: a key changed and then changed back needs
+nothing, and a reload while one still differs names it again. The new snapshot's config
+keeps the running values of the keys in ``RUNNING_KEYS``, so what reads it sees what runs.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
@@ -64,8 +68,24 @@ RESTART_KEYS: Final[tuple[tuple[str, Callable[[Config], Any]], ...]] = (
     ("server.tls_cert", lambda c: bool(c.server.tls_cert)),  # TLS turned on or off
     ("server.client_ca", lambda c: bool(c.server.client_ca)),  # client certificates on/off
     ("log.format", lambda c: c.log.format),
-    ("webhooks", lambda c: (c.webhooks, c.store, _callback_clients(c))),
+    ("server.admin_host", lambda c: c.server.admin_host),
+    ("server.admin_port", lambda c: c.server.admin_port),
+    ("webhooks", lambda c: (_hooks_but_secrets(c), c.store, _callback_clients(c))),
 )
+
+#: Settings a running process keeps from its start, whatever a reloaded file says.
+RUNNING_KEYS: Final = {
+    "server": (
+        "host",
+        "port",
+        "workers",
+        "header_timeout",
+        "shutdown_timeout",
+        "admin_host",
+        "admin_port",
+    ),
+    "log": ("format",),
+}
 
 Digests = dict[str, str]
 
@@ -83,6 +103,7 @@ class Reloader:
         self.app = app
         config = app.state.config
         self.path = config.source
+        self._started = config  # what runs, for the keys only a restart changes
         self._applied = dict(config.digests)  # the files the serving config was made of
         self._seen = dict(self._applied)  # the files as the last check found them
         self._lock = asyncio.Lock()
@@ -114,7 +135,8 @@ class Reloader:
             found = await asyncio.to_thread(file_digests, old.config.files)
             self._seen = found
             try:
-                config = await asyncio.to_thread(load_config, self.path)
+                loaded = await asyncio.to_thread(load_config, self.path)
+                config = self._as_running(loaded)
                 now = dict(config.digests)
                 self._seen = {**found, **now}
                 inbound = inbound_context(config.server)  # every certificate loads
@@ -129,8 +151,16 @@ class Reloader:
             self._reload_listener(old.config, config, now, inbound)
             settings = self._changed_settings(old.config, config, now)  # before the swap
             self._swap(old, state, now)
-            self._report(trigger, old.config, config, settings)
+            self._report(trigger, old.config, loaded, settings)
             return True
+
+    def _as_running(self, config: Config) -> Config:
+        """``config`` with the values of ``RUNNING_KEYS`` the process started with."""
+        for section, names in RUNNING_KEYS.items():
+            started = getattr(self._started, section)
+            kept = {name: getattr(started, name) for name in names}
+            config = replace(config, **{section: replace(getattr(config, section), **kept)})
+        return config
 
     # ------------------------------------------------------------------ building
 
@@ -198,6 +228,8 @@ class Reloader:
             for provider in state.tokens.values():
                 provider.use_tls(state.upstream_ssl)
         self.app.state = state  # the swap: new calls read this one
+        if state.webhooks is not None:
+            state.webhooks.use_secrets(state.config)
         if state.config.log.level != old.config.log.level:
             set_level(state.config.log.level)
         self._applied = now
@@ -242,7 +274,7 @@ class Reloader:
         metrics = self.app.state.metrics
         metrics.config_reloads.labels("ok").inc()
         metrics.last_reload_success.set(time.time())
-        restart = [key for key, read in RESTART_KEYS if read(old) != read(new)]
+        restart = [key for key, read in RESTART_KEYS if read(self._started) != read(new)]
         if restart:
             _log.warning(events.RELOAD_NEEDS_RESTART, keys=restart)
         _log.info(
@@ -298,6 +330,11 @@ def _handshakes_with(
         connection.context = context
 
     return pick
+
+
+def _hooks_but_secrets(config: Config) -> Any:
+    """``[[webhooks]]`` less their secrets, which a reload applies."""
+    return tuple(replace(hook, secrets=()) for hook in config.webhooks)
 
 
 def _callback_clients(config: Config) -> Any:

@@ -134,11 +134,19 @@ class Router:
 def pick_credentials(
     route: Route, credentials: Mapping[str, Credentials], msn: str | None
 ) -> Credentials | None:
-    """The credential set for a call: by the client's Merchant-Serial-Number if several."""
+    """The credential set for a call: by the client's Merchant-Serial-Number if several;
+    without one, the route's ``default_credentials`` or a BadRequest (never a guess)."""
     if not route.credentials:
         return None
-    if len(route.credentials) == 1 or not msn:
+    if len(route.credentials) == 1:
         return credentials[route.credentials[0]]
+    if not msn or not msn.strip():
+        if route.default_credentials:
+            return credentials[route.default_credentials]
+        raise BadRequest(
+            "this route serves several sales units: send Merchant-Serial-Number",
+            reason="missing_msn",
+        )
     for name in route.credentials:
         if credentials[name].merchant_serial_number == msn.strip():
             return credentials[name]

@@ -24,6 +24,7 @@ import structlog
 from aiohttp import web
 
 from proxy import events
+from proxy.admin import serve_admin
 from proxy.app import ProxyApp, ProxyRunner
 from proxy.config import Config
 from proxy.groupmetrics import MetricsGroup, metrics_folder, share
@@ -159,6 +160,8 @@ async def start(
     )
     try:
         await listen(site, port_key, server.host, server.port, "server.host")
+        if server.admin_port:
+            runner.admin = await serve_admin(lambda: proxy.state, server, reuse_port=reuse_port)
     except StartupError:
         await runner.cleanup()
         raise
@@ -166,6 +169,7 @@ async def start(
     _log.info(
         events.STARTUP,
         listening=site.name,
+        admin=next(iter(runner.admin.sites)).name if runner.admin else None,
         pid=os.getpid(),
         routes=[f"{r.prefix} -> {r.upstream} ({r.auth})" for r in config.routes],
         credential_sets=sorted(config.credentials),
@@ -223,22 +227,24 @@ def _start_workers(config: Config, metrics: Path) -> int:
 
 
 def _preflight(config: Config) -> None:
-    """What every worker would fail on, found once by the parent: certificate, port."""
+    """What every worker would fail on, found once by the parent: certificate, ports."""
     server = config.server
     inbound_context(server)
+    listeners = [("server.port", server.host, server.port, "server.host")]
+    if server.admin_port:
+        listeners.append(
+            ("server.admin_port", server.admin_host, server.admin_port, "server.admin_host")
+        )
 
     async def probe() -> None:
         loop = asyncio.get_running_loop()
-        try:
-            listener = await loop.create_server(
-                asyncio.Protocol, server.host, server.port, reuse_port=True
-            )
-        except OSError as exc:
-            raise listen_error(
-                "server.port", server.host, server.port, exc, "server.host"
-            ) from None
-        listener.close()
-        await listener.wait_closed()
+        for key, host, port, host_key in listeners:
+            try:
+                listener = await loop.create_server(asyncio.Protocol, host, port, reuse_port=True)
+            except OSError as exc:
+                raise listen_error(key, host, port, exc, host_key) from None
+            listener.close()
+            await listener.wait_closed()
 
     asyncio.run(probe())
 

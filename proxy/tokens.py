@@ -15,8 +15,10 @@ One :class:`TokenProvider` per credential set. Its rules:
   fetch asked for sooner starts when the second is up;
 * a token is checked at the moment it is handed out, one just fetched included: a
   token that lived less than its fetch took is never sent (503 with Retry-After);
-* the answer is read whole (1 MiB at most) and every lifetime field must be a finite
-  number: anything else is a failed fetch, never a crash;
+* the answer is read whole (1 MiB at most); the lifetime is ``expires_in`` (else
+  ``expires_on`` less ``not_before``) and must be a finite number above zero, while
+  fields the proxy does not use are never read: anything else is a failed fetch,
+  never a crash;
 * :meth:`TokenProvider.invalidate` drops a token Vipps refused, if still current.
 """
 
@@ -29,8 +31,10 @@ import math
 import random
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
 import aiohttp
@@ -51,12 +55,12 @@ MAX_ERROR_BODY: Final = 512
 NO_TOKEN_RETRY_CAP: Final = 5.0  # seconds between fetch attempts while calls get 503
 MIN_RETRY: Final = 0.1
 MIN_AGE_TO_INVALIDATE: Final = 1.0  # seconds; bounds 401-driven fetches to one a second
+MAX_RETRY_AFTER: Final = 300.0  # seconds; the longest a token endpoint's Retry-After holds us
+#: Statuses whose Retry-After says when the token endpoint wants the next fetch.
+RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
 #: What an access token may be made of: visible ASCII (a JWT, RFC 6750's b64token), so
 #: that it can never break or add to the header it is injected into.
 TOKEN_SHAPE: Final = re.compile(r"[\x21-\x7e]+")
-#: The fields that give a lifetime: durations must be above zero, all must be finite.
-DURATIONS: Final = ("expires_in", "ext_expires_in")
-INSTANTS: Final = ("expires_on", "not_before")
 
 
 #: What a 401 from Vipps is about, from its body and ``WWW-Authenticate``: only
@@ -66,12 +70,17 @@ KEY_REFUSED: Final = "upstream_rejected_subscription_key"
 OTHER_REFUSAL: Final = "upstream_unauthorized"
 MAX_REFUSAL_BODY: Final = 8 * 1024  # bytes of a 401 read to tell; gateway bodies are small
 _TOKEN_WORDS: Final = (b"invalid", b"missing", b"expired")
+#: Vipps' common-errors FAQ: a 401 saying this "normally indicates that the provided
+#: Authorization header (the access token) is invalid".
+_TOKEN_MESSAGE: Final = b"something went wrong, please try again later"
 
 
 def refusal_cause(raw_headers: Iterable[tuple[bytes, bytes]], body: bytes) -> str:
     """Why Vipps answered 401: its gateway says "invalid token", "missing token",
     "expired" or ``Bearer error="invalid_token"`` for a token, and "invalid (or missing)
-    subscription key" for the key; anything else is just unauthorized."""
+    subscription key" (or "Subscription not found") for the key, and "Something went
+    wrong, please try again later" for an invalid token (Vipps' common-errors FAQ);
+    anything else is just unauthorized."""
     for name, value in raw_headers:
         if name.lower() == b"www-authenticate" and b"invalid_token" in value.lower():
             return TOKEN_REFUSED
@@ -80,11 +89,37 @@ def refusal_cause(raw_headers: Iterable[tuple[bytes, bytes]], body: bytes) -> st
         return KEY_REFUSED
     if b"expired" in text or (b"token" in text and any(w in text for w in _TOKEN_WORDS)):
         return TOKEN_REFUSED
+    if _TOKEN_MESSAGE in text:
+        return TOKEN_REFUSED
     return OTHER_REFUSAL
 
 
 class TokenFetchError(Exception):
-    """A token fetch failed; the message is safe to log (already redacted)."""
+    """A token fetch failed; the message is safe to log (already redacted).
+
+    ``retry_after``: seconds the endpoint asked us to wait (429/503 with Retry-After).
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` value (delay-seconds or an HTTP date, RFC 9110 §10.2.3)
+    asks for, counted from ``now`` (wall clock); None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": RFC 9110 dates are GMT all the same
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
 
 
 @dataclass(frozen=True)
@@ -138,21 +173,20 @@ def parse_token_response(body: bytes, received_at: float) -> Token:
 
 
 def _lifetime(data: dict[str, Any]) -> float:
-    """Seconds the token lives; every lifetime field present must be a finite number,
-    each duration and the lifetime itself above zero."""
-    numbers = {name: _as_number(name, data.get(name)) for name in (*DURATIONS, *INSTANTS)}
-    for name in DURATIONS:
-        value = numbers[name]
-        if value is not None and value <= 0:
-            raise TokenFetchError(f"token response has a lifetime of zero or less ({name})")
-    lifetime = numbers["expires_in"]
+    """Seconds the token lives: ``expires_in`` when present, else ``expires_on`` less
+    ``not_before`` (or now). Only the fields used are read: ``ext_expires_in`` (Vipps
+    answers ``"0"``, "currently disabled"), ``resource`` and an ``expires_on`` from a
+    clock that disagrees with ours never refuse a token; the lifetime used must be a
+    finite number above zero."""
+    lifetime = _as_number("expires_in", data.get("expires_in"))
     if lifetime is None:
-        expires_on, not_before = numbers["expires_on"], numbers["not_before"]
+        expires_on = _as_number("expires_on", data.get("expires_on"))
         if expires_on is None:
             raise TokenFetchError("token response has neither expires_in nor expires_on")
+        not_before = _as_number("not_before", data.get("not_before"))
         lifetime = expires_on - (not_before if not_before is not None else time.time())
     if not lifetime > 0:
-        raise TokenFetchError("token response has a lifetime of zero or less (expires_on)")
+        raise TokenFetchError("token response has a lifetime of zero or less")
     return lifetime
 
 
@@ -169,35 +203,48 @@ def _as_number(name: str, value: Any) -> float | None:
     return number
 
 
+#: Every token request: the session does not decode, so nothing but the identity
+#: coding may be asked for (RFC 9110 §12.5.3).
+IDENTITY: Final = {"Accept-Encoding": "identity"}
+
+
 def token_request(creds: Credentials) -> dict[str, Any]:
-    """Keyword arguments for ``session.post`` that ask ``creds``' endpoint for a token."""
-    key = (creds.token_subscription_key or creds.subscription_key).reveal()
+    """Keyword arguments for ``session.post`` that ask ``creds``' endpoint for a token,
+    with what Vipps documents for its style and nothing else."""
+    if creds.token_style == "oauth2":
+        # /miami/v1/token: "The Ocp-Apim-Subscription-Key is not used" (and is refused
+        # with invalid_client): HTTP Basic and the form only.
+        pair = f"{creds.client_id.reveal()}:{creds.client_secret.reveal()}".encode()
+        basic = "Basic " + base64.b64encode(pair).decode("ascii")
+        return {
+            "data": {"grant_type": "client_credentials"},
+            "headers": {**IDENTITY, "Authorization": basic},
+        }
+    key = creds.token_subscription_key or creds.subscription_key
+    assert key is not None  # the config requires one for these styles
     if creds.token_style == "accesstoken":
         headers = {
+            **IDENTITY,
             "client_id": creds.client_id.reveal(),
             "client_secret": creds.client_secret.reveal(),
-            "Ocp-Apim-Subscription-Key": key,
+            "Ocp-Apim-Subscription-Key": key.reveal(),
         }
         if creds.merchant_serial_number:
             headers["Merchant-Serial-Number"] = creds.merchant_serial_number
+        headers.update(creds.system_headers)  # the Access Token guide's sample request
         return {"headers": headers, "data": b""}
-    if creds.token_style == "jwt-token":
-        body = {
-            "client_id": creds.client_id.reveal(),
-            "client_secret": creds.client_secret.reveal(),
-            "resource": creds.resource,
-        }
-        return {
-            "headers": {"Ocp-Apim-Subscription-Key": key, "Content-Type": "application/json"},
-            "data": orjson.dumps(body),
-        }
-    pair = f"{creds.client_id.reveal()}:{creds.client_secret.reveal()}".encode()
+    body = {
+        "client_id": creds.client_id.reveal(),
+        "client_secret": creds.client_secret.reveal(),
+        "resource": creds.resource,
+    }
     return {
-        "data": {"grant_type": "client_credentials"},
         "headers": {
-            "Authorization": "Basic " + base64.b64encode(pair).decode("ascii"),
-            "Ocp-Apim-Subscription-Key": key,
+            **IDENTITY,
+            "Ocp-Apim-Subscription-Key": key.reveal(),
+            "Content-Type": "application/json",
         },
+        "data": orjson.dumps(body),
     }
 
 
@@ -231,6 +278,7 @@ class TokenProvider:
         self._failures = 0
         self._retry_at = 0.0
         self._next_fetch_at = -math.inf  # no fetch starts before this (monotonic)
+        self._held_until = -math.inf  # the endpoint's Retry-After: no fetch before this
         self._closed = False
 
     # ------------------------------------------------------------------ for requests
@@ -266,11 +314,13 @@ class TokenProvider:
         """
         if self._token is not token:
             return True  # already replaced: the caller's replay gets the newer one
-        if self._clock() - token.received_at < MIN_AGE_TO_INVALIDATE:
+        now = self._clock()
+        if now - token.received_at < MIN_AGE_TO_INVALIDATE:
             return False
         self._token = None
-        self._retry_at = 0.0
-        self._start_fetch()
+        if now >= self._held_until:  # else the endpoint asked to wait: the timer fetches
+            self._retry_at = 0.0
+            self._start_fetch()
         return True
 
     def use_tls(self, ssl: Any) -> None:
@@ -280,6 +330,11 @@ class TokenProvider:
     def can_serve(self) -> bool:
         """True while a valid token is held or the endpoint is not known to be failing."""
         return self.current() is not None or self._failures == 0
+
+    async def fetch_once(self) -> Token:
+        """One fetch, outside the cache and its retries (``check --online``); a failure
+        is a ``TokenFetchError`` saying why, already redacted."""
+        return await self._fetch_once()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -344,9 +399,11 @@ class TokenProvider:
 
     def _on_failure(self, exc: TokenFetchError) -> None:
         now = self._clock()
-        delay = max(self._retry_delay(), self._next_fetch_at - now)
+        delay = max(self._retry_delay(exc.retry_after), self._next_fetch_at - now)
         self._failures += 1
         self._retry_at = now + delay
+        if exc.retry_after is not None:
+            self._held_until = self._retry_at
         self._metrics.token_fetch(self.creds.name, "error")
         token = self.current()
         self._log.warning(
@@ -359,14 +416,20 @@ class TokenProvider:
         )
         self._schedule(self._retry_at)
 
-    def _retry_delay(self) -> float:
-        """Backoff, but never so long that a held token expires first, and short
-        while there is no token at all: clients get 503s until the next attempt.
-        (Never sooner than a second after the last attempt began, though.)"""
-        delay = self._backoff.delay(self._failures)
+    def _retry_delay(self, asked: float | None) -> float:
+        """The endpoint's Retry-After (``asked``) up to 300 s, else backoff, short while
+        there is no token at all: clients get 503s until the next attempt. Either way
+        never so long that a held token expires first. (Never sooner than a second
+        after the last attempt began, though.)"""
         token = self.current()
+        if asked is not None:
+            delay = min(asked, MAX_RETRY_AFTER)
+        else:
+            delay = self._backoff.delay(self._failures)
+            if token is None:
+                return min(delay, NO_TOKEN_RETRY_CAP)
         if token is None:
-            return min(delay, NO_TOKEN_RETRY_CAP)
+            return delay
         return min(delay, max(MIN_RETRY, (token.expires_at - self._clock()) / 2))
 
     def _schedule(self, at: float) -> None:
@@ -399,10 +462,17 @@ class TokenProvider:
                 body = await _read_whole(response.content, MAX_ANSWER)
                 received = self._clock()
                 if response.status != 200:
-                    raise TokenFetchError(self._describe_error(response.status, body))
+                    raise self._refused(response.status, response.headers, body)
                 return parse_token_response(body, received)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             raise TokenFetchError(f"token endpoint unreachable: {exc.__class__.__name__}") from None
+
+    def _refused(self, status: int, headers: Mapping[str, str], body: bytes) -> TokenFetchError:
+        """A failed fetch for a non-200 answer; a 429 or 503 says when to ask again."""
+        asked = None
+        if status in RETRY_AFTER_STATUSES:
+            asked = retry_after_seconds(headers.get("Retry-After"), time.time())
+        return TokenFetchError(self._describe_error(status, body), retry_after=asked)
 
     def _describe_error(self, status: int, body: bytes) -> str:
         # Redact the whole body before cutting it: a cut through a secret would leave

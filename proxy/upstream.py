@@ -207,6 +207,7 @@ class UpstreamResponse:
         "reason",
         "retried",
         "status",
+        "waited",
     )
 
     def __init__(
@@ -227,6 +228,8 @@ class UpstreamResponse:
         self.content = content
         #: Sent a second time, on a new connection: the pooled one was found closed.
         self.retried = False
+        #: Seconds from the request's head written to the answer's head read.
+        self.waited = 0.0
 
     def release(self) -> None:
         """Done with it: the connection goes back to the pool if it can carry another call.
@@ -330,6 +333,7 @@ class UpstreamPool:
             writer = StreamWriter(proto, asyncio.get_running_loop())
             _frame(headers, method, body)
             request_head = _request_head(f"{method} {up.base_path}{target} HTTP/1.1", headers)
+            written = time.perf_counter()
             if body is None or isinstance(body, bytes):
                 # One write; the read timer (started now) bounds an upstream that takes
                 # neither the body nor answers.
@@ -347,7 +351,9 @@ class UpstreamPool:
                 body_task.cancel()
             self.give_back(up.key, proto, reusable=False)
             raise
-        return UpstreamResponse(self, up.key, proto, head, content, body_task)
+        response = UpstreamResponse(self, up.key, proto, head, content, body_task)
+        response.waited = time.perf_counter() - written
+        return response
 
     async def _acquire(self, up: Upstream, origin: _Origin, fresh: bool = False) -> _Connection:
         """A connection for one call: an idle one if there is (and not ``fresh``), else

@@ -22,6 +22,22 @@ from proxy.logs import configure_logging
 from proxy.redact import Redactor
 from proxy.server import start
 
+from . import spec_answers
+
+SPEC_LOG = spec_answers.enable()  # before any emulator is created or started
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many emulator answers were checked against the specs, and any violation."""
+    for line in spec_answers.summary(SPEC_LOG).lines():
+        terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An emulator answer that breaks its spec fails the run, whatever the tests said."""
+    if spec_answers.summary(SPEC_LOG).violations:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 class LogSink:
     """A binary stream that keeps everything logged, for tests to read and search."""

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO
@@ -43,16 +43,23 @@ upstream = "{upstream}"
 class ProxyProcess:
     """``python -m proxy --config FILE`` in its own process, output captured to a file."""
 
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(self, config: Path, port: int, log: Path, *, pipe: bool = False) -> None:
         self.port = port
         self.log_path = log
         self._log: IO[bytes] = log.open("wb")
+        #: pipe: output goes through `cat`, so a file-size limit put on the proxy's
+        #: process limits its store, not its logging.
+        self._cat = (
+            subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=self._log) if pipe else None
+        )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "proxy", "--config", str(config)],
-            stdout=self._log,
+            stdout=self._cat.stdin if self._cat else self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        if self._cat is not None and self._cat.stdin is not None:
+            self._cat.stdin.close()  # the proxy holds the pipe's only writing end now
         self.wait_healthy()
 
     def url(self, path: str) -> str:
@@ -88,17 +95,24 @@ class ProxyProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        if self._cat is not None:
+            self._cat.wait(10)
         self._log.close()
 
 
 @asynccontextmanager
-async def running_demo(*options: str) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """`vipps-proxy demo` on free ports with ``options``; its process and the proxy's port."""
+async def running_demo(
+    *options: str,
+    command: Sequence[str] = (sys.executable, "-m", "proxy"),
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """`vipps-proxy demo` on free ports with ``options`` (and ``env`` added to the
+    environment); its process and the proxy's port. ``command`` is how vipps-proxy is
+    run (e.g. an installed one, in ``cwd``)."""
     port, emulator_port = free_port(), free_port()
     demo = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
+        *command,
         "demo",
         "--port",
         str(port),
@@ -107,11 +121,14 @@ async def running_demo(*options: str) -> AsyncIterator[tuple[asyncio.subprocess.
         *options,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
     )
     try:
         yield demo, port
     finally:
-        demo.send_signal(signal.SIGTERM)
+        if demo.returncode is None:
+            demo.send_signal(signal.SIGTERM)
         await asyncio.wait_for(demo.wait(), 20)
 
 

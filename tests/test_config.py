@@ -74,6 +74,7 @@ def test_secret_can_come_from_a_file(tmp_path: Path) -> None:
     )
     creds = load_config(write(tmp_path, text), ENV).credentials["main"]
     assert creds.client_secret.reveal() == "from-a-file-secret"
+    assert creds.subscription_key is not None
     assert creds.subscription_key.reveal() == "from-a-file-secret"
 
 

@@ -33,7 +33,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any, NoReturn
 
@@ -680,6 +680,55 @@ def test_image_entrypoint_serves_and_passes_its_health_check(image: Image, start
     assert proxy.popen.wait(timeout=shutdown_timeout() + 5) == 0, proxy.tail()
 
 
+def project_version() -> str:
+    """The version pyproject.toml gives: the one place it is written."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        return str(tomllib.load(f)["project"]["version"])
+
+
+def image_labels() -> dict[str, str]:
+    """The final stage's LABELs, the build ARGs' defaults substituted."""
+    args: dict[str, str] = {}
+    for instruction in parse_instructions(DOCKERFILE.read_text(encoding="utf-8")):
+        if instruction.keyword == "FROM":
+            break
+        if instruction.keyword == "ARG":
+            name, _, default = instruction.value.partition("=")
+            args[name.strip()] = default.strip()
+    labels: dict[str, str] = {}
+    for label in final_stage().all("LABEL"):
+        for word in label.words():
+            name, _, value = word.partition("=")
+            labels[name] = expand(value, args)
+    return labels
+
+
+def test_image_labels_carry_the_projects_version() -> None:
+    """The OCI version label is pyproject.toml's version, with title and licence."""
+    labels = image_labels()
+    assert labels["org.opencontainers.image.version"] == project_version()
+    assert labels["org.opencontainers.image.title"] == "vipps-proxy"
+    assert labels["org.opencontainers.image.licenses"] == "MIT"
+
+
+def test_image_runs_the_version_its_label_names(image: Image) -> None:
+    """`vipps-proxy --version` inside the image prints the version its label names."""
+    done = subprocess.run(
+        image.argv(["vipps-proxy", "--version"]),
+        env=image.env,
+        cwd=image.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [
+        "vipps-proxy",
+        image_labels()["org.opencontainers.image.version"],
+    ]
+
+
 # --- Kubernetes ----------------------------------------------------------------------
 
 
@@ -733,6 +782,7 @@ def test_kubernetes_example_has_every_resource() -> None:
     """The example holds a Deployment, Service, PDB, autoscaling/v2 HPA and Secret."""
     found = manifests()
     assert set(found) == {
+        "ConfigMap",
         "Deployment",
         "Service",
         "PodDisruptionBudget",
@@ -790,18 +840,87 @@ def test_pod_is_locked_down() -> None:
     assert "memory" in resources["limits"]
 
 
-def test_credentials_come_from_the_example_secret() -> None:
-    """The three required variables come from keys the example Secret defines."""
+def mounted_secret() -> tuple[str, dict[str, Any]]:
+    """Where the pod mounts the example Secret, and that Secret."""
     secret = manifests()["Secret"]
-    from_secret = {
-        item["name"]: item["valueFrom"]["secretKeyRef"]
+    (volume,) = [
+        v
+        for v in pod_spec()["volumes"]
+        if v.get("secret", {}).get("secretName") == secret["metadata"]["name"]
+    ]
+    (mount,) = [m for m in proxy_container()["volumeMounts"] if m["name"] == volume["name"]]
+    assert "subPath" not in mount, "a subPath mount never sees the Secret change"
+    return str(mount["mountPath"]), secret
+
+
+def pod_config_text() -> str:
+    """The config the container runs: the ConfigMap's file its --config names."""
+    args = proxy_container()["args"]
+    path = args[args.index("--config") + 1]
+    (mount,) = [
+        m for m in proxy_container()["volumeMounts"] if path.startswith(m["mountPath"] + "/")
+    ]
+    (volume,) = [v for v in pod_spec()["volumes"] if v["name"] == mount["name"]]
+    config_map = manifests()["ConfigMap"]
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    return str(config_map["data"][posixpath.relpath(path, mount["mountPath"])])
+
+
+def test_credentials_are_mounted_as_files_from_the_example_secret() -> None:
+    """No credential is an environment variable (those never change in a running pod):
+    each is a file of the mounted Secret that the pod's config reads, so it rotates."""
+    from_env = [
+        item["valueFrom"]["secretKeyRef"]["key"]
         for item in proxy_container()["env"]
         if "secretKeyRef" in item.get("valueFrom", {})
-    }
-    assert {"VIPPS_CLIENT_ID", "VIPPS_CLIENT_SECRET", "VIPPS_SUBSCRIPTION_KEY"} <= set(from_secret)
-    for ref in from_secret.values():
-        assert ref["name"] == secret["metadata"]["name"]
-        assert ref["key"] in secret["stringData"]
+    ]
+    assert set(from_env) <= {"merchant-serial-number"}  # not a secret
+    folder, secret = mounted_secret()
+    files = dict(re.findall(r'^(\w+)_file = "([^"]+)"', pod_config_text(), re.M))
+    assert set(files) == {"client_id", "client_secret", "subscription_key"}
+    for path in files.values():
+        assert posixpath.dirname(path) == folder
+        assert posixpath.basename(path) in secret["stringData"]
+
+
+def test_the_pods_config_passes_check_with_the_example_secret(tmp_path: Path) -> None:
+    """The ConfigMap's config, with the Secret's files and the container's variables as
+    the pod has them, passes `vipps-proxy check`."""
+    folder, secret = mounted_secret()
+    for key, value in secret["stringData"].items():
+        (tmp_path / key).write_text(value + "\n")
+    config = tmp_path / "proxy.toml"
+    config.write_text(pod_config_text().replace(folder, str(tmp_path)))
+    env = {e["name"]: e["value"] for e in proxy_container()["env"] if "value" in e}
+    done = check_config(config, env)
+    assert done.returncode == 0, done.stderr
+    assert "replace-me" not in done.stdout + done.stderr
+
+
+SERVICE_MONITOR = KUBERNETES_DIR / "monitoring" / "servicemonitor.yaml"
+
+
+def test_the_service_monitor_scrapes_the_services_metrics_port() -> None:
+    """The Prometheus Operator's ServiceMonitor (a custom resource, so not in the
+    schemas kubernetes-validate knows) selects the Service and scrapes /-/metrics on a
+    port the Service names."""
+    kubernetes_validate()  # brings PyYAML
+    yaml = importlib.import_module("yaml")
+    monitor = yaml.safe_load(SERVICE_MONITOR.read_text(encoding="utf-8"))
+    assert (monitor["apiVersion"], monitor["kind"]) == (
+        "monitoring.coreos.com/v1",
+        "ServiceMonitor",
+    )
+    assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
+    service = manifests()["Service"]
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in port_names
+    assert endpoint["path"] == "/-/metrics"
+    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
 
 
 # --- systemd ---------------------------------------------------------------------------
@@ -847,3 +966,169 @@ def test_systemd_stop_timeout_outlasts_shutdown_timeout() -> None:
 def test_systemd_reload_sends_sighup_to_the_main_process() -> None:
     """``systemctl reload`` is the proxy's SIGHUP (the parent passes it to workers)."""
     assert unit_settings()["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+
+
+SYSTEMD_CONFIG = ROOT / "deploy" / "systemd" / "proxy.toml"
+SANDBOX_SETTINGS = (
+    "DynamicUser",
+    "StateDirectory",
+    "StateDirectoryMode",
+    "UMask",
+    "NoNewPrivileges",
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "PrivateDevices",
+    "PrivateUsers",
+    "ProtectProc",
+    "RestrictAddressFamilies",
+    "SystemCallFilter",
+    "MemoryDenyWriteExecute",
+)
+
+
+def unit_credentials() -> dict[str, str]:
+    """LoadCredential= names and the host files they come from."""
+    return dict(item.split(":", 1) for item in unit_settings()["LoadCredential"])
+
+
+def service_credentials_dir() -> str:
+    return f"/run/credentials/{SYSTEMD_UNIT.name}"
+
+
+def writable_in_the_sandbox(settings: dict[str, list[str]]) -> list[str]:
+    """Where a ProtectSystem=strict service may write: its state, runtime, cache and
+    logs folders, ReadWritePaths, and its private /tmp."""
+    folders = {
+        "StateDirectory": "/var/lib",
+        "RuntimeDirectory": "/run",
+        "CacheDirectory": "/var/cache",
+        "LogsDirectory": "/var/log",
+    }
+    found = [
+        f"{base}/{name}"
+        for key, base in folders.items()
+        for value in settings.get(key, [])
+        for name in value.split()
+    ]
+    found += [p for value in settings.get("ReadWritePaths", []) for p in value.split()]
+    if settings.get("PrivateTmp") == ["yes"]:
+        found += ["/tmp", "/var/tmp"]
+    return found
+
+
+def test_systemd_runs_the_example_config_it_installs() -> None:
+    """ExecStart names /etc/vipps-proxy/proxy.toml, where the unit's install steps put
+    deploy/systemd/proxy.toml."""
+    argv = unit_settings()["ExecStart"][0].split()
+    installed = argv[argv.index("--config") + 1]
+    text = SYSTEMD_UNIT.read_text(encoding="utf-8")
+    assert f"install -m 0644 deploy/systemd/proxy.toml {installed}" in text
+
+
+def test_systemd_example_config_puts_the_store_where_the_sandbox_may_write() -> None:
+    """ProtectSystem=strict leaves the StateDirectory writable (and PrivateTmp's /tmp);
+    the example's store is in the StateDirectory, which outlives restarts."""
+    settings = unit_settings()
+    assert settings["ProtectSystem"] == ["strict"]
+    assert settings["StateDirectory"] == ["vipps-proxy"]
+    with SYSTEMD_CONFIG.open("rb") as f:
+        store = PurePosixPath(tomllib.load(f)["store"]["path"])
+    assert store.is_absolute()
+    state = PurePosixPath("/var/lib/vipps-proxy")
+    assert state in store.parents
+    assert any(
+        PurePosixPath(w) in (store.parent, *store.parents)
+        for w in writable_in_the_sandbox(settings)
+    )
+
+
+def test_systemd_example_config_reads_its_secrets_from_the_units_credentials(
+    tmp_path: Path,
+) -> None:
+    """Every file the example config reads in /run/credentials is one LoadCredential=
+    provides; with those files in place (and the env file's variables) it passes
+    `vipps-proxy check`, its store folder included."""
+    names = unit_credentials()
+    for name in names:
+        (tmp_path / name).write_text(f"value-of-{name}\n")
+    text = SYSTEMD_CONFIG.read_text(encoding="utf-8")
+    read = re.findall(re.escape(service_credentials_dir()) + r"/([\w.-]+)", text)
+    assert read
+    assert set(read) <= set(names)
+    config = tmp_path / "proxy.toml"
+    store = tmp_path / "state"
+    config.write_text(systemd_example_config(str(tmp_path), str(store)))
+    done = check_config(config, {"VIPPS_CLIENT_ID": "client-id-value", "VIPPS_MSN": "123456"})
+    assert done.returncode == 0, done.stderr
+    assert f'"path": "{store}/vipps-proxy.sqlite3"' in done.stdout
+
+
+def systemd_example_config(credentials: str, state: str) -> str:
+    """The systemd example config with its credentials and state folders moved, and a
+    webhook, so that `check` tries the store folder."""
+    text = SYSTEMD_CONFIG.read_text(encoding="utf-8")
+    return (
+        text.replace(service_credentials_dir(), credentials).replace("/var/lib/vipps-proxy", state)
+        + '\n[[webhooks]]\npath = "/webhooks/vipps"\nsecret = "a-webhook-secret-value"\n'
+        + 'deliver_to = "http://127.0.0.1:9000/events"\n'
+    )
+
+
+def check_config(config: Path, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """`vipps-proxy check --config CONFIG` with ``env`` added to the environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **env},
+    )
+
+
+def systemd_runs_services() -> bool:
+    return Path("/run/systemd/system").is_dir() and shutil.which("systemd-run") is not None
+
+
+def test_systemd_unit_command_line_checks_its_config_in_its_sandbox(tmp_path: Path) -> None:
+    """Where systemd runs services: the unit's program, with the unit's sandboxing,
+    DynamicUser and StateDirectory, checks the example config (with a webhook, so the
+    store folder is tried) and exits 0. Elsewhere the tests above check the paths the
+    sandbox implies."""
+    if not systemd_runs_services():
+        pytest.skip("systemd does not run services here (no /run/systemd/system)")
+    unit = f"vipps-proxy-test-{os.getpid()}"
+    credentials = f"/run/credentials/{unit}.service"
+    properties = [
+        f"{key}={value}" for key in SANDBOX_SETTINGS for value in unit_settings().get(key, [])
+    ]
+    for name in [*unit_credentials(), "proxy.toml"]:
+        (tmp_path / name).write_text(f"value-of-{name}\n")
+        properties.append(f"LoadCredential={name}:{tmp_path / name}")
+    (tmp_path / "proxy.toml").write_text(
+        systemd_example_config(credentials, "/var/lib/vipps-proxy")
+    )
+    done = subprocess.run(
+        [
+            "systemd-run",
+            f"--unit={unit}",
+            "--wait",
+            "--pipe",
+            "--collect",
+            "--setenv=VIPPS_CLIENT_ID=client-id-value",
+            *(f"--property={p}" for p in properties),
+            sys.executable,
+            "-m",
+            "proxy",
+            "check",
+            "--config",
+            f"{credentials}/proxy.toml",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr

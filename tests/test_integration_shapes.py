@@ -36,7 +36,12 @@ async def estate(emulator: RunningEmulator, start_proxy: ProxyFactory) -> Runnin
             "bergen": unit_config(DEMO_SALES_UNIT_2, token_url),
         },
         "routes": [
-            {"prefix": "/", "upstream": up, "credentials": ["oslo", "bergen"]},
+            {
+                "prefix": "/",
+                "upstream": up,
+                "credentials": ["oslo", "bergen"],
+                "default_credentials": "oslo",
+            },
             {
                 "prefix": "/checkout/",
                 "upstream": up,
@@ -95,10 +100,10 @@ async def test_merchant_serial_number_picks_the_sales_unit(
     assert emulator.state.token_owner(token) == DEMO_SALES_UNIT_2
 
 
-async def test_no_merchant_serial_number_uses_the_first_set(
+async def test_no_merchant_serial_number_uses_the_default_set(
     estate: RunningProxy, emulator: RunningEmulator
 ) -> None:
-    """Without a Merchant-Serial-Number header the route's first set is used."""
+    """Without a Merchant-Serial-Number header the route's ``default_credentials`` is used."""
     status, _ = await call(estate, "GET", "/echo/first")
     assert status == 200
     (sent,) = list(emulator.state.received)

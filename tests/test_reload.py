@@ -280,6 +280,19 @@ async def test_a_key_that_needs_a_restart_is_named_and_the_rest_applies(
         assert (await rotation.call(client, "/a/now"))[1]["path"] == "/v2/a/now"
 
 
+async def test_a_restart_key_changed_back_no_longer_needs_a_restart(rotation: Rotation) -> None:
+    """Port changed, reloaded, changed back, reloaded: the second reload compares with
+    the port the proxy listens on, not with the file before it, so it names nothing
+    to restart and reports no changed setting."""
+    original = rotation.config.read_text()
+    rotation.config.write_text(original.replace("port = 0", f"port = {free_port()}"))
+    await eventually(lambda: rotation.reloads("ok") == 1, "the first reload")
+    rotation.config.write_text(original)
+    await eventually(lambda: rotation.reloads("ok") == 2, "the second reload")
+    assert [line["keys"] for line in rotation.events("reload_needs_restart")] == [["server.port"]]
+    assert [line["settings"] for line in rotation.events("config_reloaded")] == [[], []]
+
+
 async def test_a_new_log_level_applies_to_every_logger(rotation: Rotation) -> None:
     """``[log] level = "warning"``: a successful call (an info line) is no longer logged,
     by the app's logger made at start-up; a failed one (a warning) still is."""

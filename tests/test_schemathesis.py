@@ -39,6 +39,11 @@ from schemathesis.checks import (
 from schemathesis.generation.case import Case
 from schemathesis.openapi.loaders import detect_content_type, load_content
 
+from proxy.emulator.speccheck import (
+    erratum_epayment_adjust_content_type,
+    erratum_epayment_event_name,
+)
+
 from .conftest import free_port
 from .processes import ProxyProcess, write_config
 
@@ -66,27 +71,7 @@ CHECKS = [
 ]
 
 
-def erratum_adjust_response_content_type(spec: dict[str, Any]) -> None:
-    """A capture, cancel or refund answer is JSON, not a problem, when it succeeds.
-
-    The spec files the 200 ``ModificationResponse`` under ``application/problem+json``;
-    Vipps answers it (and the official SDK reads it) as ``application/json``.
-    """
-    adjust = spec["components"]["responses"]["AdjustResponse"]
-    adjust["content"] = {"application/json": adjust["content"]["application/problem+json"]}
-
-
-def erratum_payment_event_name(spec: dict[str, Any]) -> None:
-    """An event's action is in ``name``, the property the schema defines.
-
-    ``PaymentEvent.required`` lists ``paymentAction``, which the schema never defines;
-    the API guide's event log example and the emulator send ``name``.
-    """
-    event = spec["components"]["schemas"]["PaymentEvent"]
-    event["required"] = ["name" if r == "paymentAction" else r for r in event["required"]]
-
-
-ERRATA = (erratum_adjust_response_content_type, erratum_payment_event_name)
+ERRATA = (erratum_epayment_adjust_content_type, erratum_epayment_event_name)
 
 REFERENCE_FROM_BODY = {"reference": "$response.body#/reference"}
 FOLLOW_UPS = (

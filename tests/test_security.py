@@ -1385,7 +1385,7 @@ async def test_secrets_echoed_escaped_or_in_base64_are_masked_in_the_logs(
         headers = request.headers
         basic = headers.get("Authorization", "").removeprefix("Basic ")
         got = ECHOES[request.match_info["form"]](
-            headers.get("client_secret", ""), headers["Ocp-Apim-Subscription-Key"], basic
+            headers.get("client_secret", ""), headers.get("Ocp-Apim-Subscription-Key", ""), basic
         )
         body = '{"error": "invalid_client", "got": "' + " ".join(got) + '"}'
         return web.Response(status=401, text=body, content_type="application/json")

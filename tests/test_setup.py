@@ -17,10 +17,10 @@ from .test_config import run_cli
 ROOT = Path(__file__).parents[1]
 
 
-def make_dry_run(target: str) -> str:
+def make_dry_run(target: str, *variables: str) -> str:
     """What ``make TARGET`` would run on a fresh clone (nothing installed), without running it."""
     result = subprocess.run(
-        ["make", "--dry-run", "--always-make", "-C", str(ROOT), target],
+        ["make", "--dry-run", "--always-make", "-C", str(ROOT), target, *variables],
         capture_output=True,
         text=True,
         timeout=30,
@@ -34,6 +34,34 @@ def test_make_run_on_a_fresh_clone_needs_no_npm() -> None:
     commands = make_dry_run("run")
     assert "vipps-proxy demo" in commands
     assert "npm" not in commands
+
+
+def test_make_run_installs_the_runtime_dependencies_only() -> None:
+    """The demo needs what the proxy needs: the runtime lock and the project, never the
+    dev tools (77 packages, 430 MB before the demo's first line)."""
+    installs = [line for line in make_dry_run("run").splitlines() if "pip install" in line]
+    assert installs
+    assert all(
+        line.rstrip().endswith(
+            (" -r requirements/runtime.lock", "--no-deps --no-build-isolation -e .")
+        )
+        for line in installs
+    ), installs
+
+
+@pytest.mark.parametrize("target", ["install", "test", "lint"])
+def test_make_install_test_and_lint_still_install_the_dev_tools(target: str) -> None:
+    """The targets that run the dev tools install them."""
+    assert "--require-hashes -r requirements/dev.lock" in make_dry_run(target)
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"), [((), "demo"), (("PORT=9090",), "demo --port 9090")]
+)
+def test_make_run_takes_the_proxys_port(variables: tuple[str, ...], expected: str) -> None:
+    """`make run PORT=9090` runs the demo with `--port 9090`; without PORT, the default."""
+    (demo,) = [line for line in make_dry_run("run", *variables).splitlines() if "demo" in line]
+    assert demo.split("vipps-proxy ", 1)[1].strip() == expected
 
 
 def test_make_test_installs_the_sdk_checks_node_packages() -> None:

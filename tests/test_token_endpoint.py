@@ -11,8 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import format_datetime
 from typing import Any
 
 import aiohttp
@@ -38,6 +42,7 @@ from tests.conftest import (
 ECHO = "/echo/token-check"
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.split-answer-token.c2lnbmF0dXJl"
 MIB = 1 << 20
+VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")  # RFC 6750's b64token fits in it; no space
 
 Writer = Callable[[asyncio.StreamWriter, bytes], Awaitable[None]]
 
@@ -214,8 +219,7 @@ async def test_a_token_answer_over_one_mib_is_a_failed_fetch(
         {"expires_in": True},
         {"expires_in": [3600]},
         {"expires_in": {"s": 3600}},
-        {"ext_expires_in": "nan"},
-        {"ext_expires_in": "-1"},
+        {"expires_in": "0", "ext_expires_in": "3600"},
         {"expires_in": None, "ext_expires_in": None, "expires_on": "nan"},
         {"expires_in": None, "ext_expires_in": None, "not_before": "inf"},
         {"expires_in": None, "ext_expires_in": None, "expires_on": "1", "not_before": "2"},
@@ -225,12 +229,70 @@ async def test_a_token_answer_over_one_mib_is_a_failed_fetch(
 def test_a_lifetime_field_that_is_not_a_finite_positive_number_fails_the_fetch(
     fields: dict[str, Any],
 ) -> None:
-    """Every lifetime field must be a finite number; durations must be above zero."""
+    """Every lifetime field the proxy uses must be a finite number, the lifetime above
+    zero."""
     body = orjson.loads(token_json())
     body.update(fields)
     body = {k: v for k, v in body.items() if v is not None}
     with pytest.raises(TokenFetchError, match="token response"):
         parse_token_response(orjson.dumps(body), 0.0)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"ext_expires_in": "0"},
+        {"ext_expires_in": 0},
+        {"ext_expires_in": "-1"},
+        {"ext_expires_in": "nan"},
+        {"ext_expires_in": "disabled"},
+        {"ext_expires_in": None},
+        {"resource": {"odd": ["shape"]}},
+        {"resource": None},
+        {"token_type": "bearer"},
+        {"token_type": "BEARER"},
+        {"token_type": "pop"},
+        {"scope": "api", "id_token": 7, "x-unknown": [None, True]},
+    ],
+    ids=repr,
+)
+def test_fields_the_proxy_does_not_use_never_refuse_a_token(fields: dict[str, Any]) -> None:
+    """ext_expires_in ("0" in Vipps' own answer), resource, token_type's case and any
+    unknown field are not read: the token is taken, its lifetime from expires_in."""
+    body = orjson.loads(token_json())
+    body.update(fields)
+
+    token = parse_token_response(orjson.dumps(body), 0.0)
+
+    assert token.value.reveal() == TOKEN
+    assert token.expires_at == pytest.approx(3600 - 5)
+
+
+@pytest.mark.parametrize(
+    ("expires_on", "not_before"),
+    [("1495271273", "1495184574"), ("1", "2"), ("nan", "inf"), (str(10**12), "0")],
+    ids=["2017", "reversed", "not-numbers", "far-future"],
+)
+def test_absolute_times_do_not_matter_when_expires_in_is_present(
+    expires_on: str, not_before: str
+) -> None:
+    """expires_on and not_before from a clock that disagrees with ours (or none at all)
+    are not read when expires_in says how long the token lives."""
+    body = token_json(expires_in="86398", expires_on=expires_on, not_before=not_before)
+
+    token = parse_token_response(body, 100.0)
+
+    assert token.expires_at == pytest.approx(100 + 86398 - 5)
+
+
+def test_without_expires_in_the_lifetime_is_expires_on_less_not_before() -> None:
+    """No expires_in: the token lives expires_on - not_before seconds from receipt."""
+    body = orjson.loads(token_json(expires_on="1495271273", not_before="1495267673"))
+    del body["expires_in"]
+
+    token = parse_token_response(orjson.dumps(body), 0.0)
+
+    assert token.expires_at == pytest.approx(3600 - 5)
 
 
 @pytest.mark.parametrize("lifetime", ["nan", "inf", "-1", "x"])
@@ -351,11 +413,26 @@ def token_answers(draw: st.DrawFn) -> tuple[int, bytes]:
     return status, json.dumps(data).encode()  # the stdlib writes NaN, Infinity, huge ints
 
 
-async def _one_answer(status: int, body: bytes, upstream: URL) -> tuple[list[int], int, float]:
+@dataclass
+class Outcome:
+    """What three concurrent calls through a fresh proxy met, and what reached the
+    upstream."""
+
+    statuses: list[int]
+    retry_afters: list[str | None]
+    fetches: int
+    elapsed: float
+    authorizations: list[bytes]
+
+
+async def _one_answer(status: int, body: bytes, extra_head: bytes = b"") -> Outcome:
     """Three concurrent calls through a fresh proxy whose token endpoint answers so."""
     answer = http_answer(body, status=status)
-    endpoint = RawTokenEndpoint(answer)
+    line_end = answer.index(b"\r\n") + 2
+    endpoint = RawTokenEndpoint(answer[:line_end] + extra_head + answer[line_end:])
     endpoint.server = await asyncio.start_server(endpoint._serve, "127.0.0.1", 0)
+    authorizations: list[bytes] = []
+    upstream_server, upstream = await _upstream_ok(authorizations)
     config: Config = make_config(endpoint.url, upstream)
     sink = LogSink()
     redactor = Redactor(config.secrets)
@@ -364,27 +441,36 @@ async def _one_answer(status: int, body: bytes, upstream: URL) -> tuple[list[int
     runner = await start(config, redactor)
     host, port = runner.addresses[0][:2]
     try:
-        async with aiohttp.ClientSession() as client:
+        async with aiohttp.ClientSession() as client, asyncio.timeout(60):  # never a hang
 
-            async def one() -> int:
+            async def one() -> tuple[int, str | None]:
                 async with client.get(f"http://{host}:{port}/x") as response:
                     await response.read()
-                    return response.status
+                    return response.status, response.headers.get("Retry-After")
 
-            statuses = list(await asyncio.gather(one(), one(), one()))
+            answers = await asyncio.gather(one(), one(), one())
     finally:
         await runner.cleanup()
-        endpoint.server.close()
-        await endpoint.server.wait_closed()
+        for server in (endpoint.server, upstream_server):
+            server.close()
+            await server.wait_closed()
     assert "internal_error" not in sink.text()
-    return statuses, endpoint.requests, time.monotonic() - started
+    statuses, retry_afters = [a[0] for a in answers], [a[1] for a in answers]
+    elapsed = time.monotonic() - started
+    return Outcome(statuses, retry_afters, endpoint.requests, elapsed, authorizations)
 
 
-async def _upstream_ok() -> tuple[asyncio.Server, URL]:
+async def _upstream_ok(authorizations: list[bytes]) -> tuple[asyncio.Server, URL]:
+    """An upstream answering 200 to everything; keeps each Authorization it is sent."""
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                await reader.readuntil(b"\r\n\r\n")
+                head = await reader.readuntil(b"\r\n\r\n")
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"authorization":
+                        authorizations.append(value.strip())
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -411,14 +497,73 @@ def test_no_token_endpoint_answer_becomes_a_500(answer: tuple[int, bytes]) -> No
     503, never a 500, and the endpoint is asked at most about once a second."""
     status, body = answer
 
-    async def run() -> tuple[list[int], int, float]:
-        server, upstream = await _upstream_ok()
-        try:
-            return await _one_answer(status, body, upstream)
-        finally:
-            server.close()
-            await server.wait_closed()
+    outcome = asyncio.run(_one_answer(status, body))
 
-    statuses, fetches, elapsed = asyncio.run(run())
-    assert set(statuses) <= {200, 503}, (statuses, body)
-    assert fetches <= math.floor(elapsed) + 1
+    assert set(outcome.statuses) <= {200, 503}, (outcome.statuses, body)
+    assert outcome.fetches <= math.floor(outcome.elapsed) + 1
+
+
+RETRY_AFTER = st.one_of(
+    st.none(),
+    st.integers(0, 10**30).map(str),
+    st.datetimes(timezones=st.just(UTC)).map(lambda d: format_datetime(d, usegmt=True)),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30),
+)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(token_answers(), RETRY_AFTER)
+@example((200, token_json(ext_expires_in="0")), None)
+@example((429, b"{}"), "99999999999999999999999999")
+@example((503, b"<html>busy</html>"), "Fri, 31 Dec 9999 23:59:59 GMT")
+@example((200, token_json(access_token="eyJ\r\nX-Injected: 1")), None)
+@example((200, token_json(access_token="a b")), None)
+def test_a_token_answer_gives_its_own_token_or_a_503_never_another(
+    answer: tuple[int, bytes], retry_after: str | None
+) -> None:
+    """Any status, body and Retry-After from the token endpoint: every call is sent
+    with exactly the access_token the answer holds, or gets 503 with a Retry-After;
+    never a 500, a hang, or a token the endpoint did not give."""
+    status, body = answer
+    extra = b"" if retry_after is None else f"Retry-After: {retry_after}\r\n".encode()
+
+    outcome = asyncio.run(_one_answer(status, body, extra))
+
+    given_token = _access_token(body) if status == 200 else None
+    if given_token is not None and _lives_a_minute(body):
+        assert outcome.statuses == [200, 200, 200], body
+    for got, retry in zip(outcome.statuses, outcome.retry_afters, strict=True):
+        assert got in (200, 503), (got, body)
+        if got == 503:
+            assert retry is not None
+            assert int(retry) >= 1
+        else:
+            assert given_token is not None
+    expected = f"Bearer {given_token}".encode()
+    assert all(sent == expected for sent in outcome.authorizations), outcome.authorizations
+
+
+def _lives_a_minute(body: bytes) -> bool:
+    """Whether the answer's expires_in (the lifetime) is a finite number of a minute or
+    more, whatever else it holds."""
+    value = json.loads(body).get("expires_in")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return False
+    try:
+        return 60 <= float(value) < math.inf
+    except (ValueError, OverflowError):
+        return False
+
+
+def _access_token(body: bytes) -> str | None:
+    """The access_token a token answer holds, if it is one a header can carry."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    token = data.get("access_token") if isinstance(data, dict) else None
+    return token if isinstance(token, str) and VISIBLE_ASCII.fullmatch(token) else None

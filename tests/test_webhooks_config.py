@@ -28,7 +28,11 @@ HOOK = {
 }
 
 
-def parse(*hooks: dict[str, Any], store: dict[str, Any] | None = None) -> Any:
+def parse(
+    *hooks: dict[str, Any],
+    store: dict[str, Any] | None = None,
+    server: dict[str, Any] | None = None,
+) -> Any:
     doc: dict[str, Any] = {
         "credentials": {
             "main": {
@@ -42,6 +46,8 @@ def parse(*hooks: dict[str, Any], store: dict[str, Any] | None = None) -> Any:
     }
     if store is not None:
         doc["store"] = store
+    if server is not None:
+        doc["server"] = server
     return parse_config(doc, {}, source="/etc/vipps-proxy/proxy.toml")
 
 
@@ -54,13 +60,12 @@ def test_a_webhook_entry_is_parsed_with_its_defaults() -> None:
         HOOK["deliver_to"],
     )
     assert (hook.max_age, hook.retry_for, hook.allow_from, hook.public_url) == (
-        300,
+        8 * 86400,  # Vipps' 7 days of retries and a day: a retry may keep its x-ms-date
         604800,
         (),
         None,
     )
-    assert hook.secret is not None
-    assert hook.secret.reveal() == "hook-secret-value"
+    assert [s.reveal() for s in hook.secrets] == ["hook-secret-value"]
     assert "hook-secret-value" not in repr(config)
 
 
@@ -95,7 +100,7 @@ def test_secret_file_is_read(tmp_path: Path) -> None:
     secret.write_text("from-a-file-secret\n")
     hook = {k: v for k, v in HOOK.items() if k != "secret"}
     (parsed,) = parse({**hook, "secret_file": str(secret)}).webhooks
-    assert parsed.secret.reveal() == "from-a-file-secret"
+    assert [s.reveal() for s in parsed.secrets] == ["from-a-file-secret"]
 
 
 @pytest.mark.parametrize(
@@ -164,3 +169,61 @@ def test_check_shows_webhooks_with_the_secret_masked(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert '"path": "/hook"' in result.stdout
     assert "hook-secret-value" not in result.stdout
+
+
+ECOM_HOOK = {"path": "/ecom", "kind": "ecom-callback", "deliver_to": "http://127.0.0.1:9000/cb"}
+
+
+def parse_listening(server: dict[str, Any], *hooks: dict[str, Any]) -> Any:
+    """A config whose server listens beyond loopback, with ``hooks``."""
+    return parse(*hooks, server={"host": "0.0.0.0", **server})
+
+
+@pytest.mark.parametrize(
+    ("server", "hook", "key"),
+    [
+        (
+            {"allow_clients": ["10.0.0.0/8"]},
+            {"allow_from": ["0.0.0.0/0"]},
+            "webhooks[0].allow_from[0]",
+        ),
+        (
+            {"allow_clients": ["10.0.0.0/8", "203.0.113.0/24"], "client_keys": ["k" * 32]},
+            {},
+            "server.allow_clients[1]",
+        ),
+    ],
+)
+def test_an_ecom_callback_open_to_public_addresses_is_refused(
+    server: dict[str, Any], hook: dict[str, Any], key: str
+) -> None:
+    """eCom callbacks are unsigned and skip client keys: public addresses let in by
+    allow_from, or by allow_clients even with client keys, need allow_open_network."""
+    with pytest.raises(ConfigError) as err:
+        parse_listening(server, {**ECOM_HOOK, **hook})
+    assert err.value.key == key
+    parse_listening({**server, "allow_open_network": True}, {**ECOM_HOOK, **hook})
+
+
+def test_an_ecom_callback_open_to_private_addresses_only_is_accepted() -> None:
+    config = parse_listening(
+        {"allow_clients": ["10.0.0.0/8"]}, {**ECOM_HOOK, "allow_from": ["192.168.0.0/16"]}
+    )
+    assert len(config.webhooks) == 1
+
+
+def test_the_bounds_default_and_are_checked() -> None:
+    """max_pending 100000 per hook, max_per_minute 600 (eCom only), whole numbers."""
+    (hook,) = parse(HOOK).webhooks
+    assert (hook.max_pending, hook.max_per_minute) == (100000, 600)
+    changes: list[tuple[dict[str, Any], str]] = [
+        ({"max_pending": 0}, "webhooks[0].max_pending"),
+        ({"max_pending": 1.5}, "webhooks[0].max_pending"),
+        ({"max_per_minute": 10}, "webhooks[0].max_per_minute"),  # a signed webhook: no rate
+    ]
+    for change, key in changes:
+        with pytest.raises(ConfigError) as err:
+            parse({**HOOK, **change})
+        assert err.value.key == key
+    (ecom,) = parse({**ECOM_HOOK, "max_per_minute": 10}).webhooks
+    assert ecom.max_per_minute == 10

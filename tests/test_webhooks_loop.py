@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from proxy.config import load_config
 from proxy.webhooks.store import Store
 from tests.conftest import (
     DEMO_CLIENT_ID,
@@ -26,6 +27,7 @@ from tests.conftest import (
     make_config,
 )
 from tests.processes import read_until, running_demo
+from tests.test_config import run_cli
 from tests.webhook_peers import HOOK, LegacyApp, eventually, stored
 
 
@@ -97,6 +99,29 @@ async def test_register_writes_the_secret_0600_and_never_prints_it(
     assert secret not in result.stdout + result.stderr
     assert registration.id in result.stdout
     assert registration.events == ("epayments.payment.created.v1", "epayments.payment.captured.v1")
+
+
+async def test_register_runs_with_the_config_whose_secret_file_it_writes(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """The documented order: the config already names the hook's ``secret_file`` (here
+    relative, from the config's folder), which does not exist yet; register writes it,
+    and then the same config checks and carries the registered secret."""
+    config = write_cli_config(tmp_path, emulator)
+    hook = '[[webhooks]]\npath = "/webhooks/vipps"\nsecret_file = "webhook.secret"\n'
+    config.write_text(
+        config.read_text() + hook + 'deliver_to = "http://127.0.0.1:9000/vipps/events"\n'
+    )
+    secret_file = tmp_path / "webhook.secret"
+    result = await register(config, "https://shop.example.com/webhooks/vipps", secret_file)
+    assert result.returncode == 0, result.stderr
+    from proxy.emulator.webhooks import webhook_hub
+
+    (registration,) = webhook_hub(emulator.server.app).registrations.values()
+    loaded = load_config(config)
+    assert loaded.webhooks[0].secrets == (registration.secret,)
+    checked = await asyncio.to_thread(run_cli, "check", "--config", str(config))
+    assert checked.returncode == 0, checked.stderr
 
 
 async def test_emulator_events_reach_the_app_through_the_proxy_signed_and_verified(
@@ -219,9 +244,9 @@ async def test_the_demo_shows_the_webhook_loop() -> None:
 async def test_an_emulated_ecom_callback_reaches_the_app_through_the_proxy(
     emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path, aiohttp_server: Any
 ) -> None:
-    """eCom v2 initiated through the proxy with a callbackPrefix at the proxy: the
-    emulator's one callback is answered by the proxy and reaches the app with the
-    merchant's authToken."""
+    """eCom v2 initiated and approved through the proxy with a callbackPrefix at the
+    proxy: the emulator's one callback, ``RESERVED`` as for every regular payment, is
+    answered by the proxy and reaches the app with the merchant's authToken."""
     app = LegacyApp()
     app_server = await aiohttp_server(app.app(), host="127.0.0.1")
     hook = {"path": "/ecom", "kind": "ecom-callback", "deliver_to": str(app_server.make_url("/cb"))}
@@ -241,16 +266,17 @@ async def test_an_emulated_ecom_callback_reaches_the_app_through_the_proxy(
         },
         "transaction": {"orderId": "ecom-order-1", "amount": 20000, "transactionText": "x"},
     }
-    async with (
-        aiohttp.ClientSession() as client,
-        client.post(proxy.at("/ecomm/v2/payments"), json=initiate) as response,
-    ):
-        assert response.status == 200
+    approve = proxy.at("/ecomm/v2/integration-test/payments/ecom-order-1/approve")
+    async with aiohttp.ClientSession() as client:
+        async with client.post(proxy.at("/ecomm/v2/payments"), json=initiate) as response:
+            assert response.status == 200
+        async with client.post(approve, json={}) as approved:
+            assert approved.status == 200
     await eventually(lambda: len(app.received) == 1, "the callback at the app")
     got = app.received[0]
     assert got.path_qs == "/cb/v2/payments/ecom-order-1"
     assert got.header("Authorization") == "order-auth-token-1"
-    assert orjson.loads(got.body)["transactionInfo"]["status"] == "RESERVE"
+    assert orjson.loads(got.body)["transactionInfo"]["status"] == "RESERVED"
     from proxy.emulator.ecom import ECOM_KEY
 
     assert emulator.server.app[ECOM_KEY].callbacks == {"ecom-order-1": 200}

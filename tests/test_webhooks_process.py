@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proxy.config import MAX_AGE
 from tests.conftest import free_port
 from tests.processes import ProxyProcess, write_config
 from tests.webhook_peers import (
@@ -28,8 +29,17 @@ from tests.webhook_peers import (
 NO_TOKENS = "http://127.0.0.1:9/accesstoken/get"  # nothing here needs a token
 
 
-def relay_config(tmp_path: Path, port: int, app_port: int, **server: object) -> Path:
-    path = write_config(tmp_path / "proxy.toml", NO_TOKENS, "http://127.0.0.1:9", port, **server)
+def relay_config(
+    tmp_path: Path,
+    port: int,
+    app_port: int,
+    *,
+    store: str | Path = "events.sqlite3",
+    token_url: str = NO_TOKENS,
+    upstream: str = "http://127.0.0.1:9",
+    **server: object,
+) -> Path:
+    path = write_config(tmp_path / f"proxy-{port}.toml", token_url, upstream, port, **server)
     with path.open("a") as config:
         config.write(
             f"""
@@ -40,7 +50,7 @@ secret = "{SECRET}"
 deliver_to = "http://127.0.0.1:{app_port}/vipps/events"
 
 [store]
-path = "events.sqlite3"
+path = "{store}"
 """
         )
     return path
@@ -161,7 +171,7 @@ def test_a_mutated_signed_event_gets_401_and_is_never_stored(
         import time
         from email.utils import formatdate
 
-        shift = (301 + n) * (-1 if mutation == "old_date" else 1)
+        shift = (MAX_AGE + 1 + n) * (-1 if mutation == "old_date" else 1)
         headers = vipps_headers(body, host, HOOK, date=formatdate(time.time() + shift, usegmt=True))
     elif mutation == "other_secret":
         headers = vipps_headers(body, host, HOOK, secret=SECRET + noise.hex())

@@ -105,7 +105,10 @@ class LegacyApp:
             body,
         )
         self.received.append(got)
-        reference = orjson.loads(body).get("reference", "") if body.startswith(b"{") else ""
+        try:  # Vipps' own printed examples are not all JSON (a // comment)
+            reference = orjson.loads(body).get("reference", "") if body.startswith(b"{") else ""
+        except orjson.JSONDecodeError:
+            reference = ""
         if reference in self.failing:
             return web.Response(status=500, text="not now")
         return web.json_response(self.answer)

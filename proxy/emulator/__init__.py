@@ -1,7 +1,7 @@
 """A Vipps MobilePay emulator, for offline development, the demo and the tests.
 
-It answers the token endpoints, ePayment v1, Checkout v3 sessions and Login in the real
-shapes, plus diagnostic endpoints (echo, download, status, slow) for testing a proxy;
+It answers the token endpoints, ePayment v1, eCom v2, Checkout v3 sessions and Login in
+the real shapes, plus diagnostic endpoints (echo, download, status, slow) for testing a proxy;
 faults (outages, stalls, broken bodies) can be switched on per test or over the admin
 app, which listens on a port of its own. The modules, one concept each:
 
@@ -18,10 +18,13 @@ app, which listens on a port of its own. The modules, one concept each:
 - ``epayment``, ``checkout``, ``login``: the APIs
 - ``echo``: echo, download, status, slow
 - ``webhooks``: the Webhooks API, and signed ePayment events sent on every change
-- ``ecom``: eCom v2 initiate and details, and its one-shot callback to ``callbackPrefix``
+- ``ecomorders``: the eCom v2 domain, an order, its transaction log and legal operations
+- ``ecom``: eCom v2 over HTTP, the approvals, and the one-shot callback to ``callbackPrefix``
 - ``admin``: `create_admin_app`, fault switches and introspection
 - ``app``: `create_emulator`, routes and middlewares
 - ``serve``: `serve_emulator`, both apps on real ports
+- ``speccheck``: with ``VIPPS_EMULATOR_CHECK_SPECS``, every answer checked against
+  Vipps' OpenAPI files (the tests turn it on)
 """
 
 from .admin import create_admin_app

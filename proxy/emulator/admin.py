@@ -7,6 +7,8 @@ in front of the emulator. Routes:
   (checked all first, then applied together); ``DELETE /faults``: all off.
 - ``GET /stats``: token requests per style, payments, received API requests.
 - ``GET /requests``: the received API requests, secret header values masked.
+- ``POST /ecom/{orderId}/approve`` (``?msn=`` when two sales units use the orderId):
+  the user approves the eCom order, which sends its callback.
 """
 
 from collections.abc import Callable
@@ -15,6 +17,8 @@ from dataclasses import fields
 from aiohttp import web
 
 from .answers import problem
+from .ecom import approve, find_order
+from .ecomorders import EcomError
 from .faults import API_FAULTS, TOKEN_FAULTS, Faults
 from .keys import STATE_KEY, request_state
 from .state import EmulatorState, masked
@@ -29,6 +33,7 @@ def create_admin_app(state: EmulatorState) -> web.Application:
     app.router.add_delete("/faults", delete_faults)
     app.router.add_get("/stats", get_stats)
     app.router.add_get("/requests", get_requests)
+    app.router.add_post("/ecom/{order_id}/approve", approve_ecom_order)
     return app
 
 
@@ -81,6 +86,19 @@ async def get_requests(request: web.Request) -> web.StreamResponse:
             for received in request_state(request).received
         ]
     )
+
+
+async def approve_ecom_order(request: web.Request) -> web.StreamResponse:
+    """The user approves an eCom order: reserved, and its callback sent; its details."""
+    orders = request_state(request).ecom
+    order = find_order(orders, request.match_info["order_id"], request.query.get("msn"))
+    if order is None:
+        return problem(request, 404, "Not Found", "No single eCom order with this orderId.")
+    try:
+        approve(orders, order)
+    except EcomError as error:
+        return problem(request, 409, "Conflict", error.message)
+    return web.json_response(order.details_json())
 
 
 def checked_changes(body: object) -> dict[str, object]:

@@ -1,29 +1,40 @@
 """The emulator application: routes and the two middlewares around them.
 
 - ``record_requests`` remembers every request except token calls in the state.
-- ``answer_rejections`` turns a raised `Rejection` into its answer, and aiohttp's own
-  404/405 into problems, after the API authentication rule: like the real gateway,
-  the emulator checks credentials before it says that a path does not exist.
+- ``answer_rejections`` turns a raised `Rejection` (or eCom's `EcomError`) into its
+  answer, and aiohttp's own 404/405 into problems, after the API authentication rule:
+  like the real gateway, the emulator checks credentials before it says that a path
+  does not exist.
 """
 
+import os
 import re
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from . import checkout, echo, ecom, epayment, login, tokens, webhooks
 from .answers import Rejection, problem
 from .credentials import authenticate_api
+from .ecomorders import EcomError
 from .injection import Handler, with_api_faults
 from .keys import STATE_KEY, request_state
 from .settings import DEFAULT_SETTINGS, EmulatorSettings
 from .state import EmulatorState, ReceivedRequest
+
+SPECS_ENV = "VIPPS_EMULATOR_CHECK_SPECS"  # a folder of OpenAPI files: see speccheck
 
 PAYMENT = epayment.PAYMENTS_PATH + "/{reference}"
 
 
 def create_emulator(settings: EmulatorSettings = DEFAULT_SETTINGS) -> web.Application:
     """A fresh emulator application with its own state."""
-    app = web.Application(middlewares=[record_requests, webhooks.notify_changes, answer_rejections])
+    middlewares: list[Middleware] = [record_requests, webhooks.notify_changes, answer_rejections]
+    if os.environ.get(SPECS_ENV):
+        from .speccheck import spec_check_middleware  # dev dependencies: only when asked
+
+        middlewares.insert(1, spec_check_middleware())
+    app = web.Application(middlewares=middlewares)
     app[STATE_KEY] = EmulatorState(settings)
     webhooks.add_webhook_routes(app)
     ecom.add_ecom_routes(app)
@@ -101,6 +112,8 @@ async def answer_rejections(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except Rejection as rejection:
         return rejection.response
+    except EcomError as error:
+        return ecom.error_answer(error)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as missing:
         try:
             authenticate_api(request)

@@ -23,7 +23,7 @@ from .webhooks import HUB_KEY, notify
 
 PAYMENTS_PATH = "/epayment/v1/payments"
 IDEMPOTENCY_KEY = "Idempotency-Key"
-MAX_IDEMPOTENCY_KEY = 50
+MAX_IDEMPOTENCY_KEY = 50  # the Idempotency-Key parameter's maxLength in epayment.local.yml
 
 
 async def create_payment(request: web.Request) -> web.StreamResponse:

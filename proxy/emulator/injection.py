@@ -15,7 +15,7 @@ from aiohttp import web
 
 from .answers import Rejection, problem
 from .faults import Faults
-from .keys import BODY_FAULT_KEY, request_state
+from .keys import BODY_FAULT_KEY, FAULTED_KEY, request_state
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -47,6 +47,7 @@ def with_api_faults(handler: Handler) -> Handler:
         faults = request_state(request).faults.take_api()
         if faults is None:
             return await handler(request)
+        request[FAULTED_KEY] = True
         logger.info(FAULT_INJECTED, fault=faults.api, path=request.path)
         match faults.api:
             case "reset":

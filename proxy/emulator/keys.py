@@ -8,6 +8,8 @@ from .state import EmulatorState
 STATE_KEY = web.AppKey("vipps_emulator_state", EmulatorState)
 # Set on a request whose body a fault must break; a streaming handler acts it out.
 BODY_FAULT_KEY = web.RequestKey("vipps_emulator_body_fault", Faults)
+# Set on a request answered with a fault acted out: that answer is meant to be wrong.
+FAULTED_KEY = web.RequestKey("vipps_emulator_faulted", bool)
 
 
 def emulator_state(app: web.Application) -> EmulatorState:

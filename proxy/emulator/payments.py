@@ -53,6 +53,9 @@ class PaymentEvent:
     idempotency_key: str | None
     timestamp: str = field(default_factory=utc_timestamp)
     success: bool = True
+    # "Each payment operation (i.e., create, capture, refund, cancel) will have a unique
+    # pspReference" (https://developer.vippsmobilepay.com/docs/APIs/webhooks-api/events/).
+    psp_reference: str = field(default_factory=lambda: str(secrets.randbelow(10**10)))
 
 
 @dataclass
@@ -78,7 +81,12 @@ class Payment:
     created_at: float = field(default_factory=time.monotonic, repr=False)
 
     def __post_init__(self) -> None:
-        self._log("CREATED", self.amount.value, self.idempotency_key)
+        # The payment's own pspReference is its creation's (the same page: "Get payment
+        # response contains the pspReference for the payment creation event").
+        created = Money(self.amount.currency, self.amount.value)
+        self.events.append(
+            PaymentEvent("CREATED", created, self.idempotency_key, psp_reference=self.psp_reference)
+        )
 
     def age(self) -> float:
         """Seconds since the payment was created."""
@@ -163,7 +171,7 @@ class Payment:
         return [
             {
                 "reference": self.reference,
-                "pspReference": self.psp_reference,
+                "pspReference": event.psp_reference,
                 "name": event.name,
                 "amount": event.amount.as_json(),
                 "timestamp": event.timestamp,

@@ -10,6 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .ecomorders import EcomOrders
 from .faults import Faults
 from .payments import Payment
 from .settings import EmulatorSettings, SalesUnit
@@ -87,6 +88,7 @@ class EmulatorState:
     received_total: int = 0
     payments: dict[str, Payment] = field(default_factory=dict, repr=False)
     checkout_sessions: dict[str, CheckoutSession] = field(default_factory=dict, repr=False)
+    ecom: EcomOrders = field(default_factory=EcomOrders, repr=False)
     faults: Faults = field(default_factory=Faults)
 
     def __post_init__(self) -> None:

@@ -1,6 +1,7 @@
 """The three token endpoints, in their three request styles.
 
-- ``POST /accesstoken/get``: credentials in headers; seven fields, strings by default.
+- ``POST /accesstoken/get``: credentials in headers; seven fields, strings by default,
+  in the Access Token 0.1.1 document's shape (``"ext_expires_in": "0"``).
 - ``POST /api/access-token/jwt-token``: the older API, credentials in a JSON body.
 - ``POST /miami/v1/token``: OAuth 2 client credentials with HTTP Basic.
 
@@ -22,7 +23,7 @@ from .answers import INVALID_SUBSCRIPTION_KEY, Rejection, apim_error
 from .credentials import SUBSCRIPTION_KEY, unit_by_client, unit_by_key
 from .faults import Faults
 from .injection import FAULT_INJECTED, drop_connection
-from .keys import request_state
+from .keys import FAULTED_KEY, request_state
 from .settings import SalesUnit
 from .state import EmulatorState, TokenStyle
 
@@ -94,7 +95,10 @@ async def oauth2_token(request: web.Request) -> web.StreamResponse:
 def _count(request: web.Request, style: TokenStyle) -> Faults | None:
     state = request_state(request)
     state.token_requests[style] += 1
-    return state.faults.take_token()
+    faults = state.faults.take_token()
+    if faults is not None:
+        request[FAULTED_KEY] = True
+    return faults
 
 
 async def _act_out(request: web.Request, faults: Faults | None) -> web.StreamResponse | None:
@@ -209,7 +213,7 @@ def _azure_answer(
     now = int(time.time())
     numbers = {
         "expires_in": lifetime,
-        "ext_expires_in": lifetime,
+        "ext_expires_in": 0,  # "currently disabled": Vipps answers "0" (Access Token 0.1.1)
         "expires_on": now + lifetime,
         "not_before": now,
     }

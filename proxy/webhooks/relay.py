@@ -1,7 +1,10 @@
 """``WebhookRelay``: the receiver, the store and the deliverer of one app, put together.
 
 ``match`` is the one check on every call's path (a dict lookup, and a prefix test per
-eCom callback hook); ``start`` and ``close`` run with the app's.
+eCom callback hook); ``start`` and ``close`` run with the app's. ``use_secrets`` is how
+a reload hands over new webhook secrets: the rest of ``[[webhooks]]`` needs a restart.
+While a write to the store has failed, ``can_commit`` is False (``/-/ready`` answers
+503) and a one-row write is tried every ``STORE_RETRY`` seconds until one commits.
 """
 
 from __future__ import annotations
@@ -9,25 +12,25 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import ssl
+import time
 from typing import Final
 
 import aiohttp
-import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from proxy import events
 from proxy.access import Allowlist
 from proxy.config import Config, Webhook
 from proxy.forwarding import CallRecord
 from proxy.startup import StartupError
-from proxy.webhooks.deliver import Deliverer
+from proxy.webhooks.bounds import Bounds
+from proxy.webhooks.deliver import STORE_RETRY, Deliverer
+from proxy.webhooks.faults import StoreFaults
 from proxy.webhooks.metrics import WebhookMetrics
 from proxy.webhooks.receive import Receiver
 from proxy.webhooks.store import Store
 
 PENDING_REFRESH: Final = 5.0  # seconds between readings of the pending gauges
-_log = structlog.get_logger("proxy.webhooks")
 
 
 class WebhookRelay:
@@ -42,7 +45,9 @@ class WebhookRelay:
         self._prefixes = sorted(prefixes, key=lambda h: len(h.path), reverse=True)
         self.store = Store(config.store.path)
         self.metrics = WebhookMetrics(registry, self.hooks)
-        self.deliverer = Deliverer(self.store, self.hooks, self.metrics, ssl_context)
+        self.faults = StoreFaults(registry, str(self.store.path))
+        self.bounds = Bounds(self.hooks)
+        self.deliverer = Deliverer(self.store, self.hooks, self.metrics, ssl_context, self.faults)
         allow = config.server.allow_clients
         allowlists = {h.path: Allowlist((*allow, *h.allow_from)) for h in prefixes}
         self.receiver = Receiver(
@@ -50,10 +55,21 @@ class WebhookRelay:
             self.metrics,
             allowlists,
             self.deliverer.wake,
+            self.bounds,
+            self.faults,
             body_timeout=config.server.body_timeout,
         )
+        self.use_secrets(config)
         self._ssl = ssl_context
         self._tasks: list[asyncio.Task[None]] = []
+
+    def use_secrets(self, config: Config) -> None:
+        """Verify with ``config``'s webhook secrets from now on (paths this relay serves)."""
+        self.receiver.secrets = {
+            hook.path: hook.secrets
+            for hook in config.webhooks
+            if hook.secrets and hook.path in self._exact
+        }
 
     def match(self, path: str) -> Webhook | None:
         """The hook a call's path (no query) belongs to, if any."""
@@ -87,7 +103,13 @@ class WebhookRelay:
         self._tasks = [
             asyncio.create_task(self.deliverer.run(), name="webhook-delivery"),
             asyncio.create_task(self._refresh_pending(), name="webhook-pending"),
+            asyncio.create_task(self._probe(), name="webhook-store-probe"),
         ]
+
+    @property
+    def can_commit(self) -> bool:
+        """False from a failed write to the store until a write commits again."""
+        return self.faults.can_commit
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -103,6 +125,20 @@ class WebhookRelay:
         while True:
             try:
                 self.metrics.set_pending(await self.store.run(self.store.pending))
-            except sqlite3.Error:
-                _log.exception(events.WEBHOOK_STORE_FAILED, store=str(self.store.path))
+                self.bounds.set_backlog(await self.store.run(self.store.backlog))
+            except sqlite3.Error as exc:
+                self.faults.failed("pending", exc)
             await asyncio.sleep(PENDING_REFRESH)
+
+    async def _probe(self) -> None:
+        """While the store cannot commit, try a one-row write every STORE_RETRY."""
+        while True:
+            await asyncio.sleep(STORE_RETRY)
+            if self.faults.can_commit:
+                continue
+            try:
+                await self.store.run(self.store.probe, time.time())
+            except sqlite3.Error as exc:
+                self.faults.failed("probe", exc)
+            else:
+                self.faults.committed()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Sequence
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Final
@@ -80,7 +81,7 @@ def signed_target(public_url: URL | None, host: str, raw_path_qs: str) -> tuple[
 
 
 def verify(
-    secret: Secret,
+    secrets: Secret | Sequence[Secret],
     headers: CIMultiDictProxy[str],
     body: bytes,
     *,
@@ -90,14 +91,21 @@ def verify(
     max_age: float,
     now: float,
 ) -> None:
-    """Raise ``SignatureError`` unless the webhook is Vipps', unaltered and fresh."""
+    """Raise ``SignatureError`` unless the webhook is Vipps', unaltered and fresh.
+
+    During a rotation ``secrets`` holds several; any one of them verifies. Each is
+    tried (no early exit), so the time taken does not say which matched."""
     date = _single(headers, DATE)
     digest = _single(headers, CONTENT_HASH)
     given = _given_signature(_single(headers, "Authorization"))
     if not hmac.compare_digest(digest.encode(), content_hash(body).encode()):
         raise SignatureError("hash_mismatch", "x-ms-content-sha256 does not match the body")
     text = string_to_sign(method, path_and_query, date, host, digest)
-    if not hmac.compare_digest(given.encode(), signature(secret, text).encode()):
+    keys = (secrets,) if isinstance(secrets, Secret) else tuple(secrets)
+    matched = False
+    for secret in keys:
+        matched |= hmac.compare_digest(given.encode(), signature(secret, text).encode())
+    if not matched:
         raise SignatureError("bad_signature", "the signature does not match")
     _check_date(date, max_age, now)
 
