@@ -48,6 +48,7 @@ from proxy.errors import (
     UpstreamBusy,
     problem_response,
 )
+from proxy.forwarding import CLIENT_DISCONNECTED
 from proxy.headers import MERCHANT_SERIAL_NUMBER, REQUEST_ID
 from proxy.inbound import check_request, parser_refusal, refuse_placeholder
 from proxy.logs import CALL_ID
@@ -67,7 +68,7 @@ if TYPE_CHECKING:  # loaded only when [tracing] is on, or [[webhooks]] are set
 MAX_REQUEST_ID: Final = 128
 #: Answers after which the connection is closed: the request was malformed or hostile,
 #: or its client has no key (a refused peer must not keep the connection as a slot).
-CLOSE_AFTER: Final = frozenset({400, 405, 407, 408, 431, 505})
+CLOSE_AFTER: Final = frozenset({400, 405, 407, 408, 431, 501, 505})
 #: ... and a 403 for these reasons: the address itself is refused.
 CLOSE_AFTER_REASONS: Final = frozenset({CLIENT_NOT_ALLOWED})
 #: Methods refused with 405 before anything else is looked at.
@@ -210,10 +211,11 @@ class ProxyApp:
             if err.status in CLOSE_AFTER or err.reason in CLOSE_AFTER_REASONS:
                 response.force_close()  # what follows on this connection cannot be trusted
         except asyncio.CancelledError:
-            cause = "cut_at_shutdown" if self.draining else "client_disconnected"
-            if not call.error:
-                call.error = cause
-                state.metrics.upstream_errors.labels(call.route or "none", cause).inc()
+            if not call.error and self.draining:
+                call.error = "cut_at_shutdown"
+                state.metrics.upstream_errors.labels(call.route or "none", call.error).inc()
+            elif not call.error:  # the client's failure: never counted as the upstream's
+                call.error = CLIENT_DISCONNECTED
             raise
         except Exception:  # a bug of ours: a problem answer, the cause in the log, no secrets
             _log.exception(events.INTERNAL_ERROR, path=call.path)

@@ -25,6 +25,7 @@ from typing import Any, Final, Literal, TypeVar, cast
 
 from yarl import URL
 
+from proxy.redact import masked_url, query_values
 from proxy.secret import Secret
 
 TokenStyle = Literal["accesstoken", "jwt-token", "oauth2"]
@@ -202,6 +203,13 @@ class Webhook:
     max_pending: int = 100000  # events waiting or failed; past it, 503
     max_per_minute: int = 600  # ecom-callback: stored per client address; past it, 429
 
+    @property
+    def url_secrets(self) -> tuple[Secret, ...]:
+        """The query values of ``deliver_to`` and ``public_url`` (an app key, a
+        signature): masked like secrets wherever logged."""
+        urls = (self.deliver_to, self.public_url) if self.public_url else (self.deliver_to,)
+        return tuple(Secret(value) for url in urls for value in query_values(url))
+
 
 @dataclass(frozen=True)
 class StoreConfig:
@@ -244,7 +252,8 @@ class Config:
         held = [s for c in self.credentials.values() for s in c.secrets]
         hooks = [s for w in self.webhooks for s in w.secrets]
         collector = tuple(self.tracing.headers.values())
-        return (*held, *self.server.client_keys, *hooks, *collector)
+        in_urls = [s for w in self.webhooks for s in w.url_secrets]
+        return (*held, *self.server.client_keys, *hooks, *collector, *in_urls)
 
 
 # --------------------------------------------------------------------------- loading
@@ -826,9 +835,17 @@ def _required_secret(t: _Table, name: str) -> Secret:
 
 def _url(t: _Table, name: str) -> URL:
     text = t.require(name, str)
-    url = URL(text)
+    url = _no_userinfo(URL(text), _join(t.key, name))
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigError(_join(t.key, name), f"not a URL: {text!r}")
+    return url
+
+
+def _no_userinfo(url: URL, key: str) -> URL:
+    """A URL with a user or password is refused: it would be shown wherever the URL
+    is (``check``, every log line) and is never used. The message shows neither."""
+    if url.raw_user is not None or url.raw_password is not None:
+        raise ConfigError(key, "must not hold a user or password (user:password@)")
     return url
 
 
@@ -1003,7 +1020,7 @@ def _webhook(t: _Table, pending_secret: bool = False) -> Webhook:
         raise ConfigError(f"{t.key}.secret", "eCom callbacks are not signed; leave it out")
     deliver_to = _url(t, "deliver_to")
     public = t.get("public_url", str, "")
-    public_url = URL(public) if public else None
+    public_url = _no_userinfo(URL(public), f"{t.key}.public_url") if public else None
     if public_url is not None and (
         public_url.scheme not in ("http", "https") or not public_url.host
     ):
@@ -1066,7 +1083,7 @@ def describe(config: Config) -> dict[str, Any]:
         if isinstance(value, Secret):
             return str(value)
         if isinstance(value, URL):
-            return str(value)
+            return masked_url(value)
         if isinstance(value, tuple | list):
             return [show(v) for v in value]
         if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):

@@ -13,6 +13,7 @@
     ├── PayloadTooLarge             413 body above max_body_bytes
     ├── ExpectationFailed           417 an Expect other than 100-continue
     ├── HeadersTooLarge             431 header block too large in total
+    ├── CodingNotImplemented        501 a request transfer coding other than chunked
     ├── VersionNotSupported         505 not HTTP/1.0 or HTTP/1.1
     ├── BadGateway                  502 upstream unreachable or broken
     ├── TokenUnavailable            503 no token can be had (with Retry-After)
@@ -130,6 +131,12 @@ class ExpectationFailed(ProxyError):
     status = 417
     title = "Expectation failed"
     slug = "expectation-failed"
+
+
+class CodingNotImplemented(ProxyError):
+    status = 501
+    title = "Not implemented"
+    slug = "not-implemented"
 
 
 class BadGateway(ProxyError):

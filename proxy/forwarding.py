@@ -12,6 +12,12 @@ streamed; then the call ends with 408 (if no answer has started) and reason
 ``client_body_timeout``, and a streamed call's upstream connection is discarded. A
 client that takes none of the answer for as long is cut (reason
 ``client_read_timeout``), and the upstream connection with it.
+
+A failure is named by the side that failed, not by the exception's type (aiohttp's
+``ClientConnectionResetError`` is both a client error and a ``ConnectionResetError``):
+a write to the client that fails is the client's (``client_disconnected``,
+``client_read_timeout``), logged but never counted in ``upstream_errors_total``; a
+read of the answer that fails is the upstream's.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from proxy.tokens import (
     refusal_cause,
 )
 from proxy.upstream import (
+    BadAnswer,
     ConnectFailed,
     NoFreeConnection,
     Upstream,
@@ -60,6 +67,7 @@ from proxy.upstream import (
 PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 CLIENT_BODY_TIMEOUT: Final = "client_body_timeout"
 CLIENT_READ_TIMEOUT: Final = "client_read_timeout"
+CLIENT_DISCONNECTED: Final = "client_disconnected"
 #: aiohttp's writer waits for the client only once this much is buffered: a write
 #: below it never waits, so needs no time limit.
 WRITE_NEVER_WAITS: Final = 64 * 1024
@@ -85,6 +93,8 @@ def upstream_error(route: Route, exc: BaseException) -> ProxyError:
         return GatewayTimeout(f"{where} did not answer in time", reason="read_timeout")
     if isinstance(exc, ConnectFailed):
         return BadGateway(f"cannot connect to {where}", reason="connect_failed")
+    if isinstance(exc, BadAnswer):
+        return BadGateway(f"{where} answered what is not relayed", reason="upstream_bad_answer")
     return BadGateway(
         f"{where} broke the connection or answered malformed HTTP",
         reason=f"upstream_{exc.__class__.__name__}",
@@ -278,53 +288,71 @@ class Forwarder:
             await response.prepare(request)
             if request.method != hdrs.METH_HEAD and upstream.status not in NO_BODY_STATUSES:
                 if held:
-                    await response.write(held)
+                    await self._write(response, held, timed=False)
                     call.bytes_out += len(held)
                 content = upstream.content
                 if content.is_eof():  # a small answer is whole by now: one send, no iterator
                     chunk = content.read_nowait()
-                    if len(chunk) > WRITE_NEVER_WAITS:
-                        await self._write(response, chunk)
-                    elif chunk:
-                        await response.write(chunk)
+                    if chunk:
+                        await self._write(response, chunk, timed=len(chunk) > WRITE_NEVER_WAITS)
                     call.bytes_out += len(chunk)
                 else:
-                    response.send_head()  # the client learns of the answer without waiting
+                    _send_head(response)  # the client learns of the answer without waiting
                     async for chunk in content.iter_any():
                         await self._write(response, chunk)
                         call.bytes_out += len(chunk)
-        except (aiohttp.ClientError, TimeoutError, ConnectionError, _ClientStalled) as exc:
-            self._abort(request, route, call, exc)
+        except _ClientFailed as failed:  # the client's side: logged, never the upstream's
+            call.error = failed.reason
+            _cut(request)
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:  # reading the answer
+            call.error = _abort_reason(exc)
+            self.metrics.upstream_errors.labels(route.name, call.error).inc()
+            _cut(request)
         finally:
             # Not read to the end (HEAD, abort, cancellation): the connection is not reused.
             upstream.release()
         return response
 
-    async def _write(self, response: web.StreamResponse, chunk: bytes) -> None:
-        """Write to the client, which may take none of it for ``body_timeout`` seconds:
-        one that stops reading would hold its upstream connection for good."""
+    async def _write(self, response: web.StreamResponse, chunk: bytes, timed: bool = True) -> None:
+        """Write to the client; a failure here is the client's (``_ClientFailed``).
+
+        Timed, the client may take none of it for ``body_timeout`` seconds: one that
+        stops reading would hold its upstream connection for good. A write below
+        ``WRITE_NEVER_WAITS`` into an empty buffer never waits, so needs no timer.
+        """
         try:
-            async with asyncio.timeout(self.body_timeout):
+            if timed:
+                async with asyncio.timeout(self.body_timeout):
+                    await response.write(chunk)
+            else:
                 await response.write(chunk)
         except TimeoutError:
-            raise _ClientStalled from None
-
-    def _abort(
-        self, request: web.BaseRequest, route: Route, call: CallRecord, exc: BaseException
-    ) -> None:
-        """The answer started and cannot be finished: cut the client's connection."""
-        client_gone = isinstance(exc, ConnectionError) and not isinstance(exc, aiohttp.ClientError)
-        if isinstance(exc, _ClientStalled):
-            call.error = CLIENT_READ_TIMEOUT
-        else:
-            call.error = "client_disconnected" if client_gone else _abort_reason(exc)
-        self.metrics.upstream_errors.labels(route.name, call.error).inc()
-        if request.transport is not None:
-            request.transport.abort()
+            raise _ClientFailed(CLIENT_READ_TIMEOUT) from None
+        except ConnectionError:  # aiohttp's ClientConnectionResetError is a ClientError too
+            raise _ClientFailed(CLIENT_DISCONNECTED) from None
 
 
-class _ClientStalled(Exception):
-    """The client took no answer bytes for ``body_timeout`` seconds."""
+class _ClientFailed(Exception):
+    """Writing the answer to the client failed: it left (``client_disconnected``) or
+    took none of it for ``body_timeout`` seconds (``client_read_timeout``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _send_head(response: RelayedResponse) -> None:
+    """Send the answer's head now; the client gone is its own failure."""
+    try:
+        response.send_head()
+    except ConnectionError:
+        raise _ClientFailed(CLIENT_DISCONNECTED) from None
+
+
+def _cut(request: web.BaseRequest) -> None:
+    """The answer started and cannot be finished: cut the client's connection."""
+    if request.transport is not None:
+        request.transport.abort()
 
 
 class _BodyStalled(Exception):

@@ -4,7 +4,9 @@ and our answer to what it refuses itself (``parser_refusal``).
 aiohttp (llhttp) already rejects the classic smuggling shapes. These checks close the
 gaps a gateway cares about, before anything is sent upstream: HTTP versions other than
 1.0 and 1.1, ``Transfer-Encoding`` on HTTP/1.0 (whose framing would then be ambiguous
-downstream), header blocks too large in total, and expectations other than
+downstream), a transfer coding other than ``chunked`` (501, RFC 9112 §6.1: the proxy
+would send its body upstream as plain chunked, the coding lost), header blocks too
+large in total, and expectations other than
 ``100-continue``; and on a route that passes the client's own ``Authorization``, the
 proxy's placeholder token there (``refuse_placeholder``). A ``100 Continue`` itself
 goes out only once the call has passed every check and its body is wanted
@@ -21,6 +23,7 @@ from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooL
 
 from proxy.errors import (
     BadRequest,
+    CodingNotImplemented,
     ExpectationFailed,
     HeadersTooLarge,
     ProxyError,
@@ -32,6 +35,13 @@ SUPPORTED_VERSIONS: Final = frozenset({HttpVersion10, HttpVersion11})
 TOO_MANY_FIELDS: Final = "Too many headers received"  # aiohttp's message, over 128 fields
 #: llhttp's words for a version it cannot read (``HTTP/1.2``, ``HTTP/x.y``)
 BAD_VERSION: Final = ("Invalid HTTP version", "Invalid major version", "Invalid minor version")
+#: llhttp's and aiohttp's words for a transfer coding they refuse (unknown, chunked not
+#: last, the field twice): as any coding but chunked, not implemented
+BAD_CODING: Final = (
+    "Request has invalid `Transfer-Encoding`",
+    "Invalid `Transfer-Encoding` header value",
+    "Duplicate 'Transfer-Encoding' header found",
+)
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -39,8 +49,12 @@ def check_request(request: web.BaseRequest) -> None:
     """Raise a ProxyError for a request the proxy will not forward."""
     if request.version not in SUPPORTED_VERSIONS:
         raise VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served", reason="version")
-    if request.version == HttpVersion10 and hdrs.TRANSFER_ENCODING in request.headers:
-        raise BadRequest("Transfer-Encoding is not allowed in HTTP/1.0", reason="framing")
+    coding = request.headers.get(hdrs.TRANSFER_ENCODING)
+    if coding is not None:
+        if request.version == HttpVersion10:
+            raise BadRequest("Transfer-Encoding is not allowed in HTTP/1.0", reason="framing")
+        if coding.lower() != "chunked":
+            raise _coding_refused()
     raw = request.raw_headers
     total = sum(map(len, chain.from_iterable(raw))) + 4 * len(raw)
     if total > MAX_HEADER_BYTES:
@@ -72,7 +86,7 @@ async def continue_body(request: web.BaseRequest) -> None:
 
 def parser_refusal(exc: HttpProcessingError) -> ProxyError:
     """Our answer to a request aiohttp's parser refused: 431 for a line or a field count
-    over its limits, 505 for a version it cannot read, else 400.
+    over its limits, 505 for a version it cannot read, 501 for a transfer coding, else 400.
 
     The parser's message quotes the offending bytes (a header line, the target): it is
     never used, in the answer or in a log; the details here are fixed phrases.
@@ -81,4 +95,12 @@ def parser_refusal(exc: HttpProcessingError) -> ProxyError:
         return HeadersTooLarge("a request line or header field, or their number, is over the limit")
     if isinstance(exc, BadStatusLine) and any(m in exc.message for m in BAD_VERSION):
         return VersionNotSupported("only HTTP/1.0 and HTTP/1.1 are served", reason="version")
+    if any(m in exc.message for m in BAD_CODING):
+        return _coding_refused()
     return BadRequest("the request is not well-formed HTTP/1.1")
+
+
+def _coding_refused() -> CodingNotImplemented:
+    return CodingNotImplemented(
+        "the only transfer coding served is chunked, alone", reason="transfer_coding"
+    )

@@ -7,6 +7,10 @@ the config's secrets and every token fetched; the config's secrets also in base6
 ``id:secret``, which the config lists as a secret of its own). Any of these may be written with some
 of its characters JSON-escaped (``\\u002d``, ``\\/``) or percent-encoded (either case).
 
+A configured URL's query values (``deliver_to``'s ``?app_key=...``) are secrets too:
+``query_values`` gives them to the config's list, and ``masked_url`` shows such a URL
+with each value masked (``vipps-proxy check``).
+
 The plain forms are worked out once, when a secret becomes known; a text is searched
 for them, the longest first, skipping those longer than the text. Only a text with
 ``%`` or a backslash can hold an escaped form: it is decoded once and searched again,
@@ -21,6 +25,8 @@ import re
 from collections.abc import Iterable, MutableMapping
 from typing import Any, Final
 from urllib.parse import unquote
+
+from yarl import URL
 
 from proxy.secret import MASK, Secret
 
@@ -205,3 +211,18 @@ def _char_pattern(char: str) -> str:
 
 def _any_case(hex_digits: str) -> str:
     return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in hex_digits)
+
+
+def query_values(url: URL) -> tuple[str, ...]:
+    """The values in ``url``'s query, decoded; a part without a value (``?k3y``) is
+    taken for one."""
+    return tuple(value or key for key, value in url.query.items() if value or key)
+
+
+def masked_url(url: URL) -> str:
+    """``url`` as written, each query value (or part without one) masked."""
+    if not url.raw_query_string:
+        return str(url)
+    parts = [part.partition("=") for part in url.raw_query_string.split("&")]
+    query = "&".join(f"{key}={MASK}" if equals else MASK for key, equals, _ in parts)
+    return f"{url.with_query(None).with_fragment(None)}?{query}"

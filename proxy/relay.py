@@ -5,7 +5,9 @@ aiohttp's ``StreamResponse`` makes a head of its own: it adds ``Server``, ``Date
 every value as UTF-8, so obs-text from the upstream would arrive changed. A
 ``RelayedResponse`` keeps aiohttp's body writer (framing, flow control, keep-alive) and
 writes the head itself: the upstream's status, reason and fields as bytes, plus only what
-the client's hop needs (``X-Request-Id``, and the framing and ``Connection`` of this hop).
+the client's hop needs (``X-Request-Id``, and the framing and ``Connection`` of this hop)
+and what RFC 9110 asks of it: a ``Date`` when the upstream sent none (§6.6.1), no
+``Content-Length`` on a 204 (§8.6).
 
 Interim answers (1xx other than 101) go to an HTTP/1.1 client before the final one, as
 RFC 9110 §15.2 asks of a proxy; HTTP/1.0 has none.
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import RawResponseMessage, StreamWriter
 
 from proxy.headers import response_fields
@@ -27,7 +30,12 @@ class RelayedResponse(web.StreamResponse):
     def __init__(self, head: RawResponseMessage, request_id: str) -> None:
         super().__init__(status=head.code)
         self._first_line_rest = b" %d %s\r\n" % (head.code, _reason(head))
-        self._fields = response_fields(head.raw_headers, request_id)
+        raw = head.raw_headers
+        if head.code == 204:  # no body, so no length (RFC 9110 §8.6)
+            raw = tuple((k, v) for k, v in raw if k.lower() not in _FRAMING)
+        self._fields = response_fields(raw, request_id)
+        if hdrs.DATE not in head.headers:  # an origin with a clock must send one (§6.6.1)
+            self._fields += b"Date: %s\r\n" % rfc822_formatted_time().encode()
         length = head.headers.get(hdrs.CONTENT_LENGTH)
         self._length = int(length) if length is not None and not head.chunked else None
 

@@ -39,6 +39,8 @@ from proxy.resolver import Resolver
 _FIELD_BYTES: Final = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 HAPPY_EYEBALLS_DELAY: Final = 0.25  # RFC 8305's recommended wait before the next address
 READ_BUFSIZE: Final = 2**18  # what a download is read in, at most, per wake-up
+STATUS_END: Final = len(b"HTTP/1.1 200")  # a status line's bytes up to its code
+_STATUS_LINE, _FIRST_FIELD, _INTERIM_REST = range(3)  # where a head's bytes are
 #: Methods whose requests carry a body: without one they get Content-Length: 0,
 #: as aiohttp's client sends (some gateways answer 411 otherwise).
 BODY_METHODS: Final = frozenset({hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH})
@@ -70,6 +72,12 @@ class NoFreeConnection(aiohttp.ClientError):
 
 class MalformedAnswer(aiohttp.ClientError):
     """The upstream's answer is not HTTP/1.1 the parser accepts."""
+
+
+class BadAnswer(MalformedAnswer):
+    """The upstream's answer is HTTP the parser took, but not one to relay: a transfer
+    coding other than chunked, a control byte in a field value, a first field line that
+    starts with whitespace."""
 
 
 @dataclass(frozen=True)
@@ -106,10 +114,29 @@ class Upstream:
 
 class _Connection(ResponseHandler):
     """aiohttp's client protocol, noting whether it has been pooled (so carried a call
-    before) and whether any byte of the current call's answer came."""
+    before), whether any byte of the current call's answer came, and whether a head's
+    first field line began with whitespace.
+
+    aiohttp's parser is lenient with answers: it reads a first field line that starts
+    with whitespace (`` Content-Length: 3``) as a field, framing included, which a
+    recipient must refuse (RFC 9112 §2.2), and nothing of it shows in the parsed head.
+    So the byte after each head's status line is looked at as the bytes come (an
+    interim head is followed to its end, where the next head starts). An obs-fold
+    further down is joined into its field with a space, as §5.2 allows a proxy.
+    """
 
     reused = False
     answered = False
+    folded = False  # a head's first field line began with SP or HTAB
+    _in_head = False  # the bytes coming are still those of the answer's heads
+    _phase = 0  # in the head: _STATUS_LINE, _FIRST_FIELD, or _INTERIM_REST
+    _status = b""  # the current head's first bytes, up to its status code
+    _carry = b""  # the end of an interim head's bytes so far: a line end may be split
+
+    def expect_answer(self) -> None:
+        """A call went out: what comes next is its answer's head."""
+        self.answered = self.folded = False
+        self._in_head, self._phase, self._status, self._carry = True, _STATUS_LINE, b"", b""
 
     def data_received(
         self,
@@ -117,7 +144,48 @@ class _Connection(ResponseHandler):
         _receive: Callable[[ResponseHandler, bytes], None] = ResponseHandler.data_received,
     ) -> None:
         self.answered = True
+        if self._in_head:
+            self._watch_head(data)
         _receive(self, data)
+
+    def _watch_head(self, data: bytes) -> None:
+        at, size = 0, len(data)
+        while at < size:
+            if self._phase == _STATUS_LINE:
+                if not self._status:  # blank lines before a status line are skipped
+                    while at < size and data[at] in b"\r\n":
+                        at += 1
+                self._status += data[at : at + STATUS_END - len(self._status)]
+                line_end = data.find(b"\n", at)
+                if line_end < 0:
+                    return
+                at, self._phase = line_end + 1, _FIRST_FIELD
+            elif self._phase == _FIRST_FIELD:
+                if data[at] in b" \t":
+                    self.folded = True
+                code = self._status[STATUS_END - 3 :]
+                if code[:1] != b"1" or code == b"101":  # the final head: done
+                    self._in_head = False
+                    return
+                self._phase, self._carry = _INTERIM_REST, b"\n"
+            else:
+                watched = self._carry + data[at:]
+                end = _head_end(watched)
+                if end < 0:
+                    self._carry = watched[-2:]
+                    return
+                data, at, size = watched, end, len(watched)  # the next head starts here
+                self._phase, self._status, self._carry = _STATUS_LINE, b"", b""
+
+
+def _head_end(data: bytes) -> int:
+    """Where the head in ``data`` ends, after its empty line (CRLF, or a bare LF as
+    aiohttp's parser allows); -1 if it does not end in ``data``."""
+    crlf = data.find(b"\n\r\n")
+    bare = data.find(b"\n\n", 0, crlf + 2 if crlf >= 0 else len(data))
+    if bare >= 0:
+        return bare + 2
+    return crlf + 3 if crlf >= 0 else -1
 
 
 def _held(body: Body) -> bool:
@@ -255,7 +323,7 @@ class UpstreamPool:
         interim: Interim | None,
     ) -> UpstreamResponse:
         """Send the call once on ``proto``; on failure the connection is closed."""
-        proto.answered = False
+        proto.expect_answer()
         body_task = None
         try:
             proto.set_response_params(
@@ -479,6 +547,7 @@ async def _read_head(
             raise MalformedAnswer(f"the upstream answered malformed HTTP: {exc.message}") from None
         if head.code == 101:
             raise MalformedAnswer("the upstream switched protocols unasked (101)")
+        _relayable(head, proto.folded)
         if not 100 <= head.code < 200:
             return _readable_alike(head), content
         if interim is not None:
@@ -495,6 +564,22 @@ def _readable_alike(head: RawResponseMessage) -> RawResponseMessage:
     if head.code < 100 or any(name[-1:] in b" \t" for name, _ in head.raw_headers):
         raise MalformedAnswer("the upstream's answer head is malformed")
     return head
+
+
+def _relayable(head: RawResponseMessage, folded: bool) -> None:
+    """Refuse a head the proxy will not relay (``BadAnswer``): a transfer coding other
+    than chunked alone (its body would reach the client still coded, under a plain
+    ``chunked``), a control byte in a field value (as in a request, RFC 9110 §5.5; the
+    parser checks names), or a first field line that starts with whitespace (``folded``)."""
+    if folded:
+        raise BadAnswer("the upstream's first field line starts with whitespace")
+    coding = head.headers.get(hdrs.TRANSFER_ENCODING)
+    if coding is not None and (
+        coding.lower() != "chunked" or len(head.headers.getall(hdrs.TRANSFER_ENCODING)) > 1
+    ):
+        raise BadAnswer("the upstream's answer has a transfer coding other than chunked")
+    if b"".join([value for _, value in head.raw_headers]).translate(None, _FIELD_BYTES):
+        raise BadAnswer("a field of the upstream's answer holds a control character")
 
 
 async def _send_body(

@@ -75,8 +75,9 @@ class Answer:
 
     @property
     def refused(self) -> bool:
-        """A 4xx answer, or the connection closed without one."""
-        return self.status is None or 400 <= self.status < 500
+        """A 4xx answer, a 501 (a transfer coding not implemented), or the connection
+        closed without one."""
+        return self.status is None or 400 <= self.status < 500 or self.status == 501
 
     def json(self) -> Any:
         return orjson.loads(self.body)

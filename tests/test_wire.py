@@ -656,15 +656,16 @@ async def test_field_and_reason_bytes_cross_unchanged_both_ways(
 # --------------------------------------------------------------------------- 3. answers
 
 
-async def test_a_relayed_answer_gains_no_server_date_or_content_type(
+async def test_a_relayed_answer_gains_no_server_or_content_type(
     emulator: RunningEmulator,
     start_proxy: ProxyFactory,
     h11_upstream: UpstreamFactory,
     clients: Callable[[RunningProxy], Awaitable[Client]],
 ) -> None:
-    """What the upstream sent, plus X-Request-Id: nothing else is made up."""
+    """What the upstream sent, plus X-Request-Id (and the Date it did not send, as
+    RFC 9110 §6.6.1 asks): nothing else is made up."""
     answer, _ = await relay_one(emulator, start_proxy, h11_upstream, clients, OK_ANSWER)
-    assert answer.names() == {b"content-length", b"x-request-id"}
+    assert answer.names() == {b"content-length", b"x-request-id", b"date"}
     assert answer.body == b"ok"
 
 
@@ -813,11 +814,11 @@ async def test_an_answer_never_keeps_hop_by_hop_fields_or_the_upstreams_request_
     answer, client = await relay_one(
         emulator, start_proxy, h11_upstream, clients, HOP_BY_HOP_ANSWER
     )
-    assert answer.names() == {b"content-length", b"x-kept", b"x-request-id"}
+    assert answer.names() == {b"content-length", b"x-kept", b"x-request-id", b"date"}
     (request_id,) = answer.values(b"X-Request-Id")
     assert request_id != b"upstream-own-id"
     assert answer.body == b"ok"
     await client.send(request("GET", "/again", b"X-Request-Id: client-own-id"))
     again = await client.answer()
-    assert again.names() == {b"content-length", b"x-kept", b"x-request-id"}
+    assert again.names() == {b"content-length", b"x-kept", b"x-request-id", b"date"}
     assert again.values(b"X-Request-Id") == [b"client-own-id"]
