@@ -99,8 +99,11 @@ def test_the_epayment_specs_references_resolve_inside_tests() -> None:
 
 
 def readme_toml_blocks() -> list[str]:
-    """Every ```toml block of README.md."""
-    text = (ROOT / "README.md").read_text("utf-8")
+    """Every ```toml block of README.md and of the reference pages that were its sections
+    (whole configs; docs/operations.md and docs/tracing.md show fragments)."""
+    reference = ("configuration", "tokens", "webhooks", "wire", "observability", "rotation")
+    pages = [ROOT / "README.md", *(ROOT / "docs" / f"{name}.md" for name in reference)]
+    text = "\n".join(page.read_text("utf-8") for page in pages)
     return re.findall(r"^```toml\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
 
 
