@@ -1,9 +1,12 @@
 """``Bounds``: how much the store takes in, per hook and per eCom sender.
 
 ``max_pending`` bounds a hook's events waiting or failed (read from the store every
-few seconds, plus what this process stored since): past it, 503. ``admit`` counts the
-event at once (no await between the check and the count, so a burst of concurrent
-calls cannot all pass it); ``release`` takes it back when it was not stored. ``max_per_minute``
+few seconds, plus what this process stored since) together with those admitted and
+not yet stored: past it, 503. ``admit`` counts the event at once as in flight (no
+await between the check and the count, so a burst of concurrent calls cannot all pass
+it); ``committed`` moves it to the stored count, ``release`` takes it back when it was
+not stored. A refresh from the store replaces only the stored count, so events in
+flight while the store is read are never forgotten. ``max_per_minute``
 bounds what one client address may have stored on an ``ecom-callback`` hook in one
 clock minute: past it, 429 with ``Retry-After`` (the seconds to the next minute).
 Each refusal counts in ``vipps_proxy_webhooks_received_total`` under its own
@@ -57,7 +60,8 @@ class Bounds:
 
     def __init__(self, hooks: Mapping[str, Webhook]) -> None:
         self.hooks = hooks
-        self._backlog: dict[str, int] = {}
+        self._backlog: dict[str, int] = {}  # stored: the store's count, plus commits since
+        self._in_flight: dict[str, int] = {}  # admitted, not yet stored (or refused)
         self._minute = -1
         self._senders: dict[tuple[str, str], int] = {}
         self._warned_at: dict[tuple[str, str], float] = {}
@@ -70,16 +74,22 @@ class Bounds:
     def admit(self, hook: Webhook, client: str, now: float) -> None:
         """Count the event against ``hook``'s bounds, or raise ``StoreFull`` or
         ``TooManyCallbacks`` if it is past one."""
-        if self._backlog.get(hook.path, 0) >= hook.max_pending:
+        held = self._backlog.get(hook.path, 0) + self._in_flight.get(hook.path, 0)
+        if held >= hook.max_pending:
             self._warn(hook, OVER_PENDING, limit=hook.max_pending)
             raise StoreFull(f"{hook.max_pending} events are waiting for this path; try again")
         if hook.kind == "ecom-callback":
             self._per_minute(hook, client, now)
+        self._in_flight[hook.path] = self._in_flight.get(hook.path, 0) + 1
+
+    def committed(self, hook: Webhook) -> None:
+        """An admitted event is in the store."""
+        self.release(hook)
         self._backlog[hook.path] = self._backlog.get(hook.path, 0) + 1
 
     def release(self, hook: Webhook) -> None:
         """An admitted event was not stored (a duplicate, or the store failed)."""
-        self._backlog[hook.path] = self._backlog.get(hook.path, 1) - 1
+        self._in_flight[hook.path] = self._in_flight.get(hook.path, 1) - 1
 
     def _per_minute(self, hook: Webhook, client: str, now: float) -> None:
         minute = math.floor(now / 60)

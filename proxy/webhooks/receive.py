@@ -155,7 +155,9 @@ class Receiver:
             self._received(hook, "store_failed", key)
             raise StoreUnavailable("the event could not be stored; try again") from None
         self.faults.committed()
-        if not new:
+        if new:
+            self.bounds.committed(hook)
+        else:
             self.bounds.release(hook)
         result = "accepted" if new else "duplicate"
         self._received(hook, result, key, event_id)
