@@ -282,8 +282,11 @@ async def test_tiny_expires_in_keeps_serving_with_bounded_refreshes(
     fetched = proxy.logs.events("token_fetched")
     assert len(fetched) >= 2  # the tiny token was really refreshed
     assert {event["valid_for_s"] for event in fetched} == {1}
-    # No hot loop: a 1-second token is fetched about once a second, not per call.
-    assert emulator.state.token_requests["accesstoken"] <= 2 * elapsed + 2
+    # No hot loop: a 1-second token is fetched about once a second, not per call (a hot
+    # loop is dozens a second). The bound grows with the time taken, so a busy machine
+    # that stretches the run cannot break it; 3 a second leaves room for a fetch that
+    # outlived its own second (9 in 3.3 s were seen on a loaded machine).
+    assert emulator.state.token_requests["accesstoken"] <= 3 * elapsed + 3
     assert proxy.logs.events("token_rejected_by_upstream") == []
     assert await metric(proxy, "vipps_proxy_token_fetches_total", result="error") == 0
     assert await metric(proxy, "vipps_proxy_token_fetches_total", result="ok") == len(fetched)
