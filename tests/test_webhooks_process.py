@@ -89,7 +89,7 @@ async def test_an_acknowledged_event_survives_kill_9_and_is_delivered_after_rest
     await aiohttp_server(app.app(), host="127.0.0.1", port=app_port)
     second = await start_process(config, port, tmp_path / "second.log")
     try:
-        await eventually(lambda: app.bodies() == [body], "delivery after restart", 30)
+        await eventually(lambda: app.bodies() == [body], "delivery after restart", 90)
     finally:
         second.close()
     (event,) = stored(tmp_path / "events.sqlite3")
