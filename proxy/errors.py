@@ -8,16 +8,20 @@
     ├── Forbidden                   403 client or merchant not allowed
     ├── NotFound                    404 no route
     ├── MethodNotAllowed            405 CONNECT, TRACE; not POST on a token path
+    ├── WebhookUnauthorized         401 a webhook whose signature does not verify
     ├── ProxyAuthRequired           407 missing or wrong client key
     ├── RequestTimeout              408 a request body stalled past body_timeout
     ├── PayloadTooLarge             413 body above max_body_bytes
     ├── ExpectationFailed           417 an Expect other than 100-continue
+    ├── TooManyCallbacks            429 an address past a callback hook's max_per_minute
     ├── HeadersTooLarge             431 header block too large in total
     ├── CodingNotImplemented        501 a request transfer coding other than chunked
     ├── VersionNotSupported         505 not HTTP/1.0 or HTTP/1.1
     ├── BadGateway                  502 upstream unreachable or broken
     ├── TokenUnavailable            503 no token can be had (with Retry-After)
     ├── UpstreamBusy                503 no upstream connection free in time (Retry-After)
+    ├── StoreFull                   503 a webhook path past its max_pending (Retry-After)
+    ├── StoreUnavailable            503 a webhook event could not be stored (Retry-After)
     └── GatewayTimeout              504 upstream too slow
 
 No message built here ever includes a secret: details are written by the proxy from
@@ -175,6 +179,43 @@ class GatewayTimeout(ProxyError):
     status = 504
     title = "Gateway timeout"
     slug = "gateway-timeout"
+
+
+class WebhookUnauthorized(ProxyError):
+    status = 401
+    title = "Webhook not authenticated"
+    slug = "webhook-unauthorized"
+
+
+class TooManyCallbacks(ProxyError):
+    status = 429
+    title = "Too many callbacks from this address"
+    slug = "over-max-per-minute"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class StoreFull(ProxyError):
+    status = 503
+    title = "Too many events waiting"
+    slug = "over-max-pending"
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Retry-After": "60"}
+
+
+class StoreUnavailable(ProxyError):
+    status = 503
+    title = "Event store unavailable"
+    slug = "store-unavailable"
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
 
 
 def problem_response(error: ProxyError, request_id: str) -> web.Response:

@@ -25,34 +25,12 @@ import structlog
 
 from proxy import events
 from proxy.config import Webhook
-from proxy.errors import ProxyError
+from proxy.errors import StoreFull, TooManyCallbacks
 
 WARN_EVERY: Final = 10.0  # seconds between two warnings for one hook and bound
 OVER_PENDING: Final = "over_max_pending"
 OVER_RATE: Final = "over_max_per_minute"
 _log = structlog.get_logger("proxy.webhooks")
-
-
-class StoreFull(ProxyError):
-    status = 503
-    title = "Too many events waiting"
-    slug = "over-max-pending"
-
-    def extra_headers(self) -> dict[str, str]:
-        return {"Retry-After": "60"}
-
-
-class TooManyCallbacks(ProxyError):
-    status = 429
-    title = "Too many callbacks from this address"
-    slug = "over-max-per-minute"
-
-    def __init__(self, detail: str, retry_after: int) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
-
-    def extra_headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
 
 
 class Bounds:

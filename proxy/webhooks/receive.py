@@ -38,14 +38,17 @@ from proxy.errors import (
     GatewayTimeout,
     MethodNotAllowed,
     PayloadTooLarge,
-    ProxyError,
     RequestTimeout,
+    StoreFull,
+    StoreUnavailable,
+    TooManyCallbacks,
+    WebhookUnauthorized,
 )
 from proxy.headers import RESPONSE_DROP, filtered
 from proxy.inbound import check_request, continue_body
 from proxy.routing import decode_unreserved, normalise_path
 from proxy.secret import Secret
-from proxy.webhooks.bounds import Bounds, StoreFull, TooManyCallbacks
+from proxy.webhooks.bounds import Bounds
 from proxy.webhooks.deliver import (
     DELIVERY_DROP,
     EVENT_ID,
@@ -66,21 +69,6 @@ BODY_TIMEOUT: Final = 20.0  # seconds for the whole body of one event (and body_
 SYNC_TIMEOUT: Final = 10.0
 _ORDER_ID: Final = re.compile(r"/v2/payments/([^/?]+)")
 _log = structlog.get_logger("proxy.webhooks")
-
-
-class Unauthorized(ProxyError):
-    status = 401
-    title = "Webhook not authenticated"
-    slug = "webhook-unauthorized"
-
-
-class StoreUnavailable(ProxyError):
-    status = 503
-    title = "Event store unavailable"
-    slug = "store-unavailable"
-
-    def extra_headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
 
 
 class StoreMoved(Exception):
@@ -228,7 +216,7 @@ class Receiver:
             )
         except SignatureError as err:
             self._received(hook, err.reason)
-            raise Unauthorized(err.detail, reason=err.reason) from None
+            raise WebhookUnauthorized(err.detail, reason=err.reason) from None
 
     def _received(self, hook: Webhook, result: str, key: str = "", event_id: str = "") -> None:
         self.metrics.received.labels(hook.path, result).inc()
