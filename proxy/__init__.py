@@ -35,6 +35,8 @@ The map, one concept per module:
   content; a new snapshot built whole (a changed credential set fetching first) and
   swapped in, or the reload refused with the old one serving
 - ``metrics``: Prometheus metrics, one registry per app
+- ``families``: ``ScrapeCollector`` and ``family``, the one way the proxy's collectors
+  make metric families at scrape time
 - ``groupmetrics``: with several workers, each one's metrics shared through the run's
   folder, so that one scrape shows the whole group
 - ``logs``: structlog JSON lines (orjson), aiohttp's logs rendered alike

@@ -16,7 +16,6 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 from prometheus_client import (
@@ -31,6 +30,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from proxy import __version__
+from proxy.families import ScrapeCollector, family
 from proxy.groupmetrics import MetricsGroup
 
 # A `*_created` series per counter: noise no dashboard reads, and undocumented.
@@ -68,7 +68,7 @@ class _RouteStats(_Durations):
     bytes_out: int = 0
 
 
-class _CallCollector:
+class _CallCollector(ScrapeCollector):
     """The per-call metrics as plain numbers, made into families at scrape time."""
 
     def __init__(self) -> None:
@@ -88,30 +88,40 @@ class _CallCollector:
         stats.bytes_in += bytes_in
         stats.bytes_out += bytes_out
 
-    def collect(self) -> Iterator[Any]:
-        calls = CounterMetricFamily(
+    def collect(self) -> Iterator[Metric]:
+        yield family(
+            CounterMetricFamily,
             "vipps_proxy_requests",
             "Calls answered, by route, method and status.",
-            labels=["route", "method", "status"],
+            ["route", "method", "status"],
+            (
+                ([route, method, str(status)], n)
+                for (route, method, status), n in self.calls.items()
+            ),
         )
-        for (route, method, status), count in self.calls.items():
-            calls.add_metric([route, method, str(status)], count)
-        yield calls
         duration = HistogramMetricFamily(
             "vipps_proxy_request_duration_seconds",
             "Time from request to the last byte of the answer, by route.",
             labels=["route"],
         )
-        bytes_in = CounterMetricFamily(
-            "vipps_proxy_request_bytes", "Request body bytes from clients.", labels=["route"]
-        )
-        bytes_out = CounterMetricFamily(
-            "vipps_proxy_response_bytes", "Response body bytes to clients.", labels=["route"]
-        )
         for route, stats in self.routes.items():
             stats.add_to(duration, [route])
-            bytes_in.add_metric([route], stats.bytes_in)
-            bytes_out.add_metric([route], stats.bytes_out)
+        yield duration
+        routes = self.routes.items()
+        yield family(
+            CounterMetricFamily,
+            "vipps_proxy_request_bytes",
+            "Request body bytes from clients.",
+            ["route"],
+            (([route], stats.bytes_in) for route, stats in routes),
+        )
+        yield family(
+            CounterMetricFamily,
+            "vipps_proxy_response_bytes",
+            "Response body bytes to clients.",
+            ["route"],
+            (([route], stats.bytes_out) for route, stats in routes),
+        )
         upstream = HistogramMetricFamily(
             "vipps_proxy_upstream_duration_seconds",
             "Time from the request written upstream to the answer's head, by route and "
@@ -120,35 +130,28 @@ class _CallCollector:
         )
         for (route, credentials), durations in self.upstream.items():
             durations.add_to(upstream, [route, credentials])
-        yield from (duration, bytes_in, bytes_out, upstream)
-
-    def describe(self) -> Iterator[Any]:
-        return self.collect()
+        yield upstream
 
 
 #: Where the held tokens' expiries come from: (credential set, seconds left) pairs.
 TokenLives = Callable[[], Iterable[tuple[str, float]]]
 
 
-class _TokenExpiryCollector:
+class _TokenExpiryCollector(ScrapeCollector):
     """Each held token's expiry as a wall-clock time, read from the app at scrape time."""
 
     def __init__(self) -> None:
         self.source: TokenLives = lambda: ()
 
-    def collect(self) -> Iterator[Any]:
-        family = GaugeMetricFamily(
+    def collect(self) -> Iterator[Metric]:
+        now = time.time()
+        yield family(
+            GaugeMetricFamily,
             "vipps_proxy_token_expiry_timestamp_seconds",
             "When the token held for a credential set stops being used, Unix time.",
-            labels=["credentials"],
+            ["credentials"],
+            (([name], now + left) for name, left in self.source()),
         )
-        now = time.time()
-        for name, left in self.source():
-            family.add_metric([name], now + left)
-        yield family
-
-    def describe(self) -> Iterator[Any]:
-        return self.collect()
 
 
 class Metrics:

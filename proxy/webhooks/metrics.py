@@ -8,39 +8,37 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Metric
 from prometheus_client.core import GaugeMetricFamily
 
+from proxy.families import ScrapeCollector, family
 from proxy.webhooks.store import Pending
 
 
-class _PendingCollector:
+class _PendingCollector(ScrapeCollector):
     def __init__(self, hooks: Iterable[str]) -> None:
         self.hooks = tuple(hooks)
         self.rows: list[Pending] = []
 
-    def collect(self) -> Iterator[Any]:
-        pending = GaugeMetricFamily(
-            "vipps_proxy_webhooks_pending", "Events not yet delivered, by path.", labels=["path"]
-        )
-        oldest = GaugeMetricFamily(
-            "vipps_proxy_webhooks_oldest_pending_seconds",
-            "Age of the oldest event not yet delivered, by path (0: none).",
-            labels=["path"],
-        )
+    def collect(self) -> Iterator[Metric]:
         now = time.time()
         by_hook = {row.hook: row for row in self.rows}
-        for hook in self.hooks:
-            row = by_hook.get(hook)
-            pending.add_metric([hook], row.count if row else 0)
-            oldest.add_metric([hook], max(0.0, now - row.oldest_created_at) if row else 0.0)
-        yield pending
-        yield oldest
-
-    def describe(self) -> Iterator[Any]:
-        return self.collect()
+        rows = [(hook, by_hook.get(hook)) for hook in self.hooks]
+        yield family(
+            GaugeMetricFamily,
+            "vipps_proxy_webhooks_pending",
+            "Events not yet delivered, by path.",
+            ["path"],
+            (([hook], row.count if row else 0) for hook, row in rows),
+        )
+        yield family(
+            GaugeMetricFamily,
+            "vipps_proxy_webhooks_oldest_pending_seconds",
+            "Age of the oldest event not yet delivered, by path (0: none).",
+            ["path"],
+            (([hook], max(0.0, now - row.oldest_created_at) if row else 0.0) for hook, row in rows),
+        )
 
 
 class WebhookMetrics:
