@@ -63,7 +63,7 @@ from proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:  # loaded only when [tracing] is on, or [[webhooks]] are set
     from proxy.tracing import Tracing
-    from proxy.webhooks.relay import WebhookRelay
+    from proxy.webhooks.service import WebhookRelay
 
 MAX_REQUEST_ID: Final = 128
 #: Answers after which the connection is closed: the request was malformed or hostile,
@@ -91,7 +91,7 @@ class ProxyApp:
         upstream_ssl = outbound_context(config.tls)
         webhooks: WebhookRelay | None = None
         if config.webhooks:
-            from proxy.webhooks.relay import WebhookRelay
+            from proxy.webhooks.service import WebhookRelay
 
             webhooks = WebhookRelay(config, metrics.registry, upstream_ssl)
         #: The config being served, swapped whole by start() (with its token caches) and

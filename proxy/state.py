@@ -24,7 +24,7 @@ from proxy.tokens import TokenProvider
 from proxy.upstream import UpstreamPool
 
 if TYPE_CHECKING:  # loaded only when the config has [[webhooks]]
-    from proxy.webhooks.relay import WebhookRelay
+    from proxy.webhooks.service import WebhookRelay
 
 
 @dataclass(frozen=True)

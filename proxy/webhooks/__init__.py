@@ -11,6 +11,7 @@ The map, one concept per module:
 - ``deliver``: ``Deliverer``, the loop that sends events to the app with backoff
 - ``lease``: ``Lease``, the file lock that makes one process of many the deliverer
 - ``metrics``: received, delivered, pending and oldest-pending metrics
-- ``relay``: ``WebhookRelay``, the above put together for one app
+- ``service``: ``WebhookRelay``, the above put together for one app, started and
+  closed with it
 - ``commands``: ``vipps-proxy webhooks list | retry | register``
 """
