@@ -10,6 +10,8 @@ The map, one concept per module:
 - ``secret``: ``Secret``, a string that never shows itself
 - ``tokens``: ``TokenProvider``, one token cache per credential set: shared fetch,
   early background refresh, backoff, invalidation on 401
+- ``tokenfetch``: one token fetch: the request each token style asks with, the answer
+  read whole and checked, the token's lifetime and refresh time
 - ``access``: who gets in: socket peer address and client keys
 - ``inbound``: request shapes refused before anything goes upstream
 - ``routing``: path normalisation, longest-prefix routes, credential set by MSN

@@ -28,7 +28,8 @@ from proxy.config import Config, ConfigError, Credentials
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
 from proxy.tls import outbound_context
-from proxy.tokens import TokenFetchError, TokenProvider
+from proxy.tokenfetch import TokenFetchError
+from proxy.tokens import TokenProvider
 
 CONNECT_TIMEOUT: Final = 10.0  # seconds for a look-up, a connect and a TLS handshake
 

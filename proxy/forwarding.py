@@ -47,11 +47,11 @@ from proxy.headers import upstream_request_headers
 from proxy.inbound import continue_body
 from proxy.metrics import Metrics
 from proxy.relay import RelayedResponse, interim_relay
+from proxy.tokenfetch import Token
 from proxy.tokens import (
     MAX_REFUSAL_BODY,
     OTHER_REFUSAL,
     TOKEN_REFUSED,
-    Token,
     TokenProvider,
     refusal_cause,
 )

@@ -75,6 +75,14 @@ TARGETS = (
         ),
     ),
     Target(
+        "proxy/tokenfetch.py",
+        (
+            "tests/test_tokens.py",
+            "tests/test_token_endpoint.py",
+            "tests/test_token_redirects.py",
+        ),
+    ),
+    Target(
         "proxy/access.py",
         (
             "tests/test_refused_requests.py",

@@ -24,7 +24,8 @@ from multidict import CIMultiDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.emulator import create_emulator
-from proxy.tokens import MAX_LIFETIME, MIN_AGE_TO_INVALIDATE
+from proxy.tokenfetch import MAX_LIFETIME
+from proxy.tokens import MIN_AGE_TO_INVALIDATE
 from tests.conftest import (
     EmulatorFactory,
     ProxyFactory,

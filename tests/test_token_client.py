@@ -21,7 +21,8 @@ from yarl import URL
 from proxy.config import Config, ConfigError, parse_config
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
-from proxy.tokens import NO_TOKEN_RETRY_CAP, Backoff, TokenProvider, retry_after_seconds
+from proxy.tokenfetch import retry_after_seconds
+from proxy.tokens import NO_TOKEN_RETRY_CAP, Backoff, TokenProvider
 from tests.conftest import LogSink, ProxyFactory, RunningProxy, make_config
 from tests.webhook_peers import eventually
 

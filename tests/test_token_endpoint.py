@@ -30,7 +30,7 @@ from proxy.config import Config
 from proxy.logs import configure_logging
 from proxy.redact import Redactor
 from proxy.server import start
-from proxy.tokens import TokenFetchError, parse_token_response
+from proxy.tokenfetch import TokenFetchError, parse_token_response
 from tests.conftest import (
     LogSink,
     ProxyFactory,

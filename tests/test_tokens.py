@@ -12,14 +12,8 @@ from aiohttp import web
 
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
-from proxy.tokens import (
-    MIN_AGE_TO_INVALIDATE,
-    Backoff,
-    TokenFetchError,
-    TokenProvider,
-    parse_token_response,
-    token_times,
-)
+from proxy.tokenfetch import TokenFetchError, parse_token_response, token_times
+from proxy.tokens import MIN_AGE_TO_INVALIDATE, Backoff, TokenProvider
 from tests.conftest import (
     EmulatorFactory,
     LogSink,

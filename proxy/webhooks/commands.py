@@ -35,7 +35,8 @@ from proxy.metrics import Metrics
 from proxy.redact import Redactor
 from proxy.secret import Secret
 from proxy.tls import outbound_context
-from proxy.tokens import TokenFetchError, TokenProvider
+from proxy.tokenfetch import TokenFetchError
+from proxy.tokens import TokenProvider
 from proxy.webhooks.deliver import RECEIVED_AT, received_at
 from proxy.webhooks.store import STATES, Event, Store
 
