@@ -17,42 +17,36 @@ import email.utils
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests import test_wire
+from tests import h11_wire
 from tests.conftest import ProxyFactory, RunningEmulator, RunningProxy, make_config
-from tests.test_fault_matrix import metric
-from tests.test_wire import (
+from tests.h11_wire import (
     EARLY_HINTS,
     OK_ANSWER,
-    Answer,
+    SETTINGS,
     Client,
     UpstreamFactory,
+    assert_bad_answer,
+    one_answer,
     proxy_to,
     relay_one,
     request,
+    scripted_proxy,
 )
+from tests.test_fault_matrix import metric
 
 pytestmark = pytest.mark.timeout(120)
-h11_upstream = test_wire.h11_upstream  # fixtures shared with test_wire, taken by name
-clients = test_wire.clients
+h11_upstream = h11_wire.h11_upstream  # fixtures shared with test_wire, taken by name
+clients = h11_wire.clients
+shared = h11_wire.shared
 
 #: Bytes no field value may hold: controls but HTAB, and DEL (RFC 9110 §5.5). NUL,
 #: CR and LF are left out: aiohttp's parser refuses those itself.
 CONTROL = [*range(0x01, 0x09), *range(0x0B, 0x0D), *range(0x0E, 0x20), 0x7F]
 ALLOWED = [0x09, *range(0x20, 0x7F), *range(0x80, 0x100)]
-SETTINGS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-
-
-def assert_bad_answer(answer: Answer) -> None:
-    assert answer.status == 502
-    assert answer.values(b"Content-Type") == [b"application/problem+json"]
-    assert orjson.loads(answer.body)["status"] == 502
 
 
 # --------------------------------------------------------------------------- repaired
@@ -101,37 +95,6 @@ async def test_a_204_loses_its_content_length(
 
 
 # --------------------------------------------------------------------------- refused
-
-
-@pytest.fixture
-def shared() -> dict[str, Any]:
-    """One proxy and upstream for every example of a hypothesis test."""
-    return {}
-
-
-async def scripted_proxy(
-    shared: dict[str, Any],
-    emulator: RunningEmulator,
-    start_proxy: ProxyFactory,
-    h11_upstream: UpstreamFactory,
-    reply: bytes,
-) -> RunningProxy:
-    """The shared proxy, in front of an upstream that now answers ``reply``."""
-    if not shared:
-        shared["upstream"] = upstream = await h11_upstream(lambda _: shared["reply"])
-        shared["proxy"] = await proxy_to(emulator, start_proxy, upstream)
-    shared["reply"] = reply
-    proxy: RunningProxy = shared["proxy"]
-    return proxy
-
-
-async def one_answer(proxy: RunningProxy) -> Answer:
-    client = await Client.open(proxy)
-    try:
-        await client.send(request("GET", "/x"))
-        return await client.answer()
-    finally:
-        await client.close()
 
 
 @SETTINGS

@@ -21,22 +21,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests import test_wire
+from tests import h11_wire
 from tests.conftest import ProxyFactory, RunningEmulator, RunningProxy
-from tests.test_answer_repair import SETTINGS, assert_bad_answer, one_answer, scripted_proxy
-from tests.test_wire import (
+from tests.h11_wire import (
     OK_ANSWER,
+    SETTINGS,
     WAIT,
     Client,
     UpstreamFactory,
+    assert_bad_answer,
     echo_target,
+    one_answer,
     proxy_to,
     request,
+    scripted_proxy,
 )
 
 pytestmark = pytest.mark.timeout(120)
-h11_upstream = test_wire.h11_upstream  # fixtures shared with test_wire, taken by name
-clients = test_wire.clients
+h11_upstream = h11_wire.h11_upstream  # fixtures shared with test_wire, taken by name
+clients = h11_wire.clients
+shared = h11_wire.shared
 
 CODINGS = ["chunked", "gzip", "deflate", "compress", "identity", "foo", "x-gzip", "chunked;x=1"]
 #: One field's value: codings in any letter case, joined as a list.
@@ -66,12 +70,6 @@ def h11_refusal(fields: list[str]) -> int | None:
     except h11.RemoteProtocolError as exc:
         return exc.error_status_hint
     return None
-
-
-@pytest.fixture
-def shared() -> dict[str, Any]:
-    """One proxy and upstream for every example of a hypothesis test."""
-    return {}
 
 
 @SETTINGS
