@@ -23,7 +23,7 @@ from yarl import URL
 
 from proxy.tokens import MIN_AGE_TO_INVALIDATE
 from tests.conftest import ProxyFactory, RunningEmulator, RunningProxy, free_port, make_config
-from tests.test_token_endpoint import RawTokenEndpoint, http_answer
+from tests.raw_token_endpoint import RawTokenEndpoint, http_answer, start_token_endpoint
 from tests.test_webhooks_relay import start_app, start_relay
 from tests.webhook_peers import ECOM, eventually, stored
 
@@ -127,8 +127,7 @@ def authorization(head: bytes) -> bytes:
 async def token_proxy(
     entry: dict[str, Any], body: bytes, upstream: RawUpstream, start_proxy: ProxyFactory
 ) -> tuple[RunningProxy, RawTokenEndpoint]:
-    endpoint = RawTokenEndpoint(http_answer(body))
-    endpoint.server = await asyncio.start_server(endpoint._serve, "127.0.0.1", 0)
+    endpoint = await start_token_endpoint(http_answer(body))
     style = {"token_style": entry["token_style"]} if "token_style" in entry else {}
     proxy = await start_proxy(make_config(endpoint.url, upstream.url, credentials=style))
     return proxy, endpoint
