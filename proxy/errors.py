@@ -5,24 +5,25 @@
     ProxyError                      problem+json with `status`
     ├── InternalError               500 a bug of ours (the log says where)
     ├── BadRequest                  400 malformed request
+    ├── WebhookUnauthorized         401 a webhook whose signature does not verify
     ├── Forbidden                   403 client or merchant not allowed
     ├── NotFound                    404 no route
     ├── MethodNotAllowed            405 CONNECT, TRACE; not POST on a token path
-    ├── WebhookUnauthorized         401 a webhook whose signature does not verify
     ├── ProxyAuthRequired           407 missing or wrong client key
     ├── RequestTimeout              408 a request body stalled past body_timeout
     ├── PayloadTooLarge             413 body above max_body_bytes
     ├── ExpectationFailed           417 an Expect other than 100-continue
-    ├── TooManyCallbacks            429 an address past a callback hook's max_per_minute
     ├── HeadersTooLarge             431 header block too large in total
     ├── CodingNotImplemented        501 a request transfer coding other than chunked
     ├── VersionNotSupported         505 not HTTP/1.0 or HTTP/1.1
     ├── BadGateway                  502 upstream unreachable or broken
-    ├── TokenUnavailable            503 no token can be had (with Retry-After)
-    ├── UpstreamBusy                503 no upstream connection free in time (Retry-After)
-    ├── StoreFull                   503 a webhook path past its max_pending (Retry-After)
-    ├── StoreUnavailable            503 a webhook event could not be stored (Retry-After)
-    └── GatewayTimeout              504 upstream too slow
+    ├── GatewayTimeout              504 upstream too slow
+    └── RetryLater                  with Retry-After: when to ask again
+        ├── TooManyCallbacks        429 an address past a callback hook's max_per_minute
+        ├── TokenUnavailable        503 no token can be had
+        ├── UpstreamBusy            503 no upstream connection free in time
+        ├── StoreFull               503 a webhook path past its max_pending (60 s)
+        └── StoreUnavailable        503 a webhook event could not be stored (1 s)
 
 No message built here ever includes a secret: details are written by the proxy from
 fixed phrases and non-secret values (paths, route names, numbers).
@@ -149,30 +150,33 @@ class BadGateway(ProxyError):
     slug = "bad-gateway"
 
 
-class TokenUnavailable(ProxyError):
+class RetryLater(ProxyError):
+    """An error whose answer says when to ask again: ``Retry-After``, in whole seconds
+    (at least 1), from ``retry_after`` (given, or the class's own)."""
+
+    retry_after: float = 1.0
+
+    def __init__(
+        self, detail: str, *, retry_after: float | None = None, reason: str | None = None
+    ) -> None:
+        super().__init__(detail, reason=reason)
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+    def extra_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class TokenUnavailable(RetryLater):
     status = 503
     title = "No access token available"
     slug = "token-unavailable"
 
-    def __init__(self, detail: str, *, retry_after: float, reason: str | None = None) -> None:
-        super().__init__(detail, reason=reason)
-        self.retry_after = retry_after
 
-    def extra_headers(self) -> dict[str, str]:
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
-
-
-class UpstreamBusy(ProxyError):
+class UpstreamBusy(RetryLater):
     status = 503
     title = "Upstream busy"
     slug = "upstream-busy"
-
-    def __init__(self, detail: str, *, retry_after: float) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
-
-    def extra_headers(self) -> dict[str, str]:
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class GatewayTimeout(ProxyError):
@@ -187,35 +191,24 @@ class WebhookUnauthorized(ProxyError):
     slug = "webhook-unauthorized"
 
 
-class TooManyCallbacks(ProxyError):
+class TooManyCallbacks(RetryLater):
     status = 429
     title = "Too many callbacks from this address"
     slug = "over-max-per-minute"
 
-    def __init__(self, detail: str, retry_after: int) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
 
-    def extra_headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
-
-class StoreFull(ProxyError):
+class StoreFull(RetryLater):
     status = 503
     title = "Too many events waiting"
     slug = "over-max-pending"
-
-    def extra_headers(self) -> dict[str, str]:
-        return {"Retry-After": "60"}
+    retry_after = 60.0
 
 
-class StoreUnavailable(ProxyError):
+class StoreUnavailable(RetryLater):
     status = 503
     title = "Event store unavailable"
     slug = "store-unavailable"
-
-    def extra_headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
+    retry_after = 1.0
 
 
 def problem_response(error: ProxyError, request_id: str) -> web.Response:

@@ -77,7 +77,9 @@ class Bounds:
         if sent >= hook.max_per_minute:
             self._warn(hook, OVER_RATE, limit=hook.max_per_minute, client=client)
             retry_after = max(1, math.ceil((minute + 1) * 60 - now))
-            raise TooManyCallbacks(f"at most {hook.max_per_minute} a minute", retry_after)
+            raise TooManyCallbacks(
+                f"at most {hook.max_per_minute} a minute", retry_after=retry_after
+            )
         self._senders[hook.path, client] = sent + 1
 
     def _warn(self, hook: Webhook, result: str, **fields: object) -> None:
