@@ -1,7 +1,7 @@
 """Access tokens: fetched with client credentials, cached in memory, refreshed early.
 
 One :class:`TokenProvider` per credential set; one fetch (the request and how its
-answer is read) is :func:`proxy.tokenfetch.fetch_token`. Its rules:
+answer is read) is :func:`proxy.tokenfetch.fetch_token`. The provider's rules:
 
 * one fetch at a time, shared by every request waiting for it;
 * refreshed in the background when the token's refresh is due (``token_times``),
