@@ -42,13 +42,12 @@ from proxy.config.server import (
     LOOPBACK,
     MIN_CLIENT_KEY,
     NOT_PUBLIC,
-    Network,
     ServerConfig,
     covers_public,
 )
 from proxy.config.tls import TLSConfig
 from proxy.config.tracing import TracingConfig
-from proxy.config.values import SECRET_KEYS, SHOWN_AT_MOST, ConfigError, ConfigErrors
+from proxy.config.values import SECRET_KEYS, SHOWN_AT_MOST, ConfigError, ConfigErrors, Network
 from proxy.config.webhooks import MAX_AGE, WEBHOOK_KINDS, StoreConfig, Webhook, WebhookKind
 
 __all__ = [

@@ -10,10 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from proxy.config.values import ConfigError, Table, check_type, integer
+from proxy.config.values import ConfigError, Network, Table, check_type, integer, networks
 from proxy.secret import Secret
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 LOOPBACK: Final[tuple[Network, ...]] = (
     ipaddress.ip_network("127.0.0.0/8"),
@@ -66,7 +64,7 @@ def parse_server(t: Table) -> ServerConfig:
         host=t.get("host", str, "127.0.0.1"),
         port=integer(t, "port", 8080, 0, 65535),
         workers=integer(t, "workers", 1, 1, 64),
-        allow_clients=_networks(t),
+        allow_clients=networks(t, "allow_clients", ["127.0.0.0/8", "::1/128"]),
         shutdown_timeout=t.number("shutdown_timeout", 25.0),
         client_keys=keys,
         tls_cert=t.get("tls_cert", str, ""),
@@ -98,18 +96,6 @@ def _client_key(value: Any, key: str) -> Secret:
     if len(text) < MIN_CLIENT_KEY:
         raise ConfigError(key, f"must be at least {MIN_CLIENT_KEY} characters")
     return Secret(text)
-
-
-def _networks(t: Table) -> tuple[Network, ...]:
-    items = t.get("allow_clients", list, ["127.0.0.0/8", "::1/128"])
-    networks = []
-    for i, item in enumerate(items):
-        key = f"{t.key}.allow_clients[{i}]"
-        try:
-            networks.append(ipaddress.ip_network(check_type(item, str, key), strict=False))
-        except ValueError:
-            raise ConfigError(key, f"not a CIDR network: {item!r}") from None
-    return tuple(networks)
 
 
 def _check_server_tls(server: ServerConfig, key: str) -> None:

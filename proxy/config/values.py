@@ -10,6 +10,7 @@ secret files read, URLs refused with a user or password in them.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -19,6 +20,7 @@ from yarl import URL
 from proxy.secret import Secret
 
 T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -188,3 +190,15 @@ def no_userinfo(url: URL, key: str) -> URL:
     if url.raw_user is not None or url.raw_password is not None:
         raise ConfigError(key, "must not hold a user or password (user:password@)")
     return url
+
+
+def networks(t: Table, name: str, default: list[str]) -> tuple[Network, ...]:
+    """A list of CIDR networks (``10.0.0.0/8``; a bare address is one host)."""
+    found = []
+    for i, item in enumerate(t.get(name, list, default)):
+        key = f"{t.key}.{name}[{i}]"
+        try:
+            found.append(ipaddress.ip_network(check_type(item, str, key), strict=False))
+        except ValueError:
+            raise ConfigError(key, f"not a CIDR network: {item!r}") from None
+    return tuple(found)

@@ -5,7 +5,6 @@ Also the rule that unsigned eCom callbacks are not open to public addresses.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, cast
@@ -13,13 +12,15 @@ from typing import Final, Literal, cast
 from yarl import URL
 
 from proxy.config.references import at
-from proxy.config.server import Network, ServerConfig, covers_public, is_loopback_host
+from proxy.config.server import ServerConfig, covers_public, is_loopback_host
 from proxy.config.values import (
     ConfigError,
+    Network,
     Table,
     check_type,
     http_url,
     integer,
+    networks,
     no_userinfo,
     read_secret_file,
 )
@@ -129,7 +130,7 @@ def _webhook(t: Table, pending_secret: bool = False) -> Webhook:
         public_url=public_url,
         max_age=t.number("max_age", MAX_AGE, minimum=1.0),
         retry_for=t.number("retry_for", 604800.0),
-        allow_from=_cidrs(t, "allow_from"),
+        allow_from=networks(t, "allow_from", []),
         max_pending=integer(t, "max_pending", 100000, 1, 1_000_000_000),
         max_per_minute=_per_minute(t, kind),
     )
@@ -159,17 +160,6 @@ def _per_minute(t: Table, kind: WebhookKind) -> int:
     if kind != "ecom-callback" and "max_per_minute" in t.data:
         raise ConfigError(f"{t.key}.max_per_minute", "for ecom-callback only (webhooks are signed)")
     return integer(t, "max_per_minute", 600, 1, 1_000_000)
-
-
-def _cidrs(t: Table, name: str) -> tuple[Network, ...]:
-    networks = []
-    for i, item in enumerate(t.get(name, list, [])):
-        key = f"{t.key}.{name}[{i}]"
-        try:
-            networks.append(ipaddress.ip_network(check_type(item, str, key), strict=False))
-        except ValueError:
-            raise ConfigError(key, f"not a CIDR network: {item!r}") from None
-    return tuple(networks)
 
 
 def check_callback_exposure(server: ServerConfig, hooks: tuple[Webhook, ...]) -> None:
