@@ -6,7 +6,8 @@ refreshes access tokens, injects them, and streams each call to Vipps and back.
 The map, one concept per module:
 
 - ``config``: TOML in, frozen dataclasses out; ``${ENV}`` and ``${file:...}``; errors
-  name the key (``ConfigError``)
+  name the key (``ConfigError``); one module per section of the file (its own package
+  map)
 - ``secret``: ``Secret``, a string that never shows itself
 - ``tokens``: ``TokenProvider``, one token cache per credential set: shared fetch,
   early background refresh, backoff, invalidation on 401
