@@ -30,13 +30,15 @@ from aiohttp import web
 
 from proxy import events
 from proxy.admin import serve_admin
-from proxy.app import ProxyApp, ProxyRunner
+from proxy.aiohttp_seam import HandshakeBoundSite
+from proxy.app import ProxyApp
 from proxy.config import Config
 from proxy.groupmetrics import MetricsGroup, metrics_folder, share
 from proxy.logs import configure_logging
 from proxy.redact import Redactor
+from proxy.runner import ProxyRunner
 from proxy.startup import EXIT_STARTUP, StartupError, listen, listen_error
-from proxy.tls import HandshakeBoundSite, inbound_context
+from proxy.tls import inbound_context
 
 _log = structlog.get_logger("proxy.server")
 
