@@ -1,9 +1,11 @@
 """The one seam to aiohttp's internals: every aiohttp name the proxy uses that is not
 aiohttp's documented API lives here, and no other module touches one.
 
-Verified on aiohttp 3.13.5 and 3.14.5 (``pyproject.toml`` allows ``>=3.13,<3.15``);
-``tests/test_aiohttp_seam.py`` checks every piece below and names the one an aiohttp
-release moved or renamed. The names, and why each is needed:
+Verified on aiohttp 3.14.5 (the lock's; ``pyproject.toml`` allows ``>=3.14,<3.15``) and
+3.13.5: there every piece below but ``TCPSite._bound_port`` (new in 3.14) is present and
+the wire, upstream and forwarding tests pass, but the emulator needs 3.14's
+``web.RequestKey``. ``tests/test_aiohttp_seam.py`` checks every piece and names the one
+an aiohttp release moved or renamed. The names, and why each is needed:
 
 Undocumented modules, imported here only:
 
@@ -44,8 +46,9 @@ Private attributes and methods (a leading underscore), touched here only:
   (``HandshakeBoundSite``): a TLS listener whose handshakes are bounded.
 - ``ClientSession._retry_connection`` (``disable_retry``): aiohttp's own resend of a
   call on a dropped pooled connection, off (its ``TestClient`` does the same).
-- ``BaseRequest.writer`` and ``StreamWriter.output_size`` (``send_interim``): a
-  ``100 Continue`` written before the answer, not counted as the answer's bytes.
+- ``BaseRequest.writer`` and ``StreamWriter.output_size`` (``send_interim``, neither in
+  aiohttp's reference): a ``100 Continue`` written before the answer, not counted as
+  the answer's bytes.
 """
 
 from __future__ import annotations
