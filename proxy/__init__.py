@@ -6,7 +6,8 @@ refreshes access tokens, injects them, and streams each call to Vipps and back.
 The map, one concept per module:
 
 - ``config``: TOML in, frozen dataclasses out; ``${ENV}`` and ``${file:...}``; errors
-  name the key (``ConfigError``)
+  name the key (``ConfigError``); one module per section of the file (its own package
+  map)
 - ``secret``: ``Secret``, a string that never shows itself
 - ``tokens``: ``TokenProvider``, one token cache per credential set: shared fetch,
   early background refresh, backoff, invalidation on 401
@@ -19,18 +20,23 @@ The map, one concept per module:
 - ``forwarding``: ``Forwarder``: body in, upstream call, answer streamed back, the one
   safe replay; the one place upstream errors become 502/504
 - ``calls``: ``CallRecord``, what one call's log line and metrics report
-- ``upstream``: ``UpstreamPool``: keep-alive HTTP/1.1 connections to upstreams over
-  aiohttp's client protocol (its parser, flow control, read time-outs), limited per
-  origin; the request head and its framing, written by the pool; the one safe resend on
-  a connection found closed
+- ``upstream``: ``UpstreamPool``: keep-alive HTTP/1.1 connections to upstreams,
+  limited per origin; the request head and its framing, written by the pool; the one
+  safe resend on a connection found closed
+- ``upstream_connection``: one upstream connection over aiohttp's client protocol (its
+  parser, flow control, read time-outs): connecting, the answer's head read and
+  checked, interim answers, a streamed request body sent
 - ``resolver``: ``Resolver``: upstream name look-ups shared while under way, kept 10 s
-- ``relay``: ``RelayedResponse``: the upstream's answer to the client, its head as
-  received; interim 1xx answers relayed first
+- ``relayed_response``: ``RelayedResponse``: the upstream's answer to the client, its
+  head as received; interim 1xx answers relayed first
 - ``errors``: the proxy's own errors and their problem+json answers
 - ``admin``: ``/-/health``, ``/-/ready``, ``/-/metrics``, legacy token calls answered
   with a placeholder
-- ``app``: ``ProxyApp``, the handler every call meets (checks, dispatch, one log
-  line), and ``ProxyRunner``, which serves it on aiohttp's low-level server
+- ``app``: ``ProxyApp``, the handler every call meets (checks, dispatch, one log line)
+- ``runner``: ``ProxyRunner``, which serves it on aiohttp's low-level server: start,
+  drain and close; client connections counted, refused requests answered our way
+- ``aiohttp_seam``: the one module that touches aiohttp's private or undocumented
+  parts, each listed with why and the versions verified
 - ``state``: ``ProxyState``, one config's snapshot: what every part of a call reads,
   built whole by ``build_state`` and frozen
 - ``reload``: ``Reloader``, the one owner of reloading: SIGHUP and files watched by
@@ -43,7 +49,8 @@ The map, one concept per module:
   folder, so that one scrape shows the whole group
 - ``logs``: structlog JSON lines (orjson), aiohttp's logs rendered alike
 - ``redact``: ``Redactor``, scrubs known secret values from every log line
-- ``tls``: outbound and inbound SSL contexts
+- ``tls``: outbound and inbound SSL contexts (the listener bounding TLS handshakes is
+  ``aiohttp_seam.HandshakeBoundSite``)
 - ``server``: listening, workers sharing a port, draining on SIGTERM, SIGHUP passed on
 - ``startup``: ``StartupError``, a failure to listen or load a certificate as one line
   naming the key or flag

@@ -8,8 +8,8 @@ ends in exactly one log line and one metrics update.
 
 The proxy has one handler and its own router, so it runs on ``web.Server`` rather than
 an ``Application``: no URL dispatcher, middleware chain or per-call ``Request`` with app
-plumbing (about 30 µs a call). ``ProxyRunner`` gives it the start-up, drain and
-clean-up an application runner would.
+plumbing (about 30 µs a call). ``ProxyRunner`` (``proxy.runner``) gives it the
+start-up, drain and clean-up an application runner would.
 """
 
 from __future__ import annotations
@@ -20,13 +20,11 @@ import secrets
 import ssl
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 import structlog
 from aiohttp import hdrs, web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestHandler
 
 from proxy import events
 from proxy.access import CLIENT_NOT_ALLOWED, check_client_key, peer_address
@@ -37,6 +35,7 @@ from proxy.admin import (
     legacy_token_response,
     reaches_token_path,
 )
+from proxy.aiohttp_seam import HttpProcessingError, disable_retry
 from proxy.calls import CallRecord
 from proxy.config import Config, Credentials
 from proxy.errors import (
@@ -54,7 +53,6 @@ from proxy.inbound import check_request, parser_refusal, refuse_placeholder
 from proxy.logs import CALL_ID
 from proxy.metrics import Metrics
 from proxy.redact import Redactor
-from proxy.reload import Reloader
 from proxy.routing import pick_credentials
 from proxy.state import ProxyState, build_state
 from proxy.tls import outbound_context
@@ -286,136 +284,12 @@ class ProxyApp:
         )
 
 
-class ProxyRunner(web.ServerRunner):
-    """aiohttp's runner for the low-level server, with the proxy's start, drain and close.
-
-    It owns the app's ``Reloader`` (``proxy.reload``), started and stopped with it.
-    ``cleanup()`` stops listening, marks the proxy draining (calls cut after this are
-    logged ``cut_at_shutdown``), gives in-flight calls ``shutdown_timeout`` seconds and
-    then closes the proxy's connections, as an application runner would.
-    """
-
-    def __init__(self, proxy: ProxyApp, *, shutdown_timeout: float, **handler: Any) -> None:
-        server = _ProxyServer(proxy, handler_cancellation=True, **handler)
-        super().__init__(server, shutdown_timeout=shutdown_timeout)
-        self.proxy = proxy
-        self.reloader = Reloader(proxy)
-        #: The admin listener (``server.admin_port``), closed with this runner.
-        self.admin: web.BaseRunner | None = None
-
-    async def _make_server(self) -> web.Server:
-        await self.proxy.start()
-        self.reloader.start()
-        return await super()._make_server()
-
-    async def shutdown(self) -> None:
-        self.proxy.draining = True
-
-    async def _cleanup_server(self) -> None:
-        if self.admin is not None:
-            await self.admin.cleanup()
-        await self.reloader.close()
-        await self.proxy.close()
-
-
 def _body_size(response: web.StreamResponse) -> int:
     """The body bytes of an answer the proxy made itself (not yet sent)."""
     body = response.body if isinstance(response, web.Response) else None
     if isinstance(body, bytes | bytearray):
         return len(body)
     return getattr(body, "size", None) or 0
-
-
-class _ProxyServer(web.Server):
-    """aiohttp's low-level server, whose connections answer refused requests the proxy's
-    way (``ProxyApp.refused``) instead of aiohttp's text/plain 400 and ERROR traceback,
-    and which holds at most ``max_connections`` client connections (the current
-    config's), and at most ``max_connections_per_client`` from one address: one more is
-    closed the moment it is accepted, before a byte is read. So is a peer that no path
-    could serve (``ProxyState.admission``)."""
-
-    def __init__(self, proxy: ProxyApp, **kwargs: Any) -> None:
-        super().__init__(proxy.handle, **kwargs)
-        self.proxy = proxy
-        self._clients: dict[RequestHandler, str] = {}  # each connection's peer address
-        self._per_client: dict[str, int] = {}  # connections held, per peer address
-
-    def __call__(self) -> RequestHandler:
-        return _ConnectionHandler(self, loop=self._loop, **self._kwargs)
-
-    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
-        state = self.proxy.state
-        peer = transport.get_extra_info("peername")
-        client = str(peer[0]) if peer else ""
-        held = self._per_client.get(client, 0)
-        if (
-            len(self._connections) >= state.config.server.max_connections
-            or held >= state.config.server.max_connections_per_client
-            or (state.admission is not None and not state.admission.admits(client))
-        ):
-            transport.abort()
-            handler.force_close()  # its parser never runs; its task ends at once
-            return
-        self._per_client[client] = held + 1
-        self._clients[handler] = client
-        super().connection_made(handler, transport)
-
-    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
-        client = self._clients.pop(handler, None)
-        if client is not None:
-            held = self._per_client.pop(client) - 1
-            if held:
-                self._per_client[client] = held
-        super().connection_lost(handler, exc)
-
-
-class _ConnectionHandler(RequestHandler):
-    """One client connection; a request its parser refused goes to ``ProxyApp.refused``.
-
-    Once more than the transport's buffer waits for the client (writing paused), the
-    client has ``body_timeout`` seconds to take enough of it; else it is cut. A client
-    that never reads (small answers pipelined, a large one left) held its connection,
-    a slot of ``max_connections``, for good. No timer runs while writes flow.
-    """
-
-    def __init__(self, manager: _ProxyServer, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._refused = manager.proxy.refused
-        self._write_timeout = manager.proxy.state.config.server.body_timeout
-        self._stalled: asyncio.TimerHandle | None = None
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self._stalled is None:
-            self._stalled = self._loop.call_later(self._write_timeout, self._cut)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self._stalled is not None:
-            self._stalled.cancel()
-            self._stalled = None
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._stalled is not None:
-            self._stalled.cancel()
-            self._stalled = None
-        super().connection_lost(exc)
-
-    def _cut(self) -> None:
-        self._stalled = None
-        if self.transport is not None:
-            self.transport.abort()
-
-    def handle_error(
-        self,
-        request: web.BaseRequest,
-        status: int = 500,
-        exc: BaseException | None = None,
-        message: str | None = None,
-    ) -> web.StreamResponse:
-        if isinstance(exc, HttpProcessingError):
-            return self._refused(request, exc)
-        return super().handle_error(request, status, exc, message)
 
 
 def _tokens_session(state: ProxyState) -> aiohttp.ClientSession:
@@ -428,8 +302,8 @@ def _tokens_session(state: ProxyState) -> aiohttp.ClientSession:
     )
     # aiohttp resends GET/PUT/DELETE by itself when a pooled connection drops, even if
     # the upstream already acted on it. A token fetch is a POST and never pooled here,
-    # but the switch stays off: aiohttp has no public one, its TestClient does the same.
-    session._retry_connection = False
+    # but the switch stays off.
+    disable_retry(session)
     return session
 
 

@@ -46,7 +46,7 @@ from proxy.errors import (
 from proxy.headers import upstream_request_headers
 from proxy.inbound import continue_body
 from proxy.metrics import Metrics
-from proxy.relay import RelayedResponse, interim_relay
+from proxy.relayed_response import RelayedResponse, interim_relay
 from proxy.tokenfetch import Token
 from proxy.tokens import (
     MAX_REFUSAL_BODY,
@@ -55,14 +55,8 @@ from proxy.tokens import (
     TokenProvider,
     refusal_cause,
 )
-from proxy.upstream import (
-    BadAnswer,
-    ConnectFailed,
-    NoFreeConnection,
-    Upstream,
-    UpstreamPool,
-    UpstreamResponse,
-)
+from proxy.upstream import NoFreeConnection, UpstreamPool, UpstreamResponse
+from proxy.upstream_connection import BadAnswer, ConnectFailed, Upstream
 
 PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 CLIENT_BODY_TIMEOUT: Final = "client_body_timeout"

@@ -19,8 +19,8 @@ from itertools import chain
 from typing import Final
 
 from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
-from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooLong
 
+from proxy.aiohttp_seam import BadStatusLine, HttpProcessingError, LineTooLong, send_interim
 from proxy.errors import (
     BadRequest,
     CodingNotImplemented,
@@ -80,8 +80,7 @@ def refuse_placeholder(request: web.BaseRequest, placeholder: str) -> None:
 async def continue_body(request: web.BaseRequest) -> None:
     """Invite the body a client holds back for ``Expect: 100-continue`` (HTTP/1.1)."""
     if request.version == HttpVersion11 and hdrs.EXPECT in request.headers:
-        await request.writer.write(CONTINUE)
-        request.writer.output_size = 0  # the interim answer is not the response's size
+        await send_interim(request, CONTINUE)  # not counted as the answer's size
 
 
 def parser_refusal(exc: HttpProcessingError) -> ProxyError:

@@ -5,18 +5,23 @@ cut what is left (each cut call still writes its log line), exit 0. SIGHUP: relo
 config (``proxy.reload``). With ``workers > 1``
 the parent starts N workers that bind the same port with SO_REUSEPORT (each with its own
 token cache: Vipps allows several valid tokens at once) and passes signals on to them;
-each worker reloads on its own.
+each worker reloads on its own. A worker whose parent is gone (killed with SIGKILL, or by
+the OOM killer) drains and exits as on SIGTERM: nothing else would stop it, and it would
+go on holding the port and delivering webhooks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from multiprocessing import resource_tracker
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,13 +30,15 @@ from aiohttp import web
 
 from proxy import events
 from proxy.admin import serve_admin
-from proxy.app import ProxyApp, ProxyRunner
+from proxy.aiohttp_seam import HandshakeBoundSite
+from proxy.app import ProxyApp
 from proxy.config import Config
 from proxy.groupmetrics import MetricsGroup, metrics_folder, share
 from proxy.logs import configure_logging
 from proxy.redact import Redactor
+from proxy.runner import ProxyRunner
 from proxy.startup import EXIT_STARTUP, StartupError, listen, listen_error
-from proxy.tls import HandshakeBoundSite, inbound_context
+from proxy.tls import inbound_context
 
 _log = structlog.get_logger("proxy.server")
 
@@ -196,8 +203,13 @@ def _start_workers(config: Config, metrics: Path) -> int:
     # started first.
     resource_tracker.ensure_running()
     signal.pthread_sigmask(signal.SIG_BLOCK, _EARLY)
+    # Each worker holds the reading end; the writing end is only ever here, so when this
+    # process ends, however it ends, every worker reads end-of-file.
+    alive, _held_until_exit = context.Pipe(duplex=False)
     workers = [
-        context.Process(target=_worker_main, args=(config, metrics), name=f"vipps-proxy-worker-{i}")
+        context.Process(
+            target=_worker_main, args=(config, metrics, alive), name=f"vipps-proxy-worker-{i}"
+        )
         for i in range(config.server.workers)
     ]
 
@@ -216,6 +228,7 @@ def _start_workers(config: Config, metrics: Path) -> int:
     signal.signal(signal.SIGHUP, reload)
     for worker in workers:
         worker.start()
+    alive.close()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _EARLY)
     status = 0
     for worker in workers:
@@ -249,11 +262,22 @@ def _preflight(config: Config) -> None:
     asyncio.run(probe())
 
 
-def _worker_main(config: Config, metrics: Path) -> None:
+def _worker_main(config: Config, metrics: Path, parent_alive: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
+    threading.Thread(
+        target=_stop_when_parent_gone, args=(parent_alive,), name="parent-watch", daemon=True
+    ).start()
     try:
         status = _serve_process(config, reuse_port=True, metrics=metrics)
     except StartupError as exc:
         print(f"vipps-proxy: {exc}", file=sys.stderr, flush=True)
         status = EXIT_STARTUP
     sys.exit(status)
+
+
+def _stop_when_parent_gone(parent_alive: Connection) -> None:
+    """Wait for the parent's end of the pipe to close, then SIGTERM this worker."""
+    with contextlib.suppress(EOFError, OSError):
+        parent_alive.recv_bytes()  # the parent never writes: this returns only at its end
+    _log.warning(events.WORKER_PARENT_GONE, pid=os.getpid())
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import ssl
-
-from aiohttp import web
 
 from proxy.config import ServerConfig, TLSConfig
 from proxy.startup import load_file
@@ -53,35 +50,3 @@ def inbound_context(server: ServerConfig) -> ssl.SSLContext | None:
 
 def _pair(cert: str, key: str) -> str:
     return f"{cert} (key {key})" if key and key != cert else cert
-
-
-class HandshakeBoundSite(web.TCPSite):
-    """aiohttp's TCP site whose TLS handshakes last at most ``handshake_timeout`` seconds.
-
-    A client connection is counted (``max_connections``) and timed (``header_timeout``)
-    only once its handshake is done; asyncio's own bound on a handshake is 60 s, so a
-    client that never sends its ClientHello would hold a socket that long, uncounted.
-    """
-
-    def __init__(self, *args: object, handshake_timeout: float, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._handshake_timeout = handshake_timeout
-
-    async def start(self) -> None:
-        if self._ssl_context is None:
-            await super().start()
-            return
-        await web.BaseSite.start(self)
-        server = self._runner.server
-        assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            server,
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            ssl_handshake_timeout=self._handshake_timeout,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
-        )
-        self._bound_port = self._server.sockets[0].getsockname()[1]

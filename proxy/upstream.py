@@ -3,11 +3,13 @@
 aiohttp's ``ClientSession`` spends about 200 µs of CPU on every call here (a request
 object, auto headers, cookie filtering, URL building, timer contexts, traces), more than
 the rest of the proxy together; a proxy forwards a request it already has and needs
-none of it. This module keeps the parts of aiohttp's client that carry the risk, its
+none of it. The pool keeps the parts of aiohttp's client that carry the risk, its
 connection protocol (``ResponseHandler``: the llhttp response parser, flow control,
 read time-outs, payload errors) and its ``StreamWriter``, and does the rest itself:
 a pool per origin with its own limit, name look-ups shared and kept briefly
-(``proxy.resolver``), the request head, 1xx answers, and when a connection may be reused.
+(``proxy.resolver``), the request head and its framing, and when a connection may be
+reused. What happens on one connection (connecting, the answer's head read and
+checked, 1xx answers, a streamed body sent) is ``proxy.upstream_connection``.
 
 A call is resent only as HTTP/1.1 allows (RFC 9112 §9.3.1) and aiohttp's connector did:
 once, on a new connection, when the pooled connection it went out on failed before a
@@ -18,29 +20,29 @@ idempotent and its body was held. POST and PATCH are never resent.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterable, Callable
-from dataclasses import dataclass
 from typing import Final
 
-import aiohappyeyeballs
 import aiohttp
 from aiohttp import hdrs
-from aiohttp.client_proto import ResponseHandler
-from aiohttp.http import HttpProcessingError, RawResponseMessage, StreamWriter
 from multidict import CIMultiDict
-from yarl import URL
 
+from proxy.aiohttp_seam import RawResponseMessage, StreamWriter, hold_head
 from proxy.resolver import Resolver
+from proxy.upstream_connection import (
+    FIELD_BYTES,
+    Connection,
+    Interim,
+    Key,
+    Upstream,
+    connect,
+    read_head,
+    send_body,
+)
 
-#: What a request head may hold besides its line ends: HTAB, SP, visible ASCII, obs-text.
-_FIELD_BYTES: Final = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
-HAPPY_EYEBALLS_DELAY: Final = 0.25  # RFC 8305's recommended wait before the next address
 READ_BUFSIZE: Final = 2**18  # what a download is read in, at most, per wake-up
-STATUS_END: Final = len(b"HTTP/1.1 200")  # a status line's bytes up to its code
-_STATUS_LINE, _FIRST_FIELD, _INTERIM_REST = range(3)  # where a head's bytes are
 #: Methods whose requests carry a body: without one they get Content-Length: 0,
 #: as aiohttp's client sends (some gateways answer 411 otherwise).
 BODY_METHODS: Final = frozenset({hdrs.METH_POST, hdrs.METH_PUT, hdrs.METH_PATCH})
@@ -55,137 +57,11 @@ STALE_CONNECTION_ERRORS: Final = (
     ConnectionResetError,  # writing on a transport that closed meanwhile
 )
 
-#: An origin as the pool keeps it: host, port and the TLS context (None: plain HTTP). A
-#: reload with new TLS settings makes a new context, so its calls get new connections.
-Key = tuple[str, int, ssl.SSLContext | None]
 Body = bytes | AsyncIterable[bytes] | None
-Interim = Callable[[RawResponseMessage], None]
-
-
-class ConnectFailed(aiohttp.ClientConnectionError):
-    """No connection to the upstream could be made (refused, unreachable, TLS refused)."""
 
 
 class NoFreeConnection(aiohttp.ClientError):
     """Every connection the pool may hold to the upstream stayed in use too long."""
-
-
-class MalformedAnswer(aiohttp.ClientError):
-    """The upstream's answer is not HTTP/1.1 the parser accepts."""
-
-
-class BadAnswer(MalformedAnswer):
-    """The upstream's answer is HTTP the parser took, but not one to relay: a transfer
-    coding other than chunked, a control byte in a field value, a first field line that
-    starts with whitespace."""
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """A route's upstream, taken apart once so each call only joins strings."""
-
-    host: str
-    port: int
-    host_header: str
-    base_path: str
-    tls: ssl.SSLContext | None
-    connect_timeout: float
-    read_timeout: float
-
-    @classmethod
-    def of(
-        cls, url: URL, ssl_context: ssl.SSLContext, connect_timeout: float, read_timeout: float
-    ) -> Upstream:
-        secure = url.scheme == "https"
-        return cls(
-            host=url.raw_host or "",
-            port=url.port or (443 if secure else 80),
-            host_header=url.host_port_subcomponent or "",
-            base_path=url.raw_path.rstrip("/"),
-            tls=ssl_context if secure else None,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-        )
-
-    @property
-    def key(self) -> Key:
-        return (self.host, self.port, self.tls)
-
-
-class _Connection(ResponseHandler):
-    """aiohttp's client protocol, noting whether it has been pooled (so carried a call
-    before), whether any byte of the current call's answer came, and whether a head's
-    first field line began with whitespace.
-
-    aiohttp's parser is lenient with answers: it reads a first field line that starts
-    with whitespace (`` Content-Length: 3``) as a field, framing included, which a
-    recipient must refuse (RFC 9112 §2.2), and nothing of it shows in the parsed head.
-    So the byte after each head's status line is looked at as the bytes come (an
-    interim head is followed to its end, where the next head starts). An obs-fold
-    further down is joined into its field with a space, as §5.2 allows a proxy.
-    """
-
-    reused = False
-    answered = False
-    folded = False  # a head's first field line began with SP or HTAB
-    _in_head = False  # the bytes coming are still those of the answer's heads
-    _phase = 0  # in the head: _STATUS_LINE, _FIRST_FIELD, or _INTERIM_REST
-    _status = b""  # the current head's first bytes, up to its status code
-    _carry = b""  # the end of an interim head's bytes so far: a line end may be split
-
-    def expect_answer(self) -> None:
-        """A call went out: what comes next is its answer's head."""
-        self.answered = self.folded = False
-        self._in_head, self._phase, self._status, self._carry = True, _STATUS_LINE, b"", b""
-
-    def data_received(
-        self,
-        data: bytes,
-        _receive: Callable[[ResponseHandler, bytes], None] = ResponseHandler.data_received,
-    ) -> None:
-        self.answered = True
-        if self._in_head:
-            self._watch_head(data)
-        _receive(self, data)
-
-    def _watch_head(self, data: bytes) -> None:
-        at, size = 0, len(data)
-        while at < size:
-            if self._phase == _STATUS_LINE:
-                if not self._status:  # blank lines before a status line are skipped
-                    while at < size and data[at] in b"\r\n":
-                        at += 1
-                self._status += data[at : at + STATUS_END - len(self._status)]
-                line_end = data.find(b"\n", at)
-                if line_end < 0:
-                    return
-                at, self._phase = line_end + 1, _FIRST_FIELD
-            elif self._phase == _FIRST_FIELD:
-                if data[at] in b" \t":
-                    self.folded = True
-                code = self._status[STATUS_END - 3 :]
-                if code[:1] != b"1" or code == b"101":  # the final head: done
-                    self._in_head = False
-                    return
-                self._phase, self._carry = _INTERIM_REST, b"\n"
-            else:
-                watched = self._carry + data[at:]
-                end = _head_end(watched)
-                if end < 0:
-                    self._carry = watched[-2:]
-                    return
-                data, at, size = watched, end, len(watched)  # the next head starts here
-                self._phase, self._status, self._carry = _STATUS_LINE, b"", b""
-
-
-def _head_end(data: bytes) -> int:
-    """Where the head in ``data`` ends, after its empty line (CRLF, or a bare LF as
-    aiohttp's parser allows); -1 if it does not end in ``data``."""
-    crlf = data.find(b"\n\r\n")
-    bare = data.find(b"\n\n", 0, crlf + 2 if crlf >= 0 else len(data))
-    if bare >= 0:
-        return bare + 2
-    return crlf + 3 if crlf >= 0 else -1
 
 
 def _held(body: Body) -> bool:
@@ -214,13 +90,13 @@ class UpstreamResponse:
         self,
         pool: UpstreamPool,
         key: Key,
-        proto: _Connection,
+        proto: Connection,
         head: RawResponseMessage,
         content: aiohttp.StreamReader,
         body_task: asyncio.Task[None] | None,
     ) -> None:
         self._pool, self._key, self._body_task = pool, key, body_task
-        self._proto: _Connection | None = proto
+        self._proto: Connection | None = proto
         self.head = head
         self.status: int = head.code
         self.reason: str = head.reason
@@ -260,7 +136,7 @@ class _Origin:
 
     def __init__(self) -> None:
         self.busy = 0
-        self.idle: list[tuple[_Connection, float]] = []
+        self.idle: list[tuple[Connection, float]] = []
         self.waiters: deque[asyncio.Future[None]] = deque()
 
 
@@ -315,7 +191,7 @@ class UpstreamPool:
     async def _send(
         self,
         up: Upstream,
-        proto: _Connection,
+        proto: Connection,
         method: str,
         target: str,
         headers: CIMultiDict[str],
@@ -345,10 +221,10 @@ class UpstreamPool:
             else:
                 # Held as StreamWriter.write_headers holds its own, to go with the first
                 # chunk: a body that fails before it has sent nothing upstream.
-                writer._headers_buf, writer._headers_written = request_head, False
+                hold_head(writer, request_head)
                 writer.enable_chunking()
-                body_task = asyncio.create_task(_send_body(proto, writer, body, up.read_timeout))
-            head, content = await _read_head(proto, body_task, interim)
+                body_task = asyncio.create_task(send_body(proto, writer, body, up.read_timeout))
+            head, content = await read_head(proto, body_task, interim)
         except BaseException:
             if body_task is not None:
                 body_task.cancel()
@@ -358,7 +234,7 @@ class UpstreamPool:
         response.waited = time.perf_counter() - written
         return response
 
-    async def _acquire(self, up: Upstream, origin: _Origin, fresh: bool = False) -> _Connection:
+    async def _acquire(self, up: Upstream, origin: _Origin, fresh: bool = False) -> Connection:
         """A connection for one call: an idle one if there is (and not ``fresh``), else
         a new one."""
         if origin.busy >= self.limit:
@@ -372,7 +248,7 @@ class UpstreamPool:
         if proto is not None:
             return proto
         try:
-            return await _connect(up, self.resolver)
+            return await connect(up, self.resolver)
         except BaseException:
             self._free_slot(origin)
             raise
@@ -398,7 +274,7 @@ class UpstreamPool:
                 f" for {up.connect_timeout} s"
             ) from None
 
-    def _take_idle(self, origin: _Origin) -> _Connection | None:
+    def _take_idle(self, origin: _Origin) -> Connection | None:
         idle = origin.idle
         oldest_allowed = time.monotonic() - self.max_idle
         while idle:
@@ -408,7 +284,7 @@ class UpstreamPool:
             proto.close()
         return None
 
-    def give_back(self, key: Key, proto: _Connection, reusable: bool) -> None:
+    def give_back(self, key: Key, proto: Connection, reusable: bool) -> None:
         """Pool the connection if it is clean and the pool is open; else close it."""
         origin = self._origins[key]
         self._free_slot(origin)
@@ -490,120 +366,12 @@ def _request_head(line: str, headers: CIMultiDict[str]) -> bytes:
     """
     fields = list(map(": ".join, headers.items()))  # no f-string per field: ~40 % cheaper
     head = ("\r\n".join([line, *fields]) + "\r\n\r\n").encode("utf-8", "surrogateescape")
-    if head.translate(None, _FIELD_BYTES) != b"\r\n" * (len(fields) + 2):
+    if head.translate(None, FIELD_BYTES) != b"\r\n" * (len(fields) + 2):
         raise ValueError("a request header holds a control character")
     return head
 
 
-def _fit_for_a_call(proto: _Connection, since: float, oldest_allowed: float) -> bool:
+def _fit_for_a_call(proto: Connection, since: float, oldest_allowed: float) -> bool:
     """An idle connection that may carry another call: young enough, open, and with
     nothing pending on it (no early bytes, no error from a timer or the peer)."""
     return since >= oldest_allowed and proto.is_connected() and not proto.should_close
-
-
-async def _connect(up: Upstream, resolver: Resolver) -> _Connection:
-    """A new connection: every address the name has, raced RFC 8305 style (as aiohttp's
-    connector does), so an unreachable IPv6 address costs 250 ms, not connect_timeout."""
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(up.connect_timeout):
-            infos = await resolver.resolve(up.host, up.port)
-            sock = await aiohappyeyeballs.start_connection(
-                infos, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY, interleave=1
-            )
-            try:
-                _, proto = await loop.create_connection(
-                    lambda: _Connection(loop),
-                    sock=sock,
-                    ssl=up.tls,
-                    # as aiohttp does: a certificate never names the root's trailing dot
-                    server_hostname=up.host.rstrip(".") if up.tls is not None else None,
-                )
-            except BaseException:
-                sock.close()
-                raise
-    except TimeoutError:
-        raise aiohttp.ConnectionTimeoutError(
-            f"connecting to {up.host} took over {up.connect_timeout} s"
-        ) from None
-    except OSError as exc:  # refused, unreachable, name unknown, TLS refused
-        raise ConnectFailed(f"cannot connect to {up.host}: {exc.__class__.__name__}") from exc
-    return proto
-
-
-async def _read_head(
-    proto: _Connection, body_task: asyncio.Task[None] | None, interim: Interim | None
-) -> tuple[RawResponseMessage, aiohttp.StreamReader]:
-    """The final answer's head; each 1xx interim answer before it goes to ``interim``.
-
-    The proxy never asks to switch protocols, so a 101 is a broken upstream. aiohttp
-    stops the read timer when an interim answer ends; it is started again for the final
-    head (unless a body is still being sent: that is timed by ``_send_body``).
-    """
-    while True:
-        try:
-            head, content = await proto.read()
-        except HttpProcessingError as exc:
-            raise MalformedAnswer(f"the upstream answered malformed HTTP: {exc.message}") from None
-        if head.code == 101:
-            raise MalformedAnswer("the upstream switched protocols unasked (101)")
-        _relayable(head, proto.folded)
-        if not 100 <= head.code < 200:
-            return _readable_alike(head), content
-        if interim is not None:
-            interim(head)
-        if body_task is None or body_task.done():
-            proto.start_timeout()
-
-
-def _readable_alike(head: RawResponseMessage) -> RawResponseMessage:
-    """The final head, if every client reads it as the proxy does. aiohttp's parser is
-    lenient with answers: it takes ``Content-Length : 3`` (whitespace before the colon)
-    as the length, and a status of two digits. RFC 9112 §5.1 forbids relaying the
-    former (recipients may frame the answer differently); neither is HTTP."""
-    if head.code < 100 or any(name[-1:] in b" \t" for name, _ in head.raw_headers):
-        raise MalformedAnswer("the upstream's answer head is malformed")
-    return head
-
-
-def _relayable(head: RawResponseMessage, folded: bool) -> None:
-    """Refuse a head the proxy will not relay (``BadAnswer``): a transfer coding other
-    than chunked alone (its body would reach the client still coded, under a plain
-    ``chunked``), a control byte in a field value (as in a request, RFC 9110 §5.5; the
-    parser checks names), or a first field line that starts with whitespace (``folded``)."""
-    if folded:
-        raise BadAnswer("the upstream's first field line starts with whitespace")
-    coding = head.headers.get(hdrs.TRANSFER_ENCODING)
-    if coding is not None and (
-        coding.lower() != "chunked" or len(head.headers.getall(hdrs.TRANSFER_ENCODING)) > 1
-    ):
-        raise BadAnswer("the upstream's answer has a transfer coding other than chunked")
-    if b"".join([value for _, value in head.raw_headers]).translate(None, _FIELD_BYTES):
-        raise BadAnswer("a field of the upstream's answer holds a control character")
-
-
-async def _send_body(
-    proto: ResponseHandler, writer: StreamWriter, body: AsyncIterable[bytes], stall: float
-) -> None:
-    """Stream a body; a failure (ours or the client's) fails the call's read too.
-
-    The read timer runs only once the body is sent, so an upstream that stops taking
-    the body is timed here: a write may wait ``stall`` seconds for room, no longer.
-    """
-    try:
-        async for chunk in body:
-            await writer.write(chunk, drain=False)
-            if proto.writing_paused:
-                async with asyncio.timeout(stall):
-                    await writer.drain()
-        async with asyncio.timeout(stall):
-            await writer.write_eof()
-    except TimeoutError:
-        proto.set_exception(aiohttp.SocketTimeoutError("the upstream stopped taking the body"))
-    except OSError as exc:
-        proto.set_exception(aiohttp.ClientOSError(exc.errno, "cannot send the request body"))
-    except Exception as exc:
-        proto.set_exception(aiohttp.ClientConnectionError(f"the request body failed: {exc!r}"))
-    # Sent or failed, the answer (which may have started early) is timed from here:
-    # set_exception stops aiohttp's read timer, and an answer mid-body needs it.
-    proto.start_timeout()

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, settings
 from yarl import URL
 
 from proxy.config import Config, parse_config
@@ -23,6 +24,12 @@ from proxy.redact import Redactor
 from proxy.server import start
 
 from . import spec_answers
+
+# No per-example deadline, and no health check on how long making examples takes: on a
+# busy machine an example that takes 200 ms is slow, not wrong. (A test that sets its own
+# settings keeps these unless it says otherwise.)
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 SPEC_LOG = spec_answers.enable()  # before any emulator is created or started
 

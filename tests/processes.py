@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -57,6 +58,7 @@ class ProxyProcess:
             stdout=self._cat.stdin if self._cat else self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # its own process group: `close` ends its workers too
         )
         if self._cat is not None and self._cat.stdin is not None:
             self._cat.stdin.close()  # the proxy holds the pipe's only writing end now
@@ -92,9 +94,11 @@ class ProxyProcess:
         return self.log_path.read_text(errors="replace")
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        """SIGKILL the proxy and every process it started: no test leaves a worker behind
+        to serve a port or deliver to an address a later test has taken."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
         if self._cat is not None:
             self._cat.wait(10)
         self._log.close()

@@ -10,9 +10,9 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.app import ProxyRunner
 from proxy.config import ConfigError, load_config
 from proxy.redact import Redactor
+from proxy.runner import ProxyRunner
 from proxy.server import start
 from proxy.startup import StartupError
 from tests.conftest import ProxyFactory, RunningEmulator, RunningProxy, free_port, make_config

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import RunningEmulator, RunningProxy, free_port
 from tests.processes import ProxyProcess, read_until, running_demo, write_config
+from tests.webhook_peers import eventually
 
 MIB = 1 << 20
 
@@ -202,6 +203,40 @@ async def test_workers_share_the_port_and_drain_together(
         assert emulator.state.token_requests["accesstoken"] == 2
     finally:
         process.close()
+
+
+async def test_workers_drain_and_exit_when_their_parent_is_killed(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """workers = 2, the parent killed with SIGKILL (as the OOM killer would): each worker
+    drains and exits on its own instead of serving the port on, an orphan, forever."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "w.toml", str(emulator.token_url), str(emulator.url), port, workers=2
+    )
+    process = await asyncio.to_thread(ProxyProcess, config, port, tmp_path / "w.log")
+    try:
+        started = '"event":"proxy_started"'
+        await eventually(lambda: process.output().count(started) == 2, "both workers", 60)
+        lines = [line for line in process.output().splitlines() if started in line]
+        pids = {int(re.findall(r'"pid":(\d+)', line)[0]) for line in lines}
+        assert len(pids) == 2
+        process.process.kill()
+        await asyncio.to_thread(process.process.wait)
+        await eventually(lambda: not any(running(pid) for pid in pids), "workers gone", 60)
+        assert process.output().count('"event":"worker_parent_gone"') == 2
+        assert process.output().count('"event":"proxy_stopped"') == 2
+    finally:
+        process.close()
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie left for a parent that does not reap."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 @pytest.mark.parametrize("delay", [0.3, 0.5, 0.7, 0.9, 1.2])

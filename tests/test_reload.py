@@ -26,8 +26,8 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.app import ProxyRunner
 from proxy.config import load_config
+from proxy.runner import ProxyRunner
 from tests.conftest import ProxyFactory, RunningEmulator, RunningProxy, free_port
 from tests.processes import ProxyProcess
 from tests.webhook_peers import eventually

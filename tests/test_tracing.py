@@ -29,8 +29,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from prometheus_client import CollectorRegistry
 
-from proxy.app import POOL_SIZE, ProxyRunner
+from proxy.app import POOL_SIZE
 from proxy.config import ConfigError, TracingConfig, describe, load_config
+from proxy.runner import ProxyRunner
 from proxy.tracing import MAX_QUEUE, Tracing
 from tests.conftest import (
     DEMO_CLIENT_ID,

@@ -24,14 +24,8 @@ from yarl import URL
 
 from proxy.app import POOL_SIZE
 from proxy.resolver import Resolver
-from proxy.upstream import (
-    ConnectFailed,
-    MalformedAnswer,
-    NoFreeConnection,
-    Upstream,
-    UpstreamPool,
-    UpstreamResponse,
-)
+from proxy.upstream import NoFreeConnection, UpstreamPool, UpstreamResponse
+from proxy.upstream_connection import ConnectFailed, MalformedAnswer, Upstream
 from tests.conftest import ProxyFactory, RunningEmulator, free_port, make_config
 
 pytestmark = pytest.mark.timeout(120)  # a ceiling for a busy machine; idle, each takes < 2 s

@@ -223,6 +223,8 @@ async def test_two_proxies_naming_one_store_through_a_symlink_deliver_each_event
     finally:
         for process in processes:
             process.close()
+    strangers = [got for got in app.received if got.body not in bodies]
+    assert not strangers, strangers  # method, path and headers say who sent them
     assert sorted(app.bodies()) == sorted(bodies)
     started = sum(p.log_path.read_text().count('"webhook_delivery_started"') for p in processes)
     assert started == 1

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from proxy.app import ProxyRunner
+from proxy.runner import ProxyRunner
 from tests.conftest import (
     ProxyFactory,
     RunningEmulator,

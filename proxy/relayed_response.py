@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
-from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import RawResponseMessage, StreamWriter
+from aiohttp import HttpVersion, HttpVersion10, HttpVersion11, hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 
+from proxy.aiohttp_seam import OwnHeadResponse, RawResponseMessage, http_date
 from proxy.headers import response_fields
 
 
-class RelayedResponse(web.StreamResponse):
+class RelayedResponse(OwnHeadResponse):
     """An upstream answer for the client, head bytes unchanged."""
 
     def __init__(self, head: RawResponseMessage, request_id: str) -> None:
@@ -35,19 +35,16 @@ class RelayedResponse(web.StreamResponse):
             raw = tuple((k, v) for k, v in raw if k.lower() not in _FRAMING)
         self._fields = response_fields(raw, request_id)
         if hdrs.DATE not in head.headers:  # an origin with a clock must send one (§6.6.1)
-            self._fields += b"Date: %s\r\n" % rfc822_formatted_time().encode()
+            self._fields += b"Date: %s\r\n" % http_date().encode()
         length = head.headers.get(hdrs.CONTENT_LENGTH)
         self._length = int(length) if length is not None and not head.chunked else None
 
-    async def _prepare_headers(self) -> None:
+    def frame(
+        self, writer: AbstractStreamWriter, version: HttpVersion, keep_alive: bool, empty: bool
+    ) -> bool:
         """This hop's framing and keep-alive; nothing else is added."""
-        request, writer = self._req, self._payload_writer
-        assert request is not None
-        assert writer is not None
-        keep_alive = request.keep_alive if self._keep_alive is None else self._keep_alive
-        version = request.version
         hop = b""
-        if self._must_be_empty_body:  # HEAD, 204, 304: the fields speak of a body not sent
+        if empty:  # HEAD, 204, 304: the fields speak of a body not sent
             pass
         elif self._length is not None:  # relayed as the upstream sent it
             writer.length = self._length
@@ -60,24 +57,14 @@ class RelayedResponse(web.StreamResponse):
             hop += b"Connection: close\r\n"
         elif keep_alive and version == HttpVersion10:
             hop += b"Connection: keep-alive\r\n"
-        self._keep_alive = keep_alive
         self._fields += hop
+        return keep_alive
 
-    async def _write_headers(self) -> None:
+    def head_bytes(self, version: HttpVersion) -> bytes:
         """Held as aiohttp's ``StreamWriter.write_headers`` holds its own: it goes out with
         the first body bytes (one send for an answer already whole), at the end, or at
         ``send_head()``."""
-        request, writer = self._req, self._payload_writer
-        assert request is not None
-        assert isinstance(writer, StreamWriter)
-        version = b"HTTP/%d.%d" % request.version
-        writer._headers_buf = version + self._first_line_rest + self._fields + b"\r\n"
-        writer._headers_written = False
-
-    def send_head(self) -> None:
-        """Send the head now, before any of the body is here."""
-        if self._payload_writer is not None:
-            self._payload_writer.send_headers()
+        return b"HTTP/%d.%d" % version + self._first_line_rest + self._fields + b"\r\n"
 
 
 def interim_relay(request: web.BaseRequest) -> Callable[[RawResponseMessage], None] | None:
