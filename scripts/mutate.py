@@ -4,7 +4,8 @@ Cosmic Ray makes the mutants (one operator, constant or statement changed at a t
 this driver decides which ones to run and against which tests. Each module runs only
 against the test files that exercise it (fastest and most specific first, stopping at
 the first failure), so a run is bounded. It works in a copy of the tracked tree under
-``mutants/`` (git-ignored): the work tree is never edited.
+``mutants/`` (git-ignored): the work tree is never edited. Two runs at once need two
+copies: ``--tree NAME`` (each its own modules).
 
     python -m scripts.mutate                       # every module
     python -m scripts.mutate proxy/access.py       # one module
@@ -41,8 +42,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-WORK = ROOT / "mutants"
-RESULTS = WORK / "results"  # kept when the copy is refreshed
+RESULTS = ROOT / "mutants" / "results"  # each mutant's result, kept between runs
 EQUIVALENT = ROOT / "scripts" / "mutate_equivalent.toml"
 
 
@@ -123,6 +123,7 @@ class Outcome:
     equivalent: list[str] = field(default_factory=list)
     survivors: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)  # listed equivalents never made
+    refuted: list[str] = field(default_factory=list)  # listed equivalents a test caught
 
     @property
     def counted(self) -> int:
@@ -140,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"no such module; choose from {[t.module for t in TARGETS]}")
     equivalent = _load_equivalent()
     if not args.report:
-        _copy_tree()
+        work = ROOT / "mutants" / args.tree
+        _copy_tree(work)
         for target in targets:
-            _run_target(target, args)
+            _run_target(target, args, work)
     outcomes = [_judge(t, _load_results(t), equivalent) for t in targets]
     print(_summary(outcomes, args))
     return 0
@@ -163,14 +165,13 @@ def _parser() -> argparse.ArgumentParser:
         "--survivors", action="store_true", help="run only the last run's survivors again"
     )
     parser.add_argument("--report", action="store_true", help="judge the last results; run none")
+    parser.add_argument("--tree", default="tree", help="the copy under mutants/ to work in")
     return parser
 
 
-def _copy_tree() -> None:
-    """The tracked files (as in the work tree), copied to ``mutants/``: `git add` a new test."""
-    for old in WORK.glob("*"):
-        if old != RESULTS:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+def _copy_tree(work: Path) -> None:
+    """The tracked files (as in the work tree), copied to ``work``: `git add` a new test."""
+    shutil.rmtree(work, ignore_errors=True)
     listed = subprocess.run(
         ["git", "ls-files"],  # noqa: S607
         cwd=ROOT,
@@ -181,8 +182,8 @@ def _copy_tree() -> None:
     for name in listed:
         source = ROOT / name
         if source.is_file():
-            (WORK / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, WORK / name)
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, work / name)
 
 
 def normal(code: str) -> str:
@@ -209,12 +210,12 @@ def _normal_lines(text: str) -> str:
     return " / ".join(normal(line) for line in text.split(" / "))
 
 
-def _run_target(target: Target, args: Any) -> None:
+def _run_target(target: Target, args: Any, work: Path) -> None:
     from cosmic_ray.mutating import mutate_and_test
 
-    os.chdir(WORK)
-    os.environ["PYTHONPATH"] = str(WORK)
-    present = [t for t in target.tests if not t.startswith("tests/") or (WORK / t).exists()]
+    os.chdir(work)
+    os.environ["PYTHONPATH"] = str(work)
+    present = [t for t in target.tests if not t.startswith("tests/") or (work / t).exists()]
     argv = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *present]
     started = time.monotonic()
     clean = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
@@ -224,7 +225,7 @@ def _run_target(target: Target, args: Any) -> None:
     timeout = args.timeout or 5 * took + 30
     items = _chosen(target, args)
     print(f"{target.module}: {len(items)} mutants, clean run {took:.0f}s, timeout {timeout:.0f}s")
-    annotations = _annotation_spans(WORK / target.module)
+    annotations = _annotation_spans(work / target.module)
     results = {} if not args.survivors else _load_results(target)
     for number, item in enumerate(items, 1):
         if _inside(item.mutations[0].start_pos, annotations):
@@ -287,11 +288,14 @@ def _judge(
         key = (target.module, _normal_lines(record["original"]), _normal_lines(record["mutant"]))
         seen.add(key)
         shown = f"{record['original']} -> {record['mutant']}"
-        if key in equivalent:
+        caught = record["state"] in ("killed", "timeout")
+        if key in equivalent and not caught:
             outcome.equivalent.append(f"{record['where']}: {shown}  ({equivalent[key]})")
-        elif record["state"] in ("killed", "timeout"):
+        elif caught:
             outcome.caught += 1
             outcome.timeouts += record["state"] == "timeout"
+            if key in equivalent:  # a test tells it apart after all: the entry is wrong
+                outcome.refuted.append(f"{record['where']}: {shown}")
         else:
             outcome.survivors.append(f"{record['where']} [{record['state']}]: {shown}")
     if outcome.ran == outcome.total:
@@ -389,11 +393,12 @@ def _summary(outcomes: list[Outcome], args: Any) -> str:
         counts = f"{o.total} | {o.ran} | {len(o.equivalent)} | {o.caught} ({o.timeouts})"
         lines.append(f"| `{name}` | {counts} | {len(o.survivors)} | {o.score:.0f} % |")
     for o in outcomes:
-        if o.survivors or o.equivalent or o.stale:
+        if o.survivors or o.equivalent or o.stale or o.refuted:
             lines += ["", f"## {o.target.module}"]
             lines += [f"- survived: {s}" for s in o.survivors]
             lines += [f"- equivalent: {e}" for e in o.equivalent]
             lines += [f"- listed as equivalent, never made (stale entry): {s}" for s in o.stale]
+            lines += [f"- listed as equivalent, yet caught (wrong entry): {s}" for s in o.refuted]
     return "\n".join(lines)
 
 
