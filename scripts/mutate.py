@@ -231,8 +231,9 @@ def _run_target(target: Target, args: Any, work: Path) -> None:
         if _inside(item.mutations[0].start_pos, annotations):
             results[_ident(item)] = {"where": _where(item), "state": "annotation"}
         else:
+            began = time.monotonic()
             result = mutate_and_test(item.mutations, shlex.join(argv), timeout)
-            results[_ident(item)] = _record(item, result)
+            results[_ident(item)] = _record(item, result, time.monotonic() - began)
         _save_results(target, results)
         if number % 10 == 0 or number == len(items):
             print(f"  {number}/{len(items)}", flush=True)
@@ -250,7 +251,7 @@ def _chosen(target: Target, args: Any) -> list[Any]:
     return items
 
 
-def _record(item: Any, result: Any) -> dict[str, str]:
+def _record(item: Any, result: Any, took: float) -> dict[str, str]:
     removed, added = _changed_lines(result.diff or "")
     if result.test_outcome is None:
         state = result.worker_outcome.value  # no mutant made, or the driver failed
@@ -258,7 +259,13 @@ def _record(item: Any, result: Any) -> dict[str, str]:
         state = "timeout" if result.output == "timeout" else "killed"
     else:
         state = result.test_outcome.value
-    return {"where": _where(item), "state": state, "original": removed, "mutant": added}
+    return {
+        "where": _where(item),
+        "state": state,
+        "original": removed,
+        "mutant": added,
+        "seconds": f"{took:.0f}",
+    }
 
 
 def _results_file(target: Target) -> Path:

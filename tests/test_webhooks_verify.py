@@ -195,6 +195,8 @@ def test_a_missing_signature_header_is_refused(missing: str) -> None:
         "HMAC-SHA256 SignedHeaders=host;x-ms-date;x-ms-content-sha256&Signature=x",
         "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature=x&Signature=y",
         "HMAC-SHA256 Signature=x&SignedHeaders=x-ms-date;host;x-ms-content-sha256",
+        "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256;x-more&Signature=x",
+        "HMAC-SHA256 SignedHeaders=x-ms-date;x-ms-content-sha256&Signature=x",
     ],
 )
 def test_an_authorization_of_another_shape_is_refused(value: str) -> None:
