@@ -219,6 +219,18 @@ def test_a_date_within_max_age_passes(offset: int) -> None:
     check(signed(), BODY, now=1_800_000_000 - offset)
 
 
+@pytest.mark.parametrize("zone", [2, -5])
+def test_a_date_written_in_another_zone_is_read_as_the_instant_it_names(zone: int) -> None:
+    """``x-ms-date`` with a numeric zone (RFC 5322 allows one) names the same instant as
+    its GMT spelling: it passes at that instant and is stale as many hours off."""
+    date = formatdate(1_800_000_000 + zone * 3600)[:-5] + f"{zone:+03d}00"
+    given_headers = vipps_headers(BODY, HOST, PATH, secret="a-test-secret", date=date)
+    check(given_headers, BODY, now=1_800_000_000)
+    with pytest.raises(SignatureError) as err:
+        check(given_headers, BODY, now=1_800_000_000 + zone * 3600)
+    assert err.value.reason == "stale_date"
+
+
 def test_an_unparseable_date_is_refused() -> None:
     given_headers = vipps_headers(BODY, HOST, PATH, secret="a-test-secret", date="yesterday")
     with pytest.raises(SignatureError) as err:
