@@ -90,9 +90,10 @@ TARGETS = (
         (
             "tests/test_access.py",
             "tests/test_refused_requests.py",
+            "tests/test_refused_peers.py",  # who is closed as it is accepted
             "tests/test_security.py",
             "-k",
-            "allowlist or client_key or access",
+            "allowlist or client_key or access or at_accept",
         ),
     ),
     Target(
