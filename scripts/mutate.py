@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import io
 import json
 import os
@@ -40,6 +41,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from scripts import warm_pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "mutants" / "results"  # each mutant's result, kept between runs
@@ -142,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"no such module; choose from {[t.module for t in TARGETS]}")
     equivalent = _load_equivalent()
     if not args.report:
+        warm_pytest.warm_up()
         work = ROOT / "mutants" / args.tree
         _copy_tree(work)
         for target in targets:
@@ -166,6 +170,9 @@ def _parser() -> argparse.ArgumentParser:
         "--survivors", action="store_true", help="run only the last run's survivors again"
     )
     parser.add_argument("--report", action="store_true", help="judge the last results; run none")
+    parser.add_argument(
+        "--resume", action="store_true", help="run only the mutants the last run did not reach"
+    )
     parser.add_argument("--tree", default="tree", help="the copy under mutants/ to work in")
     return parser
 
@@ -212,61 +219,68 @@ def _normal_lines(text: str) -> str:
 
 
 def _run_target(target: Target, args: Any, work: Path) -> None:
-    from cosmic_ray.mutating import mutate_and_test
-
     os.chdir(work)
-    os.environ["PYTHONPATH"] = str(work)
+    os.environ["PYTHONPATH"] = str(work)  # for the processes the tests start
+    os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
     present = [t for t in target.tests if not t.startswith("tests/") or (work / t).exists()]
-    argv = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *present]
+    pytest_args = ["-x", "-q", "-p", "no:cacheprovider", *present]
     started = time.monotonic()
-    clean = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+    if warm_pytest.run(pytest_args, work, timeout=3600) != "survived":
+        sys.exit(f"{target.module}: the tests fail without a mutant: {shlex.join(pytest_args)}")
     took = time.monotonic() - started
-    if clean.returncode != 0:
-        sys.exit(f"{target.module}: the tests fail without a mutant:\n{clean.stdout[-3000:]}")
     timeout = args.timeout or 5 * took + 30
     items = _chosen(target, args)
     print(f"{target.module}: {len(items)} mutants, clean run {took:.0f}s, timeout {timeout:.0f}s")
     annotations = _annotation_spans(work / target.module)
-    results = {} if not args.survivors else _load_results(target)
+    results = _load_results(target) if args.survivors or args.resume else {}
     for number, item in enumerate(items, 1):
         if _inside(item.mutations[0].start_pos, annotations):
             results[_ident(item)] = {"where": _where(item), "state": "annotation"}
         else:
-            began = time.monotonic()
-            result = mutate_and_test(item.mutations, shlex.join(argv), timeout)
-            results[_ident(item)] = _record(item, result, time.monotonic() - began)
+            results[_ident(item)] = _mutant_tested(item, pytest_args, work, timeout)
         _save_results(target, results)
         if number % 10 == 0 or number == len(items):
             print(f"  {number}/{len(items)}", flush=True)
     os.chdir(ROOT)
 
 
-def _chosen(target: Target, args: Any) -> list[Any]:
-    items = _work_items(target)
-    if args.survivors:
-        last = _load_results(target)
-        return [i for i in items if last.get(_ident(i), {}).get("state") == "survived"]
-    if args.sample and len(items) > args.sample:
-        sampler = random.Random(args.seed)  # noqa: S311 (a reproducible sample, not a secret)
-        return sampler.sample(items, args.sample)
-    return items
+def _mutant_tested(item: Any, pytest_args: list[str], work: Path, timeout: float) -> dict[str, str]:
+    """The mutant made in ``work`` (undone after), its tests' verdict, and its lines."""
+    from cosmic_ray.mutating import use_mutation
+    from cosmic_ray.plugins import get_operator
 
-
-def _record(item: Any, result: Any, took: float) -> dict[str, str]:
-    removed, added = _changed_lines(result.diff or "")
-    if result.test_outcome is None:
-        state = result.worker_outcome.value  # no mutant made, or the driver failed
-    elif result.test_outcome.value == "killed":
-        state = "timeout" if result.output == "timeout" else "killed"
-    else:
-        state = result.test_outcome.value
+    spec = item.mutations[0]
+    operator = get_operator(spec.operator_name)(**getattr(spec, "operator_args", {}))
+    began = time.monotonic()
+    with use_mutation(spec.module_path, operator, spec.occurrence) as (before, after):
+        if after is None:
+            return {"where": _where(item), "state": "no-test"}
+        state = warm_pytest.run(pytest_args, work, timeout)
+    removed, added = _changed_lines(
+        "\n".join(
+            difflib.unified_diff(before.split("\n"), after.split("\n"), "a", "b", lineterm="")
+        )
+    )
     return {
         "where": _where(item),
         "state": state,
         "original": removed,
         "mutant": added,
-        "seconds": f"{took:.0f}",
+        "seconds": f"{time.monotonic() - began:.0f}",
     }
+
+
+def _chosen(target: Target, args: Any) -> list[Any]:
+    items = _work_items(target)
+    last = _load_results(target)
+    if args.survivors:
+        return [i for i in items if last.get(_ident(i), {}).get("state") == "survived"]
+    if args.resume:
+        return [i for i in items if _ident(i) not in last]
+    if args.sample and len(items) > args.sample:
+        sampler = random.Random(args.seed)  # noqa: S311 (a reproducible sample, not a secret)
+        return sampler.sample(items, args.sample)
+    return items
 
 
 def _results_file(target: Target) -> Path:
