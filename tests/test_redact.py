@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 
-from proxy.redact import MAX_TOKENS_KEPT, MIN_SECRET_LENGTH, SENSITIVE_KEYS, Redactor
+from proxy.redact import (
+    MAX_KEYS_KNOWN,
+    MAX_TOKENS_KEPT,
+    MIN_SECRET_LENGTH,
+    SENSITIVE_KEYS,
+    Redactor,
+)
 from proxy.secret import Secret
 
 
@@ -94,6 +100,17 @@ def test_the_tokens_remembered_are_bounded() -> None:
         redactor.add(f"token-{n:04d}")
     assert len(redactor._tokens) == MAX_TOKENS_KEPT
     assert redactor.redact_text(f"token-{3 * MAX_TOKENS_KEPT - 1:04d}") == "***"
+
+
+def test_the_log_keys_remembered_as_plain_are_bounded() -> None:
+    """Lines that bring ever new keys (three at a time here, so the count steps past
+    ``MAX_KEYS_KNOWN`` rather than onto it) stop being remembered at the bound, and a
+    secret under a key never seen is still masked."""
+    redactor = Redactor([Secret("a-secret-value")])
+    for n in range(MAX_KEYS_KNOWN):
+        redactor(None, "info", {f"a{n}": 1, f"b{n}": 2, f"c{n}": 3})
+    assert len(redactor._plain_keys) < MAX_KEYS_KNOWN + 3
+    assert redactor(None, "info", {"late": "<a-secret-value>"})["late"] == "<***>"
 
 
 @pytest.mark.parametrize("value", [0, 7, 2.5, True, False, None])
