@@ -230,7 +230,10 @@ def _run_target(target: Target, args: Any, work: Path) -> None:
     took = time.monotonic() - started
     timeout = args.timeout or 5 * took + 30
     items = _chosen(target, args)
-    print(f"{target.module}: {len(items)} mutants, clean run {took:.0f}s, timeout {timeout:.0f}s")
+    print(
+        f"{target.module}: {len(items)} mutants, clean run {took:.0f}s, timeout {timeout:.0f}s",
+        flush=True,
+    )
     annotations = _annotation_spans(work / target.module)
     results = _load_results(target) if args.survivors or args.resume else {}
     for number, item in enumerate(items, 1):
