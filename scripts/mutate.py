@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         work = ROOT / "mutants" / args.tree
         _copy_tree(work)
         for target in targets:
-            _run_target(target, args, work)
+            _run_target(target, args, work, equivalent)
     outcomes = [_judge(t, _load_results(t), equivalent) for t in targets]
     print(_summary(outcomes, args))
     return 0
@@ -167,7 +167,9 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a mutant (default: 5x the clean run + 30; a timeout is caught)",
     )
     parser.add_argument(
-        "--survivors", action="store_true", help="run only the last run's survivors again"
+        "--survivors",
+        action="store_true",
+        help="run the last run's survivors again (not those listed as equivalent)",
     )
     parser.add_argument("--report", action="store_true", help="judge the last results; run none")
     parser.add_argument(
@@ -218,7 +220,7 @@ def _normal_lines(text: str) -> str:
     return " / ".join(normal(line) for line in text.split(" / "))
 
 
-def _run_target(target: Target, args: Any, work: Path) -> None:
+def _run_target(target: Target, args: Any, work: Path, equivalent: dict[Key, str]) -> None:
     os.chdir(work)
     os.environ["PYTHONPATH"] = str(work)  # for the processes the tests start
     os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -229,7 +231,7 @@ def _run_target(target: Target, args: Any, work: Path) -> None:
         sys.exit(f"{target.module}: the tests fail without a mutant: {shlex.join(pytest_args)}")
     took = time.monotonic() - started
     timeout = args.timeout or 5 * took + 30
-    items = _chosen(target, args)
+    items = _chosen(target, args, equivalent)
     print(
         f"{target.module}: {len(items)} mutants, clean run {took:.0f}s, timeout {timeout:.0f}s",
         flush=True,
@@ -273,11 +275,16 @@ def _mutant_tested(item: Any, pytest_args: list[str], work: Path, timeout: float
     }
 
 
-def _chosen(target: Target, args: Any) -> list[Any]:
+def _chosen(target: Target, args: Any, equivalent: dict[Key, str]) -> list[Any]:
     items = _work_items(target)
     last = _load_results(target)
-    if args.survivors:
-        return [i for i in items if last.get(_ident(i), {}).get("state") == "survived"]
+    if args.survivors:  # those not listed as equivalent
+        survived = {
+            ident
+            for ident, r in last.items()
+            if r["state"] == "survived" and _key(target, r) not in equivalent
+        }
+        return [i for i in items if _ident(i) in survived]
     if args.resume:
         return [i for i in items if _ident(i) not in last]
     if args.sample and len(items) > args.sample:
@@ -310,7 +317,7 @@ def _judge(
         if record["state"] == "annotation":
             outcome.equivalent.append(f"{record['where']}: {ANNOTATION}")
             continue
-        key = (target.module, _normal_lines(record["original"]), _normal_lines(record["mutant"]))
+        key = _key(target, record)
         seen.add(key)
         shown = f"{record['original']} -> {record['mutant']}"
         caught = record["state"] in ("killed", "timeout")
@@ -327,6 +334,10 @@ def _judge(
         listed = (k for k in equivalent if k[0] == target.module and k not in seen)
         outcome.stale = [f"{k[1]} -> {k[2]}" for k in listed]
     return outcome
+
+
+def _key(target: Target, record: dict[str, str]) -> Key:
+    return (target.module, _normal_lines(record["original"]), _normal_lines(record["mutant"]))
 
 
 def _work_items(target: Target) -> list[Any]:
