@@ -982,6 +982,31 @@ async def test_a_call_that_waited_for_a_stale_connection_is_resent_too(
     assert upstream.connections[1].requests[0].head == upstream.connections[0].requests[1].head
 
 
+async def hang_up_on_any_second_call(conn: Conn) -> None:
+    """Every connection answers its first call keep-alive, then closes on the next."""
+    if len(conn.requests) == 2:
+        await conn.read_body()
+        conn.writer.close()
+        return
+    await answer_ok(conn)
+
+
+async def test_a_resent_call_goes_on_a_new_connection_not_on_another_idle_one(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory
+) -> None:
+    """Two idle connections, both stale: the call that met the first is resent on a
+    new connection (conn 2), not on the other idle one, which would fail it too."""
+    upstream = await raw_upstream(hang_up_on_any_second_call)
+    pool, up = make_pool(), upstream.upstream()
+    held = [await start(pool, up), await start(pool, up)]
+    for response in held:
+        async with asyncio.timeout(WAIT):
+            await response.content.read()
+        response.release()
+    assert len(upstream.connections) == 2
+    assert await call(pool, up) == (200, b"conn 2 call 1")
+
+
 async def partial_answer_on_second_call(conn: Conn) -> None:
     """Conn 0's second call gets the start of a status line, then the connection closes."""
     if conn.index == 0 and len(conn.requests) == 2:
