@@ -264,6 +264,18 @@ async def test_sequential_calls_reuse_one_connection(
     assert len({conn.peer_port for conn in upstream.connections}) == 1
 
 
+async def test_sequential_calls_at_a_limit_of_one_never_wait_for_a_slot(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory
+) -> None:
+    """Each call on the idle connection gives its slot back whole: with a limit of one,
+    call after call is served on conn 0 (a slot counted twice would leave the third
+    waiting for a slot no one holds)."""
+    upstream = await raw_upstream(answer_ok)
+    pool, up = make_pool(limit=1), upstream.upstream()
+    for n in (1, 2, 3, 4):
+        assert await call(pool, up) == (200, b"conn 0 call %d" % n)
+
+
 async def test_connection_idle_past_max_idle_is_not_reused(
     raw_upstream: UpstreamFactory, make_pool: PoolFactory
 ) -> None:
