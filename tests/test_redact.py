@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from proxy.redact import (
     MAX_KEYS_KNOWN,
@@ -14,6 +15,7 @@ from proxy.redact import (
     MIN_SECRET_LENGTH,
     SENSITIVE_KEYS,
     Redactor,
+    query_values,
 )
 from proxy.secret import Secret
 
@@ -163,3 +165,10 @@ def test_secrets_learned_from_a_reloaded_config_are_masked_by_the_same_minimum()
     redactor.learn([Secret("rotated-client-secret-value"), Secret(exact), Secret(tiny)])
     text = f"old-client-secret rotated-client-secret-value {exact} {tiny}"
     assert redactor.redact_text(text) == f"*** *** *** {tiny}"
+
+
+def test_a_query_part_without_a_value_is_taken_for_a_secret() -> None:
+    """``deliver_to``'s ``?k3y`` (an app key written alone) is a secret as much as
+    ``?app_key=v4lue``: both are given to the config's secrets, in order."""
+    url = URL("https://app.example/callbacks?k3y-alone&app_key=v4lue")
+    assert query_values(url) == ("k3y-alone", "v4lue")
