@@ -172,3 +172,12 @@ def test_a_query_part_without_a_value_is_taken_for_a_secret() -> None:
     ``?app_key=v4lue``: both are given to the config's secrets, in order."""
     url = URL("https://app.example/callbacks?k3y-alone&app_key=v4lue")
     assert query_values(url) == ("k3y-alone", "v4lue")
+
+
+def test_a_redactor_that_knows_a_single_token_masks_it() -> None:
+    """One known value only (a token, before any config secret): texts shorter and
+    longer than it are searched, and it is masked."""
+    redactor = Redactor()
+    redactor.add("tok-abcdef")
+    assert redactor.redact_text("x") == "x"
+    assert redactor.redact_text("a tok-abcdef b") == "a *** b"
