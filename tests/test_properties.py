@@ -25,7 +25,12 @@ from yarl import URL
 
 from proxy.config import AuthMode, Credentials, Route
 from proxy.errors import BadRequest, ProxyError
-from proxy.headers import NEVER_CONNECTION_NAMED, filtered, upstream_request_headers
+from proxy.headers import (
+    NEVER_CONNECTION_NAMED,
+    REQUEST_DROP,
+    filtered,
+    upstream_request_headers,
+)
 from proxy.routing import Router, normalise_path, under
 from proxy.secret import Secret
 
@@ -458,6 +463,14 @@ def test_filtering_keeps_every_other_header_in_order_with_repeats(
     a Connection option never names away the framing or Host."""
     expected = kept(headers, drop | connection_named(headers) - NEVER_CONNECTION_NAMED)
     assert filtered(headers, frozenset(drop)) == expected
+
+
+def test_a_connection_field_naming_every_dropped_field_and_one_more_drops_that_one() -> None:
+    """A Connection option is dropped even when the same field also names all that is
+    dropped anyway: naming more than the drop set is not naming nothing new."""
+    named = ", ".join([*sorted(REQUEST_DROP), "x-hop"])
+    headers = [("Connection", named), ("X-Hop", "1"), ("X-Kept", "2")]
+    assert filtered(headers, REQUEST_DROP) == [("X-Kept", "2")]
 
 
 @PROPERTY_SETTINGS

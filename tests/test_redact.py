@@ -7,8 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from yarl import URL
 
-from proxy.redact import MAX_TOKENS_KEPT, MIN_SECRET_LENGTH, SENSITIVE_KEYS, Redactor
+from proxy.redact import (
+    MAX_KEYS_KNOWN,
+    MAX_TOKENS_KEPT,
+    MIN_SECRET_LENGTH,
+    SENSITIVE_KEYS,
+    Redactor,
+    query_values,
+)
 from proxy.secret import Secret
 
 
@@ -96,6 +104,17 @@ def test_the_tokens_remembered_are_bounded() -> None:
     assert redactor.redact_text(f"token-{3 * MAX_TOKENS_KEPT - 1:04d}") == "***"
 
 
+def test_the_log_keys_remembered_as_plain_are_bounded() -> None:
+    """Lines that bring ever new keys (three at a time here, so the count steps past
+    ``MAX_KEYS_KNOWN`` rather than onto it) stop being remembered at the bound, and a
+    secret under a key never seen is still masked."""
+    redactor = Redactor([Secret("a-secret-value")])
+    for n in range(MAX_KEYS_KNOWN):
+        redactor(None, "info", {f"a{n}": 1, f"b{n}": 2, f"c{n}": 3})
+    assert len(redactor._plain_keys) < MAX_KEYS_KNOWN + 3
+    assert redactor(None, "info", {"late": "<a-secret-value>"})["late"] == "<***>"
+
+
 @pytest.mark.parametrize("value", [0, 7, 2.5, True, False, None])
 def test_numbers_booleans_and_none_keep_their_type(value: Any) -> None:
     """Non-string scalars pass as they are (a status stays an int in the JSON line),
@@ -146,3 +165,19 @@ def test_secrets_learned_from_a_reloaded_config_are_masked_by_the_same_minimum()
     redactor.learn([Secret("rotated-client-secret-value"), Secret(exact), Secret(tiny)])
     text = f"old-client-secret rotated-client-secret-value {exact} {tiny}"
     assert redactor.redact_text(text) == f"*** *** *** {tiny}"
+
+
+def test_a_query_part_without_a_value_is_taken_for_a_secret() -> None:
+    """``deliver_to``'s ``?k3y`` (an app key written alone) is a secret as much as
+    ``?app_key=v4lue``: both are given to the config's secrets, in order."""
+    url = URL("https://app.example/callbacks?k3y-alone&app_key=v4lue")
+    assert query_values(url) == ("k3y-alone", "v4lue")
+
+
+def test_a_redactor_that_knows_a_single_token_masks_it() -> None:
+    """One known value only (a token, before any config secret): texts shorter and
+    longer than it are searched, and it is masked."""
+    redactor = Redactor()
+    redactor.add("tok-abcdef")
+    assert redactor.redact_text("x") == "x"
+    assert redactor.redact_text("a tok-abcdef b") == "a *** b"

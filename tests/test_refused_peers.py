@@ -136,6 +136,18 @@ async def test_a_peer_let_in_only_by_an_ecom_callbacks_allow_from_is_not_closed_
     assert await exchange(proxy, REFUSED) == (403, True)
 
 
+async def test_a_peer_outside_an_ecom_callbacks_allow_from_too_is_closed_at_accept(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """An ecom-callback lets in only its own allow_from (only a ``vipps-webhook`` path
+    opens the door to anyone): an address outside both is closed as it is accepted."""
+    hook: dict[str, Any] = {"path": "/callbacks", "kind": "ecom-callback"}
+    hook |= {"deliver_to": f"{emulator.url}/app", "allow_from": ["127.0.0.3/32"]}
+    proxy = await with_hook(emulator, start_proxy, tmp_path / "events.sqlite3", hook)
+    assert await refused_at_accept(proxy, REFUSED)
+    assert await served(proxy, ALLOWED) == 200
+
+
 async def test_a_request_refused_for_its_address_closes_its_connection(
     emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path
 ) -> None:

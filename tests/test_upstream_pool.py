@@ -258,6 +258,18 @@ async def test_sequential_calls_reuse_one_connection(
     assert len({conn.peer_port for conn in upstream.connections}) == 1
 
 
+async def test_sequential_calls_at_a_limit_of_one_never_wait_for_a_slot(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory
+) -> None:
+    """Each call on the idle connection gives its slot back whole: with a limit of one,
+    call after call is served on conn 0 (a slot counted twice would leave the third
+    waiting for a slot no one holds)."""
+    upstream = await raw_upstream(answer_ok)
+    pool, up = make_pool(limit=1), upstream.upstream()
+    for n in (1, 2, 3, 4):
+        assert await call(pool, up) == (200, b"conn 0 call %d" % n)
+
+
 async def test_connection_idle_past_max_idle_is_not_reused(
     raw_upstream: UpstreamFactory, make_pool: PoolFactory
 ) -> None:
@@ -974,6 +986,31 @@ async def test_a_call_that_waited_for_a_stale_connection_is_resent_too(
     finally:
         second.cancel()
     assert upstream.connections[1].requests[0].head == upstream.connections[0].requests[1].head
+
+
+async def hang_up_on_any_second_call(conn: Conn) -> None:
+    """Every connection answers its first call keep-alive, then closes on the next."""
+    if len(conn.requests) == 2:
+        await conn.read_body()
+        conn.writer.close()
+        return
+    await answer_ok(conn)
+
+
+async def test_a_resent_call_goes_on_a_new_connection_not_on_another_idle_one(
+    raw_upstream: UpstreamFactory, make_pool: PoolFactory
+) -> None:
+    """Two idle connections, both stale: the call that met the first is resent on a
+    new connection (conn 2), not on the other idle one, which would fail it too."""
+    upstream = await raw_upstream(hang_up_on_any_second_call)
+    pool, up = make_pool(), upstream.upstream()
+    held = [await start(pool, up), await start(pool, up)]
+    for response in held:
+        async with asyncio.timeout(WAIT):
+            await response.content.read()
+        response.release()
+    assert len(upstream.connections) == 2
+    assert await call(pool, up) == (200, b"conn 2 call 1")
 
 
 async def partial_answer_on_second_call(conn: Conn) -> None:

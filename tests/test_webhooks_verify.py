@@ -195,6 +195,8 @@ def test_a_missing_signature_header_is_refused(missing: str) -> None:
         "HMAC-SHA256 SignedHeaders=host;x-ms-date;x-ms-content-sha256&Signature=x",
         "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature=x&Signature=y",
         "HMAC-SHA256 Signature=x&SignedHeaders=x-ms-date;host;x-ms-content-sha256",
+        "HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256;x-more&Signature=x",
+        "HMAC-SHA256 SignedHeaders=x-ms-date;x-ms-content-sha256&Signature=x",
     ],
 )
 def test_an_authorization_of_another_shape_is_refused(value: str) -> None:
@@ -215,6 +217,18 @@ def test_a_date_outside_max_age_is_refused(offset: int) -> None:
 @pytest.mark.parametrize("offset", [-300, 0, 300])
 def test_a_date_within_max_age_passes(offset: int) -> None:
     check(signed(), BODY, now=1_800_000_000 - offset)
+
+
+@pytest.mark.parametrize("zone", [2, -5])
+def test_a_date_written_in_another_zone_is_read_as_the_instant_it_names(zone: int) -> None:
+    """``x-ms-date`` with a numeric zone (RFC 5322 allows one) names the same instant as
+    its GMT spelling: it passes at that instant and is stale as many hours off."""
+    date = formatdate(1_800_000_000 + zone * 3600)[:-5] + f"{zone:+03d}00"
+    given_headers = vipps_headers(BODY, HOST, PATH, secret="a-test-secret", date=date)
+    check(given_headers, BODY, now=1_800_000_000)
+    with pytest.raises(SignatureError) as err:
+        check(given_headers, BODY, now=1_800_000_000 + zone * 3600)
+    assert err.value.reason == "stale_date"
 
 
 def test_an_unparseable_date_is_refused() -> None:
