@@ -205,7 +205,7 @@ def _start_workers(config: Config, metrics: Path) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, _EARLY)
     # Each worker holds the reading end; the writing end is only ever here, so when this
     # process ends, however it ends, every worker reads end-of-file.
-    alive, _held_until_exit = context.Pipe(duplex=False)
+    alive, parent_end = context.Pipe(duplex=False)
     workers = [
         context.Process(
             target=_worker_main, args=(config, metrics, alive), name=f"vipps-proxy-worker-{i}"
@@ -236,6 +236,7 @@ def _start_workers(config: Config, metrics: Path) -> int:
         if worker.exitcode:
             _log.error(events.WORKER_EXITED, worker=worker.name, exitcode=worker.exitcode)
             status = 1
+    parent_end.close()  # held open until here, on purpose: its closing is what workers watch
     return status
 
 
