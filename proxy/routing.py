@@ -81,11 +81,10 @@ def _plain(path: str) -> bool:
 
 
 def under(path: str, prefix: str) -> bool:
-    """True if ``path`` is ``prefix`` or below it, on a segment boundary."""
-    if prefix == "/" or path == prefix:
-        return True
+    """True if ``path`` is ``prefix`` or below it, on a segment boundary. Both are
+    absolute: the router sees only normal forms, and every prefix starts with "/"."""
     base = prefix.rstrip("/")
-    return path.startswith(base + "/") or path == base
+    return path == base or path.startswith(base + "/")
 
 
 class Router:
