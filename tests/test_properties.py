@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.config import AuthMode, Credentials, Route
+from proxy.config import AuthMode, Credentials, Route, Webhook
 from proxy.errors import BadRequest, ProxyError
 from proxy.headers import (
     NEVER_CONNECTION_NAMED,
@@ -33,6 +33,7 @@ from proxy.headers import (
 )
 from proxy.routing import Router, normalise_path, under
 from proxy.secret import Secret
+from proxy.webhooks.deliver import delivery_url
 
 PROPERTY_SETTINGS = settings(
     max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -550,3 +551,27 @@ def test_properties_use_a_real_multidict() -> None:
     """The header policy returns a case-insensitive multidict, as aiohttp's client takes."""
     route = Route("/", URL("https://api.vipps.test"), ("main",))
     assert isinstance(upstream_request_headers([], route, OURS, OUR_TOKEN), CIMultiDict)
+
+
+CALLBACK_SEGMENT = st.text(alphabet=string.ascii_letters + string.digits + "-._~", min_size=1)
+APP_QUERY = st.sampled_from(["", "app_key=k-1", "a=1&b=%2F"])
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.sampled_from(["", "/", "/cb", "/cb/", "/a/b"]),
+    APP_QUERY,
+    st.lists(CALLBACK_SEGMENT, min_size=1, max_size=4),
+)
+def test_a_callback_is_delivered_below_deliver_to_with_its_query_kept(
+    base: str, query: str, segments: list[str]
+) -> None:
+    """yarl, not our code, reads the delivery URL back: its path is deliver_to's path
+    with the rest of the callback path below it, and its query is deliver_to's."""
+    deliver_to = URL(f"http://127.0.0.1:9{base}" + (f"?{query}" if query else ""))
+    hook = Webhook("/ecom", "ecom-callback", deliver_to)
+    rest = "/" + "/".join(segments)
+    url = URL(str(delivery_url(hook, "/ecom" + rest)))
+    assert url.raw_path == base.rstrip("/") + rest
+    assert url.raw_query_string == deliver_to.raw_query_string
+    assert (url.host, url.port) == ("127.0.0.1", 9)

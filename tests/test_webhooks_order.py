@@ -153,6 +153,21 @@ async def test_a_callback_prefix_ending_in_a_slash_is_called_back(
     assert event.ordering_key == "o-3"
 
 
+async def test_a_callback_keeps_the_query_of_deliver_to_after_the_appended_path(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    """``deliver_to = .../cb?app_key=k``: Vipps' ``/v2/payments/o-8`` goes into the
+    path, and the app key stays the query (not ``?app_key=k/v2/payments/o-8``)."""
+    port = free_port()
+    hooks = both_hooks(port, deliver_to=f"http://127.0.0.1:{port}/cb?app_key=k-1")
+    relay = await start_relay(emulator, start_proxy, tmp_path, port, hooks=hooks)
+    await start_app(aiohttp_server, relay.app, port)
+    body = b'{"orderId":"o-8","transactionInfo":{"status":"RESERVED"}}'
+    assert await post(relay, ECOM + "/v2/payments/o-8", body) == 200
+    await eventually(lambda: len(relay.app.received) == 1, "delivery")
+    assert relay.app.received[0].path_qs == "/cb/v2/payments/o-8?app_key=k-1"
+
+
 async def test_three_slashes_after_the_callback_prefix_are_still_refused(
     emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path, aiohttp_server: Any
 ) -> None:

@@ -92,15 +92,20 @@ def callback_rest(hook: Webhook, received_path: str) -> str:
 
 
 def delivery_url(hook: Webhook, received_path: str) -> URL:
-    """``deliver_to``; for an eCom callback prefix, with the rest of the path after it."""
+    """``deliver_to``; for an eCom callback prefix, with the rest of the path appended
+    to its path. A query of ``deliver_to`` (an app key) stays the query, after any the
+    rest carries: ``/cb?key=k`` and ``/v2/payments/o-1`` give ``/cb/v2/payments/o-1?key=k``."""
     if hook.kind != "ecom-callback":
         return hook.deliver_to
     rest = callback_rest(hook, received_path)
     if not rest:
         return hook.deliver_to
-    if not rest.startswith(("/", "?")):
-        rest = "/" + rest
-    return URL(str(hook.deliver_to).rstrip("/") + rest, encoded=True)
+    rest_path, asked, rest_query = rest.partition("?")
+    if rest_path and not rest_path.startswith("/"):
+        rest_path = "/" + rest_path
+    head = str(hook.deliver_to.with_query(None)).rstrip("/")
+    query = "&".join(part for part in (rest_query, hook.deliver_to.raw_query_string) if part)
+    return URL(head + rest_path + ("?" + query if query or asked else ""), encoded=True)
 
 
 @dataclass
