@@ -78,6 +78,34 @@ def test_secret_can_come_from_a_file(tmp_path: Path) -> None:
     assert creds.subscription_key.reveal() == "from-a-file-secret"
 
 
+def test_a_byte_order_mark_in_a_secret_file_is_not_part_of_the_secret(tmp_path: Path) -> None:
+    """A file saved by an editor that writes a UTF-8 byte-order mark first: the secret
+    is what follows it (with the mark, every token fetch would be refused)."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"\xef\xbb\xbffrom-a-file-secret\r\n")
+    text = GOOD.replace(
+        'client_secret = "${VIPPS_CLIENT_SECRET}"', f'client_secret_file = "{secret}"'
+    )
+    creds = load_config(write(tmp_path, text), ENV).credentials["main"]
+    assert creds.client_secret.reveal() == "from-a-file-secret"
+
+
+def test_a_secret_given_inline_and_as_a_file_exits_2_naming_its_key(tmp_path: Path) -> None:
+    """``client_secret`` and ``client_secret_file`` together: neither silently wins;
+    one line naming the key, and neither value shown."""
+    secret = tmp_path / "secret"
+    secret.write_text("file-secret-value\n")
+    path = write(tmp_path, GOOD + f'client_secret_file = "{secret}"\n')
+    result = run_cli("check", "--config", str(path), env=ENV)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "vipps-proxy: credentials.main.client_secret: is given both inline and as "
+        "client_secret_file: keep one"
+    ]
+    assert "file-secret-value" not in result.stdout + result.stderr
+    assert ENV["VIPPS_CLIENT_SECRET"] not in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(
     ("doc", "message"),
     [

@@ -189,6 +189,24 @@ def test_a_secret_file_that_is_not_utf8_exits_2_naming_its_key(tmp_path: Path) -
     assert result.stderr.count("\n") == 1
 
 
+def test_a_webhook_secret_given_inline_and_as_a_file_exits_2_naming_its_key(
+    tmp_path: Path,
+) -> None:
+    """``secret`` and ``secret_file`` together: neither silently wins, even while the
+    file does not exist yet; neither value is shown."""
+    hook = (
+        'secret = "inline-hook-secret"\n'
+        f'secret_file = "{tmp_path / "not-yet.secret"}"\n'
+        'deliver_to = "http://127.0.0.1:9/"\n'
+    )
+    result = check(tmp_path / "proxy.toml", hook)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "vipps-proxy: webhooks[0].secret: is given both inline and as secret_file: keep one"
+    ]
+    assert "inline-hook-secret" not in result.stdout + result.stderr
+
+
 def test_check_shows_webhooks_with_the_secret_masked(tmp_path: Path) -> None:
     hook = 'secret = "hook-secret-value"\ndeliver_to = "http://127.0.0.1:9/"\n'
     result = check(tmp_path / "proxy.toml", hook)

@@ -85,9 +85,17 @@ class Table:
             raise ConfigError(join(self.key, name), f"must be one of {allowed}, not {value!r}")
         return value
 
+    def one_of(self, name: str, file_key: str) -> None:
+        """A value given inline and as a file: neither is silently preferred."""
+        if name in self.data and file_key in self.data:
+            raise ConfigError(
+                join(self.key, name), f"is given both inline and as {file_key}: keep one"
+            )
+
     def secret(self, name: str, *, required: bool = True) -> Secret | None:
         """A secret value, given inline or as ``<name>_file``."""
         file_key = f"{name}_file"
+        self.one_of(name, file_key)
         if file_key in self.data:
             path = self.require(file_key, str)
             value = read_secret_file(path, join(self.key, file_key))
@@ -169,7 +177,8 @@ def integer(table: Table, name: str, default: int, low: int, high: int) -> int:
 
 def read_secret_file(path: str, key: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        # utf-8-sig: a byte-order mark an editor put first is not part of the secret
+        return Path(path).read_text(encoding="utf-8-sig").rstrip("\r\n")
     except OSError as exc:
         raise ConfigError(key, f"cannot read file {path}: {exc.strerror}") from None
     except UnicodeDecodeError:

@@ -110,6 +110,7 @@ def _webhook(t: Table, pending_secret: bool = False) -> Webhook:
         # a prefix: "/" would take every call, and after one ending in "/" the rest of a
         # callback's path does not start with "/", so every callback would be refused
         raise ConfigError(f"{t.key}.path", "an ecom-callback path must not be / or end in /")
+    t.one_of("secret", "secret_file")
     secret_file = t.data.get("secret_file")
     pending = pending_secret and isinstance(secret_file, str) and not Path(secret_file).exists()
     secrets = () if pending else _webhook_secrets(t, required=kind == "vipps-webhook")
