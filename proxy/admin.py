@@ -26,7 +26,8 @@ from aiohttp import web
 
 from proxy.access import check_client_key
 from proxy.config import Route, ServerConfig
-from proxy.errors import NotFound
+from proxy.errors import NotFound, ProxyError, problem_response
+from proxy.headers import REQUEST_ID, request_id
 from proxy.routing import fold_case
 from proxy.startup import StartupError, listen
 from proxy.state import ProxyState
@@ -73,7 +74,13 @@ async def serve_admin(
     `StartupError` naming ``server.admin_port``, with nothing left open."""
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
-        return admin_response(state(), request.raw_path.partition("?")[0])
+        try:
+            return admin_response(state(), request.raw_path.partition("?")[0])
+        except ProxyError as error:  # an unknown path: the same problem as on the API port
+            call_id = request_id(request.headers)
+            response = problem_response(error, call_id)
+            response.headers[REQUEST_ID] = call_id
+            return response
 
     runner = web.ServerRunner(
         web.Server(handle, keepalive_timeout=server.header_timeout), shutdown_timeout=1.0
@@ -104,7 +111,9 @@ def admin_response(state: ProxyState, path: str) -> web.Response:
         return _ready(state)
     if path == METRICS:
         return web.Response(body=state.metrics.render(), content_type="text/plain", charset="utf-8")
-    return web.json_response({"status": 404, "title": "Not found"}, status=404)
+    raise NotFound(
+        f"no reserved path {path}: {HEALTH}, {READY} and {METRICS} are", reason="no_route"
+    )
 
 
 def _ready(state: ProxyState) -> web.Response:

@@ -15,7 +15,6 @@ start-up, drain and clean-up an application runner would.
 from __future__ import annotations
 
 import asyncio
-import random
 import secrets
 import ssl
 import time
@@ -48,7 +47,7 @@ from proxy.errors import (
     problem_response,
 )
 from proxy.forwarding import CLIENT_DISCONNECTED
-from proxy.headers import MERCHANT_SERIAL_NUMBER, REQUEST_ID
+from proxy.headers import MERCHANT_SERIAL_NUMBER, REQUEST_ID, new_request_id, request_id
 from proxy.inbound import check_request, parser_refusal, refuse_placeholder
 from proxy.logs import CALL_ID
 from proxy.metrics import Metrics
@@ -63,7 +62,6 @@ if TYPE_CHECKING:  # loaded only when [tracing] is on, or [[webhooks]] are set
     from proxy.tracing import Tracing
     from proxy.webhooks.service import WebhookRelay
 
-MAX_REQUEST_ID: Final = 128
 #: Answers after which the connection is closed: the request was malformed or hostile,
 #: or its client has no key (a refused peer must not keep the connection as a slot).
 CLOSE_AFTER: Final = frozenset({400, 405, 407, 408, 431, 501, 505})
@@ -188,7 +186,7 @@ class ProxyApp:
         state = self.state
         started = time.perf_counter()
         call = CallRecord(
-            request_id=_request_id(request),
+            request_id=request_id(request.headers),
             method=request.method,
             path=request.raw_path.partition("?")[0],
             client=peer_address(request),
@@ -234,7 +232,9 @@ class ProxyApp:
         one warning line. Nothing of the request is known but its peer, and nothing of
         what the parser saw (it quotes header lines) is logged or answered."""
         started = time.perf_counter()
-        call = CallRecord(request_id=_new_id(), method="", path="", client=peer_address(request))
+        call = CallRecord(
+            request_id=new_request_id(), method="", path="", client=peer_address(request)
+        )
         CALL_ID.set(call.request_id)
         try:
             self.state.allowlist.check(call.client)
@@ -350,15 +350,3 @@ async def _dispatch(
     if route.auth == "none" or creds is None:  # the client's Authorization goes upstream
         refuse_placeholder(request, state.placeholder)
     return await state.forwarder.forward(request, route, creds, call)
-
-
-def _request_id(request: web.BaseRequest) -> str:
-    """The client's X-Request-Id if it is sane, else a new one (an id, not a secret)."""
-    given = request.headers.get(REQUEST_ID, "")
-    if 0 < len(given) <= MAX_REQUEST_ID and given.isprintable() and given.isascii():
-        return given
-    return _new_id()
-
-
-def _new_id() -> str:
-    return f"{random.getrandbits(128):032x}"

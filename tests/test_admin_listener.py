@@ -61,6 +61,27 @@ async def test_with_admin_port_the_api_port_answers_404_for_reserved_paths(
     assert not [r for r in emulator.state.received if r.raw_path.startswith("/-/")]
 
 
+@pytest.mark.parametrize("on", ["admin listener", "API port"])
+async def test_an_unknown_reserved_path_is_a_problem_404_naming_the_known_ones(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, on: str
+) -> None:
+    """``/-/nope`` is answered like any path without a route: ``application/problem+json``
+    naming the reserved paths, with the client's ``X-Request-Id`` in it and on it."""
+    server = {"admin_port": free_port()} if on == "admin listener" else {}
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url, server=server))
+    url = admin_url(proxy, "/-/nope") if on == "admin listener" else proxy.at("/-/nope")
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(url, headers={"X-Request-Id": "req-404"}) as response,
+    ):
+        assert (response.status, response.content_type) == (404, "application/problem+json")
+        assert response.headers["X-Request-Id"] == "req-404"
+        problem = orjson.loads(await response.read())
+    assert (problem["status"], problem["request_id"]) == (404, "req-404")
+    assert all(path in problem["detail"] for path in ADMIN_PATHS)
+    assert not [r for r in emulator.state.received if r.raw_path.startswith("/-/")]
+
+
 async def test_admin_listener_is_on_loopback_by_default(
     emulator: RunningEmulator, start_proxy: ProxyFactory
 ) -> None:
