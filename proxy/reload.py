@@ -41,7 +41,14 @@ from typing import Any, Final, Protocol
 import structlog
 
 from proxy import events
-from proxy.config import Config, ConfigError, Credentials, file_digests, load_config
+from proxy.config import (
+    Config,
+    ConfigError,
+    Credentials,
+    check_exposure,
+    file_digests,
+    load_config,
+)
 from proxy.errors import ProxyError
 from proxy.logs import set_level
 from proxy.startup import StartupError
@@ -86,6 +93,18 @@ RUNNING_KEYS: Final = {
 Digests = dict[str, str]
 
 _log = structlog.get_logger("proxy.reload")
+
+
+def as_running(started: Config, loaded: Config) -> Config:
+    """``loaded`` with the values of ``RUNNING_KEYS`` the process ``started`` with, and
+    judged as it will run: a file that moves ``host`` to loopback cannot open a listener
+    that stays beyond it to public addresses (the file alone passed that rule)."""
+    config = loaded
+    for section, names in RUNNING_KEYS.items():
+        kept = {name: getattr(getattr(started, section), name) for name in names}
+        config = replace(config, **{section: replace(getattr(config, section), **kept)})
+    check_exposure(config.server, "server")
+    return config
 
 
 class Reloadable(Protocol):
@@ -145,7 +164,7 @@ class Reloader:
             self._seen = found
             try:
                 loaded = await asyncio.to_thread(load_config, self.path)
-                config = self._as_running(loaded)
+                config = as_running(self._started, loaded)
                 now = dict(config.digests)
                 self._seen = {**found, **now}
                 inbound = inbound_context(config.server)  # every certificate loads
@@ -162,14 +181,6 @@ class Reloader:
             self._swap(old, state, now)
             self._report(trigger, old.config, loaded, settings)
             return True
-
-    def _as_running(self, config: Config) -> Config:
-        """``config`` with the values of ``RUNNING_KEYS`` the process started with."""
-        for section, names in RUNNING_KEYS.items():
-            started = getattr(self._started, section)
-            kept = {name: getattr(started, name) for name in names}
-            config = replace(config, **{section: replace(getattr(config, section), **kept)})
-        return config
 
     # ------------------------------------------------------------------ building
 

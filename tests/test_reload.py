@@ -26,7 +26,8 @@ import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.config import load_config
+from proxy.config import ConfigError, load_config
+from proxy.reload import as_running
 from proxy.runner import ProxyRunner
 from tests.conftest import ProxyFactory, RunningEmulator, RunningProxy, free_port
 from tests.processes import ProxyProcess
@@ -627,3 +628,31 @@ async def test_a_renewed_client_certificate_is_presented_on_new_upstream_connect
         assert {"tls.client_cert", "tls.client_key"} <= set(reloaded["settings"])
     finally:
         await runner.cleanup()
+
+
+def server_file(tmp_path: Path, name: str, server: str) -> Path:
+    path = tmp_path / name
+    path.write_text(
+        f"[server]\n{server}\n\n[credentials.main]\n"
+        'token_url = "http://127.0.0.1:9/accesstoken/get"\n'
+        f'client_id = "{STEADY_ID}"\nclient_secret = "{STEADY_SECRET}"\n'
+        f'subscription_key = "{SUBSCRIPTION_KEY}"\nmerchant_serial_number = "123456"\n'
+    )
+    return path
+
+
+def test_a_reload_cannot_open_a_listener_that_stays_beyond_loopback_to_everyone(
+    tmp_path: Path,
+) -> None:
+    """Started on every address, guarded by a client key. The new file moves ``host`` to
+    loopback (which alone would allow any client) and drops the key: ``host`` only
+    changes with a restart, so the process would serve every address unguarded. The
+    reload is refused, naming the key; the same file is fine for a loopback process."""
+    key = 'client_keys = ["a-client-key-of-32-characters-00"]'
+    started = load_config(server_file(tmp_path, "a.toml", f'host = "0.0.0.0"\n{key}'))
+    opened = server_file(tmp_path, "b.toml", 'host = "127.0.0.1"\nallow_clients = ["0.0.0.0/0"]')
+    with pytest.raises(ConfigError) as refused:
+        as_running(started, load_config(opened))
+    assert str(refused.value).startswith("server.allow_clients[0]: 0.0.0.0/0 lets in public")
+    on_loopback = load_config(server_file(tmp_path, "c.toml", 'host = "127.0.0.1"'))
+    assert as_running(on_loopback, load_config(opened)).server.host == "127.0.0.1"

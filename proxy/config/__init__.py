@@ -43,6 +43,7 @@ from proxy.config.server import (
     MIN_CLIENT_KEY,
     NOT_PUBLIC,
     ServerConfig,
+    check_exposure,
     covers_public,
 )
 from proxy.config.tls import TLSConfig
@@ -80,6 +81,7 @@ __all__ = [
     "TracingConfig",
     "Webhook",
     "WebhookKind",
+    "check_exposure",
     "covers_public",
     "describe",
     "file_digests",

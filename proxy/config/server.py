@@ -81,7 +81,7 @@ def parse_server(t: Table) -> ServerConfig:
         max_connections_per_client=integer(t, "max_connections_per_client", 256, 1, 1_000_000),
     )
     _check_server_tls(server, t.key)
-    _check_exposure(server, t.key)
+    check_exposure(server, t.key)
     if server.admin_port and server.admin_port == server.port:
         raise ConfigError(f"{t.key}.admin_port", f"must differ from port, got {server.port}")
     return server
@@ -109,7 +109,7 @@ def _check_server_tls(server: ServerConfig, key: str) -> None:
             raise ConfigError(f"{key}.{name}", f"file not found: {path}")
 
 
-def _check_exposure(server: ServerConfig, key: str) -> None:
+def check_exposure(server: ServerConfig, key: str) -> None:
     """Refuse to hand our credentials to the internet by accident: a listener beyond
     loopback, unguarded, may let in private, loopback and link-local addresses only."""
     if is_loopback_host(server.host) or server.allow_open_network:
