@@ -25,9 +25,10 @@ import orjson
 from aiohttp import web
 
 from proxy.access import check_client_key
+from proxy.calls import request_id
 from proxy.config import Route, ServerConfig
 from proxy.errors import NotFound, ProxyError, problem_response
-from proxy.headers import REQUEST_ID, request_id
+from proxy.headers import REQUEST_ID
 from proxy.routing import fold_case
 from proxy.startup import StartupError, listen
 from proxy.state import ProxyState

@@ -35,7 +35,7 @@ from proxy.admin import (
     reaches_token_path,
 )
 from proxy.aiohttp_seam import HttpProcessingError, disable_retry
-from proxy.calls import CallRecord
+from proxy.calls import CallRecord, new_request_id, request_id
 from proxy.config import Config, Credentials
 from proxy.errors import (
     BadGateway,
@@ -47,7 +47,7 @@ from proxy.errors import (
     problem_response,
 )
 from proxy.forwarding import CLIENT_DISCONNECTED
-from proxy.headers import MERCHANT_SERIAL_NUMBER, REQUEST_ID, new_request_id, request_id
+from proxy.headers import MERCHANT_SERIAL_NUMBER, REQUEST_ID
 from proxy.inbound import check_request, parser_refusal, refuse_placeholder
 from proxy.logs import CALL_ID
 from proxy.metrics import Metrics

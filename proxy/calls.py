@@ -1,4 +1,5 @@
-"""``CallRecord``: what one call's log line and metrics report, filled in as it goes.
+"""``CallRecord``: what one call's log line and metrics report, filled in as it goes;
+and the call's id (``request_id``: the client's ``X-Request-Id`` or a new one).
 
 Its own module so that everything that handles a call (``proxy.forwarding``,
 ``proxy.webhooks``, ``proxy.tracing``) can name it without importing the others.
@@ -6,11 +7,17 @@ Its own module so that everything that handles a call (``proxy.forwarding``,
 
 from __future__ import annotations
 
+import random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
+
+from proxy.headers import REQUEST_ID
 
 if TYPE_CHECKING:  # loaded only when [tracing] is on
     from proxy.tracing import CallTrace
+
+MAX_REQUEST_ID: Final = 128
 
 
 @dataclass
@@ -32,3 +39,15 @@ class CallRecord:
     retried_stale_connection: bool = False
     credentials: str = ""
     trace: CallTrace | None = None  # tracing on: the call's spans (proxy.tracing)
+
+
+def request_id(headers: Mapping[str, str]) -> str:
+    """The client's X-Request-Id if it is sane, else a new one (an id, not a secret)."""
+    given = headers.get(REQUEST_ID, "")
+    if 0 < len(given) <= MAX_REQUEST_ID and given.isprintable() and given.isascii():
+        return given
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    return f"{random.getrandbits(128):032x}"

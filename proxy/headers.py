@@ -6,8 +6,7 @@ socket. Names are compared lower-cased against precomputed frozensets.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from typing import Final
 
 from aiohttp import hdrs
@@ -50,7 +49,6 @@ AUTHENTICATED_DROP: Final = REQUEST_DROP | CLIENT_CREDENTIALS
 MERCHANT_SERIAL_NUMBER: Final = "Merchant-Serial-Number"
 SUBSCRIPTION_KEY: Final = "Ocp-Apim-Subscription-Key"
 REQUEST_ID: Final = "X-Request-Id"
-MAX_REQUEST_ID: Final = 128
 
 #: ... and when we send our Merchant-Serial-Number, the client's too.
 AUTHENTICATED_MSN_DROP: Final = AUTHENTICATED_DROP | _lower(MERCHANT_SERIAL_NUMBER)
@@ -138,15 +136,3 @@ def response_fields(raw: Iterable[tuple[bytes, bytes]], request_id: str | None =
     if not kept:
         return b""
     return ("\r\n".join(map(": ".join, kept)) + "\r\n").encode("latin-1")
-
-
-def request_id(headers: Mapping[str, str]) -> str:
-    """The client's X-Request-Id if it is sane, else a new one (an id, not a secret)."""
-    given = headers.get(REQUEST_ID, "")
-    if 0 < len(given) <= MAX_REQUEST_ID and given.isprintable() and given.isascii():
-        return given
-    return new_request_id()
-
-
-def new_request_id() -> str:
-    return f"{random.getrandbits(128):032x}"
