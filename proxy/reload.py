@@ -26,7 +26,9 @@ applies: ``RESTART_KEYS`` below, and ``webhooks`` for a changed ``[[webhooks]]``
 secrets aside) or ``[store]``. They are compared with what runs (the config the process
 started with), not with the previous file: a key changed and then changed back needs
 nothing, and a reload while one still differs names it again. The new snapshot's config
-keeps the running values of the keys in ``RUNNING_KEYS``, so what reads it sees what runs.
+keeps the running values of the keys in ``RUNNING_KEYS`` (and TLS and ``client_ca`` on
+or off as they started), so what reads it sees what runs; the rule against exposing
+credentials to public addresses is judged on that config, not on the file alone.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from proxy.config import (
     Config,
     ConfigError,
     Credentials,
+    ServerConfig,
     check_exposure,
     file_digests,
     load_config,
@@ -96,15 +99,27 @@ _log = structlog.get_logger("proxy.reload")
 
 
 def as_running(started: Config, loaded: Config) -> Config:
-    """``loaded`` with the values of ``RUNNING_KEYS`` the process ``started`` with, and
-    judged as it will run: a file that moves ``host`` to loopback cannot open a listener
-    that stays beyond it to public addresses (the file alone passed that rule)."""
+    """``loaded`` with the values of ``RUNNING_KEYS`` the process ``started`` with, TLS
+    and ``client_ca`` on or off as they started, and judged as it will run: a file that
+    moves ``host`` to loopback, or turns on a guard only a restart turns on, cannot open
+    a listener that stays beyond loopback to public addresses without a guard."""
     config = loaded
     for section, names in RUNNING_KEYS.items():
         kept = {name: getattr(getattr(started, section), name) for name in names}
         config = replace(config, **{section: replace(getattr(config, section), **kept)})
+    config = replace(config, server=_switches_as_started(started.server, config.server))
     check_exposure(config.server, "server")
     return config
+
+
+def _switches_as_started(started: ServerConfig, server: ServerConfig) -> ServerConfig:
+    """``server`` with TLS and ``client_ca`` on or off as ``started``: a reload renews
+    their files, but the listener's verify mode is set once (an SNI swap keeps it)."""
+    if bool(server.tls_cert) != bool(started.tls_cert):
+        server = replace(server, tls_cert=started.tls_cert, tls_key=started.tls_key)
+    if bool(server.client_ca) != bool(started.client_ca):
+        server = replace(server, client_ca=started.client_ca)
+    return server
 
 
 class Reloadable(Protocol):

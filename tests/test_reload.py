@@ -475,21 +475,38 @@ async def served(address: tuple[str, int], context: ssl.SSLContext) -> bool:
         return False
 
 
+class MutualTLS:
+    """A proxy config serving TLS with a certificate of ``server_ca``, and ``client_ca``
+    (a file holding ``issuer``'s certificate) on or off."""
+
+    def __init__(
+        self, vipps: RotatingVipps, folder: Path, server_ca: trustme.CA, issuer: trustme.CA
+    ) -> None:
+        self.vipps, self.folder = vipps, folder
+        self.chain, self.key = folder / "tls.crt", folder / "tls.key"
+        self.client_ca = folder / "ca.pem"
+        write_pair(server_ca.issue_cert("127.0.0.1"), self.chain, self.key)
+        issuer.cert_pem.write_to_path(str(self.client_ca))
+        (folder / "client_secret").write_text(OLD_SECRET)
+
+    def write(self, *, with_client_ca: bool) -> Path:
+        tls = f'tls_cert = "{self.chain}"\ntls_key = "{self.key}"'
+        if with_client_ca:
+            tls += f'\nclient_ca = "{self.client_ca}"'
+        path = self.folder / "proxy.toml"
+        path.write_text(config_text(self.vipps, str(self.folder / "client_secret"), server=tls))
+        return path
+
+
 async def test_a_replaced_client_ca_decides_new_handshakes_and_open_connections_stay(
     vipps: RotatingVipps, start_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
     """``client_ca`` replaced by another CA: new clients of the new CA get in, new ones
     of the old CA no longer do, and a connection the old CA let in stays open."""
     server_ca, old_ca, new_ca = trustme.CA(), trustme.CA(), trustme.CA()
-    chain, key, client_ca = tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "ca.pem"
-    write_pair(server_ca.issue_cert("127.0.0.1"), chain, key)
-    old_ca.cert_pem.write_to_path(str(client_ca))
-    secret = tmp_path / "client_secret"
-    secret.write_text(OLD_SECRET)
-    path = tmp_path / "proxy.toml"
-    tls = f'tls_cert = "{chain}"\ntls_key = "{key}"\nclient_ca = "{client_ca}"'
-    path.write_text(config_text(vipps, str(secret), server=tls))
-    proxy = await start_proxy(load_config(path))
+    mtls = MutualTLS(vipps, tmp_path, server_ca, old_ca)
+    proxy = await start_proxy(load_config(mtls.write(with_client_ca=True)))
+    client_ca = mtls.client_ca
     old_client, new_client = client_with(server_ca, old_ca), client_with(server_ca, new_ca)
     assert (await served(proxy.address, old_client), await served(proxy.address, new_client)) == (
         True,
@@ -502,6 +519,26 @@ async def test_a_replaced_client_ca_decides_new_handshakes_and_open_connections_
         assert await served(proxy.address, new_client)
         assert not await served(proxy.address, old_client)
         assert b" 200 " in (await get("/-/health")).split(b"\r\n")[0]
+
+
+async def test_client_ca_taken_out_by_a_reload_still_guards_until_a_restart(
+    vipps: RotatingVipps, start_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    """The file drops ``client_ca`` (a restart applies that): new clients of the CA still
+    get in and clients without a certificate still do not; the reload names the key."""
+    server_ca, client_ca_issuer = trustme.CA(), trustme.CA()
+    mtls = MutualTLS(vipps, tmp_path, server_ca, client_ca_issuer)
+    proxy = await start_proxy(load_config(mtls.write(with_client_ca=True)))
+    with_cert, without = client_with(server_ca, client_ca_issuer), ssl.create_default_context()
+    server_ca.configure_trust(without)
+    mtls.write(with_client_ca=False)
+    await eventually(lambda: proxy.logs.events("config_reloaded") != [], "a reload")
+    assert (await served(proxy.address, with_cert), await served(proxy.address, without)) == (
+        True,
+        False,
+    )
+    (needs,) = proxy.logs.events("reload_needs_restart")
+    assert "server.client_ca" in needs["keys"]
 
 
 # --------------------------------------------------------------------------- workers
@@ -656,3 +693,21 @@ def test_a_reload_cannot_open_a_listener_that_stays_beyond_loopback_to_everyone(
     assert str(refused.value).startswith("server.allow_clients[0]: 0.0.0.0/0 lets in public")
     on_loopback = load_config(server_file(tmp_path, "c.toml", 'host = "127.0.0.1"'))
     assert as_running(on_loopback, load_config(opened)).server.host == "127.0.0.1"
+
+
+def test_a_reload_cannot_lean_on_client_ca_that_only_a_restart_turns_on(tmp_path: Path) -> None:
+    """Started on every address without TLS, guarded by a client key. The new file adds
+    TLS with ``client_ca`` and drops the key: the listener stays plain HTTP until a
+    restart, so the reload is refused, naming the key."""
+    for name in ("tls.crt", "tls.key", "ca.pem"):
+        (tmp_path / name).write_text("not read by load_config\n")
+    key = 'client_keys = ["a-client-key-of-32-characters-00"]'
+    public = 'host = "0.0.0.0"\nallow_clients = ["0.0.0.0/0"]'
+    started = load_config(server_file(tmp_path, "a.toml", f"{public}\n{key}"))
+    tls = f'tls_cert = "{tmp_path / "tls.crt"}"\ntls_key = "{tmp_path / "tls.key"}"'
+    guarded = server_file(
+        tmp_path, "b.toml", f'{public}\n{tls}\nclient_ca = "{tmp_path / "ca.pem"}"'
+    )
+    with pytest.raises(ConfigError) as refused:
+        as_running(started, load_config(guarded))
+    assert str(refused.value).startswith("server.allow_clients[0]: 0.0.0.0/0 lets in public")
