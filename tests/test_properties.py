@@ -553,8 +553,15 @@ def test_properties_use_a_real_multidict() -> None:
     assert isinstance(upstream_request_headers([], route, OURS, OUR_TOKEN), CIMultiDict)
 
 
-CALLBACK_SEGMENT = st.text(alphabet=string.ascii_letters + string.digits + "-._~", min_size=1)
+#: Segments of a callback path past the prefix (dot segments are refused before this).
+CALLBACK_SEGMENT = st.text(
+    alphabet=string.ascii_letters + string.digits + "-._~", min_size=1
+).filter(lambda segment: segment not in {".", ".."})
 APP_QUERY = st.sampled_from(["", "app_key=k-1", "a=1&b=%2F"])
+#: What an unsigned sender may add: nothing, its own parameters, or deliver_to's names.
+RECEIVED_QUERY = st.lists(
+    st.sampled_from(["x=1", "app_key=evil", "app%5Fkey=evil", "a", "b=2", ""]), max_size=3
+).map("&".join)
 
 
 @PROPERTY_SETTINGS
@@ -562,16 +569,21 @@ APP_QUERY = st.sampled_from(["", "app_key=k-1", "a=1&b=%2F"])
     st.sampled_from(["", "/", "/cb", "/cb/", "/a/b"]),
     APP_QUERY,
     st.lists(CALLBACK_SEGMENT, min_size=1, max_size=4),
+    RECEIVED_QUERY,
 )
-def test_a_callback_is_delivered_below_deliver_to_with_its_query_kept(
-    base: str, query: str, segments: list[str]
+def test_a_callback_is_delivered_below_deliver_to_with_its_query_first(
+    base: str, query: str, segments: list[str], received: str
 ) -> None:
     """yarl, not our code, reads the delivery URL back: its path is deliver_to's path
-    with the rest of the callback path below it, and its query is deliver_to's."""
+    with the rest of the callback path below it; its query starts with deliver_to's
+    whole, and no received parameter names one of deliver_to's."""
     deliver_to = URL(f"http://127.0.0.1:9{base}" + (f"?{query}" if query else ""))
     hook = Webhook("/ecom", "ecom-callback", deliver_to)
     rest = "/" + "/".join(segments)
-    url = URL(str(delivery_url(hook, "/ecom" + rest)))
+    url = URL(str(delivery_url(hook, "/ecom" + rest + (f"?{received}" if received else ""))))
     assert url.raw_path == base.rstrip("/") + rest
-    assert url.raw_query_string == deliver_to.raw_query_string
+    own = deliver_to.raw_query_string
+    assert url.raw_query_string.startswith(own)
+    added = url.raw_query_string[len(own) :].lstrip("&")
+    assert not set(URL("/?" + added).query) & set(deliver_to.query)
     assert (url.host, url.port) == ("127.0.0.1", 9)

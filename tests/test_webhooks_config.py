@@ -12,6 +12,7 @@ import pytest
 
 from proxy.config import ConfigError, load_config, parse_config
 from proxy.redact import Redactor
+from proxy.webhooks.commands import write_secret
 
 CREDENTIALS = """
 [credentials.main]
@@ -101,6 +102,29 @@ def test_secret_file_is_read(tmp_path: Path) -> None:
     hook = {k: v for k, v in HOOK.items() if k != "secret"}
     (parsed,) = parse({**hook, "secret_file": str(secret)}).webhooks
     assert [s.reveal() for s in parsed.secrets] == ["from-a-file-secret"]
+
+
+def test_a_rotation_into_a_secret_file_that_starts_with_a_bom_keeps_the_old_secret(
+    tmp_path: Path,
+) -> None:
+    """An editor saved the file with a byte-order mark; ``webhooks register`` puts the
+    new secret first. Both verify: the mark neither moves mid-file nor joins a secret."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"\xef\xbb\xbfold-hook-secret\r\n")
+    fd = os.open(secret, os.O_RDWR)
+    try:
+        write_secret(fd, "new-hook-secret")
+    finally:
+        os.close(fd)
+    hook = {k: v for k, v in HOOK.items() if k != "secret"}
+    (parsed,) = parse({**hook, "secret_file": str(secret)}).webhooks
+    assert [s.reveal() for s in parsed.secrets] == ["new-hook-secret", "old-hook-secret"]
+
+
+def test_a_config_file_saved_with_a_bom_loads(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.toml"
+    config.write_bytes(b"\xef\xbb\xbf" + f"{CREDENTIALS}\n".encode())
+    assert "main" in load_config(config).credentials
 
 
 @pytest.mark.parametrize(
@@ -205,6 +229,17 @@ def test_a_webhook_secret_given_inline_and_as_a_file_exits_2_naming_its_key(
         "vipps-proxy: webhooks[0].secret: is given both inline and as secret_file: keep one"
     ]
     assert "inline-hook-secret" not in result.stdout + result.stderr
+
+
+def test_a_deliver_to_with_a_fragment_exits_2_naming_its_key(tmp_path: Path) -> None:
+    """``/cb?app_key=k#x``: a callback's path would be appended inside the fragment,
+    which is never sent (the app key would not reach the app either)."""
+    hook = 'kind = "ecom-callback"\ndeliver_to = "http://127.0.0.1:9/cb?app_key=k#x"\n'
+    result = check(tmp_path / "proxy.toml", hook)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "vipps-proxy: webhooks[0].deliver_to: must not have a fragment (#...)"
+    ]
 
 
 def test_check_shows_webhooks_with_the_secret_masked(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from proxy.runner import ProxyRunner
 from tests.conftest import (
@@ -308,6 +309,57 @@ async def test_ecom_shipping_details_are_proxied_at_once_and_never_stored(
     assert stored(relay.store) == []
 
 
+async def test_a_callback_query_cannot_shadow_the_app_key_in_deliver_to(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    """An unsigned sender adds ``?app_key=evil&x=1``: the app gets deliver_to's key
+    first and only, then the sender's other parameters."""
+    port = free_port()
+    deliver_to = f"http://127.0.0.1:{port}/cb?app_key=k-1"
+    hooks = [{"path": ECOM, "kind": "ecom-callback", "deliver_to": deliver_to}]
+    relay = await start_relay(emulator, start_proxy, tmp_path, port, hooks=hooks)
+    relay.app.answer = {"orderId": "o-5"}
+    await start_app(aiohttp_server, relay.app, port)
+    path = ECOM + "/v2/payments/o-5/shippingDetails?app_key=evil&x=1"
+    async with (
+        aiohttp.ClientSession() as client,
+        client.post(URL(relay.proxy.at(path), encoded=True), json={}) as response,
+    ):
+        assert response.status == 200
+    assert relay.app.received[0].path_qs == "/cb/v2/payments/o-5/shippingDetails?app_key=k-1&x=1"
+
+
+async def raw_post(address: tuple[str, int], target: str) -> bytes:
+    """``POST target`` with body ``{}`` sent as written (no client tidies the target),
+    and the whole answer."""
+    reader, writer = await asyncio.open_connection(*address)
+    writer.write(
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        % target.encode()
+    )
+    try:
+        async with asyncio.timeout(5):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_a_webhook_target_with_a_fragment_gets_400_and_is_never_stored(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    """``...?app_key=evil#``: what follows ``#`` would be cut from the delivery (the
+    configured app key with it), so the target is refused as the router refuses it."""
+    port = free_port()
+    deliver_to = f"http://127.0.0.1:{port}/cb?app_key=k-1"
+    hooks = [{"path": ECOM, "kind": "ecom-callback", "deliver_to": deliver_to}]
+    relay = await start_relay(emulator, start_proxy, tmp_path, port, hooks=hooks)
+    await start_app(aiohttp_server, relay.app, port)
+    answer = await raw_post(relay.proxy.address, ECOM + "/v2/payments/o-1?app_key=evil#")
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert stored(relay.store) == []
+    assert relay.app.received == []
+
+
 async def test_ecom_synchronous_path_to_an_app_that_is_down_gets_502(
     emulator: RunningEmulator, start_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
@@ -509,16 +561,7 @@ async def test_an_ecom_callback_path_that_climbs_out_of_its_prefix_gets_400(
     relay = await start_relay(emulator, start_proxy, tmp_path, port, hooks=hooks)
     relay.app.answer = {"orderId": "o-1"}
     await start_app(aiohttp_server, relay.app, port)
-    reader, writer = await asyncio.open_connection(*relay.proxy.address)
-    writer.write(
-        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
-        % (ECOM + rest).encode()
-    )
-    try:
-        async with asyncio.timeout(5):
-            answer = await reader.read()
-    finally:
-        writer.close()
+    answer = await raw_post(relay.proxy.address, ECOM + rest)
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert stored(relay.store) == []
     assert relay.app.received == []

@@ -62,7 +62,7 @@ def load_config(
     ``pending_webhook_secrets``, a webhook's ``secret_file`` may not exist yet (what
     ``webhooks register`` is about to write): that hook then has no secret."""
     try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))  # a BOM: not TOML
     except FileNotFoundError:
         raise ConfigError("config", f"file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -190,6 +190,8 @@ def http_url(t: Table, name: str) -> URL:
     url = no_userinfo(URL(text), join(t.key, name))
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigError(join(t.key, name), f"not a URL: {text!r}")
+    if url.raw_fragment:  # never sent; after a query, it would hide what is appended
+        raise ConfigError(join(t.key, name), "must not have a fragment (#...)")
     return url
 
 

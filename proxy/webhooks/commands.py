@@ -299,6 +299,7 @@ def write_secret(fd: int, secret: str) -> None:
     held = bytearray()
     while chunk := os.pread(fd, 65536, len(held)):
         held += chunk
+    held = held.removeprefix(b"\xef\xbb\xbf")  # an editor's byte-order mark: not mid-file
     kept = [line for line in bytes(held).splitlines() if line.strip()]
     lines = [secret.encode("utf-8"), *(k for k in kept if k.strip() != secret.encode())]
     os.ftruncate(fd, 0)

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
+from urllib.parse import unquote_plus
 
 import aiohttp
 import structlog
@@ -92,20 +93,34 @@ def callback_rest(hook: Webhook, received_path: str) -> str:
 
 
 def delivery_url(hook: Webhook, received_path: str) -> URL:
-    """``deliver_to``; for an eCom callback prefix, with the rest of the path appended
-    to its path. A query of ``deliver_to`` (an app key) stays the query, after any the
-    rest carries: ``/cb?key=k`` and ``/v2/payments/o-1`` give ``/cb/v2/payments/o-1?key=k``."""
+    """``deliver_to``; for an eCom callback prefix, with the rest of the received path
+    below its path (``/cb?key=k`` and ``/v2/payments/o-1``: ``/cb/v2/payments/o-1?key=k``)
+    and a received query after its own (`merged_query`)."""
     if hook.kind != "ecom-callback":
         return hook.deliver_to
     rest = callback_rest(hook, received_path)
     if not rest:
         return hook.deliver_to
-    rest_path, asked, rest_query = rest.partition("?")
-    if rest_path and not rest_path.startswith("/"):
-        rest_path = "/" + rest_path
-    head = str(hook.deliver_to.with_query(None)).rstrip("/")
-    query = "&".join(part for part in (rest_query, hook.deliver_to.raw_query_string) if part)
+    rest_path, asked, rest_query = rest.partition("?")  # the path is empty or "/..."
+    head = str(hook.deliver_to.with_query(None))
+    if rest_path:
+        head = head.rstrip("/")
+    query = merged_query(hook.deliver_to.raw_query_string, rest_query)
     return URL(head + rest_path + ("?" + query if query or asked else ""), encoded=True)
+
+
+def merged_query(own: str, received: str) -> str:
+    """``deliver_to``'s query whole and first, then the received parameters it does not
+    name (by decoded name): an unsigned sender cannot shadow or drop an app key."""
+    if not own:
+        return received
+    names = {_name(part) for part in own.split("&")}
+    kept = [part for part in received.split("&") if part and _name(part) not in names]
+    return "&".join([own, *kept])
+
+
+def _name(parameter: str) -> str:
+    return unquote_plus(parameter.partition("=")[0])
 
 
 @dataclass

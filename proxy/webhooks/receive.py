@@ -106,6 +106,8 @@ class Receiver:
         if hook.kind == "ecom-callback":
             self.allowlists[hook.path].check(call.client)
         check_request(request)
+        if "#" in request.raw_path:  # aiohttp takes one; the delivery would lose what follows
+            raise BadRequest("a request target must not carry a fragment", reason="target")
         rest = callback_rest(hook, call.path)
         if rest and normalise_path(rest) != decode_unreserved(rest):
             # deliver_to + rest: a dot segment would reach the app outside deliver_to
