@@ -75,13 +75,13 @@ async def serve_admin(
     `StartupError` naming ``server.admin_port``, with nothing left open."""
 
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        call_id = request_id(request.headers)
         try:
-            return admin_response(state(), request.raw_path.partition("?")[0])
+            response = admin_response(state(), request.raw_path.partition("?")[0])
         except ProxyError as error:  # an unknown path: the same problem as on the API port
-            call_id = request_id(request.headers)
             response = problem_response(error, call_id)
-            response.headers[REQUEST_ID] = call_id
-            return response
+        response.headers[REQUEST_ID] = call_id
+        return response
 
     runner = web.ServerRunner(
         web.Server(handle, keepalive_timeout=server.header_timeout), shutdown_timeout=1.0

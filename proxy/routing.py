@@ -81,8 +81,8 @@ def _plain(path: str) -> bool:
 
 
 def under(path: str, prefix: str) -> bool:
-    """True if ``path`` is ``prefix`` or below it, on a segment boundary. Both are
-    absolute: the router sees only normal forms, and every prefix starts with "/"."""
+    """True if ``path`` is ``prefix`` or below it, on a segment boundary. Both start
+    with "/": the router matches only origin-form paths, and so is every prefix."""
     base = prefix.rstrip("/")
     return path == base or path.startswith(base + "/")
 

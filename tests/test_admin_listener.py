@@ -45,9 +45,14 @@ async def with_admin(emulator: RunningEmulator, start_proxy: ProxyFactory) -> Ru
 
 @pytest.mark.parametrize("path", ADMIN_PATHS)
 async def test_admin_port_serves_the_reserved_paths(with_admin: RunningProxy, path: str) -> None:
-    """Health, readiness and metrics answer 200 on the admin listener."""
-    status, _, _ = await get(admin_url(with_admin, path))
-    assert status == 200
+    """Health, readiness and metrics answer 200 on the admin listener, with the
+    request's ``X-Request-Id`` like every answer of the proxy."""
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(admin_url(with_admin, path), headers={"X-Request-Id": "probe-1"}) as response,
+    ):
+        assert response.status == 200
+        assert response.headers["X-Request-Id"] == "probe-1"
 
 
 @pytest.mark.parametrize("path", ADMIN_PATHS)
