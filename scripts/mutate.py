@@ -91,6 +91,7 @@ TARGETS = (
     Target(
         "proxy/tokenfetch.py",
         (
+            "tests/test_token_client.py",  # Retry-After read, the request each style sends
             "tests/test_tokens.py",
             "tests/test_token_endpoint.py",
             "tests/test_token_redirects.py",

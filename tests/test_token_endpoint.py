@@ -126,6 +126,45 @@ async def test_a_token_answer_over_one_mib_is_a_failed_fetch(
     assert all("larger than 1 MiB" in event["error"] for event in failures)
 
 
+@dataclass
+class EndlessBody:
+    """A hostile endpoint's writer: ``head`` of a chunked answer, then 64 KiB chunks
+    until the reader hangs up, or ``BOUND`` bytes. ``most``: the most one connection took."""
+
+    BOUND = 64 * MIB
+    most: int = 0
+
+    async def __call__(self, writer: asyncio.StreamWriter, head: bytes) -> None:
+        writer.write(head)
+        chunk = b"x" * 65536
+        framed = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        sent = 0
+        while sent < self.BOUND:
+            writer.write(framed)
+            await writer.drain()
+            sent += len(chunk)
+            self.most = max(self.most, sent)
+
+
+async def test_a_token_answer_without_end_is_cut_just_past_one_mib(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, token_endpoint: EndpointFactory
+) -> None:
+    """A chunked body that never ends: the proxy stops reading just past 1 MiB, hangs
+    up and fails the fetch as too large; it never takes the 64 MiB on offer."""
+    head = b"HTTP/1.1 200 X\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    body = EndlessBody()
+    endpoint = await token_endpoint(head, body)
+    proxy = await start_proxy(make_config(endpoint.url, emulator.url))
+
+    status, _, _ = await call(proxy)
+
+    assert status == 503
+    failures = proxy.logs.events("token_refresh_failed")
+    assert failures
+    assert all("larger than 1 MiB" in event["error"] for event in failures)
+    assert body.most < EndlessBody.BOUND
+
+
 # ------------------------------------------------------------------ 2. lifetimes
 
 
