@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -87,6 +88,28 @@ async def test_token_expiry_is_the_held_tokens_wall_clock_expiry(
         'vipps_proxy_token_expiry_timestamp_seconds{credentials="main"}'
     ]
     assert before + 600 - 5 - 1 <= expiry <= after + 600 + 1
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "held"),
+    [(2 * 86400.0, 2 * 86400.0), (30 * 86400.0, 7 * 86400.0)],
+    ids=["two days, whole", "thirty days, cut to seven"],
+)
+async def test_a_token_lifetime_is_trusted_up_to_seven_days(
+    start_emulator: EmulatorFactory, start_proxy: ProxyFactory, lifetime: float, held: float
+) -> None:
+    """Longer than Vipps' 24 hours is believed up to a week (a 401 still refreshes);
+    past it the token is held a week, as ``..._token_expiry_timestamp_seconds`` shows."""
+    emulator = await start_emulator(token_lifetime=lifetime)
+    before = time.time()
+    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
+    async with aiohttp.ClientSession() as client, client.get(proxy.at("/echo/x")) as response:
+        assert response.status == 200
+    after = time.time()
+    expiry = (await scrape(proxy.at("/-/metrics")))[
+        'vipps_proxy_token_expiry_timestamp_seconds{credentials="main"}'
+    ]
+    assert before + held - 5 - 1 <= expiry <= after + held + 1
 
 
 async def test_no_token_held_shows_no_expiry(
