@@ -73,12 +73,12 @@ async def test_build_info_names_the_version_python_and_aiohttp(
     assert samples[f"vipps_proxy_build_info{{{labels}}}"] == 1.0
 
 
-async def test_token_expiry_is_the_held_tokens_wall_clock_expiry(
-    start_emulator: EmulatorFactory, start_proxy: ProxyFactory
-) -> None:
-    """With a token of 600 s held, ``vipps_proxy_token_expiry_timestamp_seconds`` is a
-    Unix time about 600 s after the fetch (taken up to 5 s early), per credential set."""
-    emulator = await start_emulator(token_lifetime=600.0)
+async def expiry_shown(
+    start_emulator: EmulatorFactory, start_proxy: ProxyFactory, lifetime: float
+) -> tuple[float, float, float]:
+    """A call through a proxy whose tokens last ``lifetime``: the wall clock before it,
+    the token expiry the metrics show after it, and the wall clock after it."""
+    emulator = await start_emulator(token_lifetime=lifetime)
     before = time.time()
     proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
     async with aiohttp.ClientSession() as client, client.get(proxy.at("/echo/x")) as response:
@@ -87,6 +87,15 @@ async def test_token_expiry_is_the_held_tokens_wall_clock_expiry(
     expiry = (await scrape(proxy.at("/-/metrics")))[
         'vipps_proxy_token_expiry_timestamp_seconds{credentials="main"}'
     ]
+    return before, expiry, after
+
+
+async def test_token_expiry_is_the_held_tokens_wall_clock_expiry(
+    start_emulator: EmulatorFactory, start_proxy: ProxyFactory
+) -> None:
+    """With a token of 600 s held, ``vipps_proxy_token_expiry_timestamp_seconds`` is a
+    Unix time about 600 s after the fetch (taken up to 5 s early), per credential set."""
+    before, expiry, after = await expiry_shown(start_emulator, start_proxy, 600.0)
     assert before + 600 - 5 - 1 <= expiry <= after + 600 + 1
 
 
@@ -100,15 +109,7 @@ async def test_a_token_lifetime_is_trusted_up_to_seven_days(
 ) -> None:
     """Longer than Vipps' 24 hours is believed up to a week (a 401 still refreshes);
     past it the token is held a week, as ``..._token_expiry_timestamp_seconds`` shows."""
-    emulator = await start_emulator(token_lifetime=lifetime)
-    before = time.time()
-    proxy = await start_proxy(make_config(emulator.token_url, emulator.url))
-    async with aiohttp.ClientSession() as client, client.get(proxy.at("/echo/x")) as response:
-        assert response.status == 200
-    after = time.time()
-    expiry = (await scrape(proxy.at("/-/metrics")))[
-        'vipps_proxy_token_expiry_timestamp_seconds{credentials="main"}'
-    ]
+    before, expiry, after = await expiry_shown(start_emulator, start_proxy, lifetime)
     assert before + held - 5 - 1 <= expiry <= after + held + 1
 
 
