@@ -553,6 +553,14 @@ def test_properties_use_a_real_multidict() -> None:
     assert isinstance(upstream_request_headers([], route, OURS, OUR_TOKEN), CIMultiDict)
 
 
+def test_a_letter_that_lowers_to_ascii_is_not_that_ascii_letter() -> None:
+    """Prefixes match ASCII letters in any case and nothing else: the Kelvin sign
+    (U+212A), which ``str.lower()`` makes ``k``, does not reach the ``/key`` route."""
+    router = Router(make_routes(["/key", "/"]))
+    assert router.resolve("/\u212aey/x").prefix == "/"
+    assert router.resolve("/KEY/x").prefix == "/key"
+
+
 #: Segments of a callback path past the prefix (dot segments are refused before this).
 CALLBACK_SEGMENT = st.text(
     alphabet=string.ascii_letters + string.digits + "-._~", min_size=1

@@ -131,6 +131,16 @@ def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
         assert retry_after_seconds(junk, now) is None
 
 
+@pytest.mark.parametrize("zone", ["+0200", "-0000"])
+def test_a_retry_after_date_is_read_as_the_instant_it_names_in_any_zone(zone: str) -> None:
+    """Not GMT as RFC 9110 asks, but a date all the same: ``+0200`` is two hours ahead
+    of GMT, and ``-0000`` (no zone known) is taken as GMT, whatever the local zone."""
+    now = 1_700_000_000.0
+    offset = {"+0200": 7200, "-0000": 0}[zone]
+    written = formatdate(now + 45 + offset, usegmt=True).replace("GMT", zone)
+    assert retry_after_seconds(written, now) == 45.0
+
+
 def retry_after_answer(status: int, value: Callable[[], str]) -> Handler:
     async def answer(request: web.Request) -> web.StreamResponse:
         return web.Response(status=status, text="slow down", headers={"Retry-After": value()})

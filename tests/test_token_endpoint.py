@@ -126,6 +126,22 @@ async def test_a_token_answer_over_one_mib_is_a_failed_fetch(
     assert all("larger than 1 MiB" in event["error"] for event in failures)
 
 
+async def test_a_token_answer_of_exactly_one_mib_is_used(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, token_endpoint: EndpointFactory
+) -> None:
+    """The bound is "larger than 1 MiB": an answer of 1 MiB to the byte is read and used."""
+    unpadded = len(token_json(padding=""))
+    body = token_json(padding="x" * (MIB - unpadded))
+    assert len(body) == MIB
+    endpoint = await token_endpoint(http_answer(body))
+    proxy = await start_proxy(make_config(endpoint.url, emulator.url))
+
+    status, _, answered = await call(proxy)
+
+    assert status == 200
+    assert sent_authorization(answered) == [f"Bearer {TOKEN}"]
+
+
 @dataclass
 class EndlessBody:
     """A hostile endpoint's writer: ``head`` of a chunked answer, then 64 KiB chunks
