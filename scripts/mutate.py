@@ -143,10 +143,11 @@ class Outcome:
     survivors: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)  # listed equivalents never made
     refuted: list[str] = field(default_factory=list)  # listed equivalents a test caught
+    unmade: list[str] = field(default_factory=list)  # Cosmic Ray could not write them
 
     @property
     def counted(self) -> int:
-        return self.ran - len(self.equivalent)
+        return self.ran - len(self.equivalent) - len(self.unmade)
 
     @property
     def score(self) -> float:
@@ -272,10 +273,13 @@ def _mutant_tested(item: Any, pytest_args: list[str], work: Path, timeout: float
     spec = item.mutations[0]
     operator = get_operator(spec.operator_name)(**getattr(spec, "operator_args", {}))
     began = time.monotonic()
-    with use_mutation(spec.module_path, operator, spec.occurrence) as (before, after):
-        if after is None:
-            return {"where": _where(item), "state": "no-test"}
-        state = warm_pytest.run(pytest_args, work, timeout)
+    try:
+        with use_mutation(spec.module_path, operator, spec.occurrence) as (before, after):
+            if after is None:
+                return {"where": _where(item), "state": "no-test"}
+            state = warm_pytest.run(pytest_args, work, timeout)
+    except AttributeError as exc:  # Cosmic Ray 8.7's ExceptionReplacer on `except a.B:`
+        return {"where": _where(item), "state": "unmade", "why": f"{type(exc).__name__}: {exc}"}
     removed, added = _changed_lines(
         "\n".join(
             difflib.unified_diff(before.split("\n"), after.split("\n"), "a", "b", lineterm="")
@@ -331,6 +335,9 @@ def _judge(
         outcome.ran += 1
         if record["state"] == "annotation":
             outcome.equivalent.append(f"{record['where']}: {ANNOTATION}")
+            continue
+        if record["state"] in ("unmade", "no-test"):  # no mutant to judge
+            outcome.unmade.append(f"{record['where']}: {record.get('why', record['state'])}")
             continue
         key = _key(target, record)
         seen.add(key)
@@ -444,9 +451,12 @@ def _summary(outcomes: list[Outcome], args: Any) -> str:
         counts = f"{o.total} | {o.ran} | {len(o.equivalent)} | {o.caught} ({o.timeouts})"
         lines.append(f"| `{name}` | {counts} | {len(o.survivors)} | {o.score:.0f} % |")
     for o in outcomes:
-        if o.survivors or o.equivalent or o.stale or o.refuted:
+        if o.survivors or o.equivalent or o.stale or o.refuted or o.unmade:
             lines += ["", f"## {o.target.module}"]
             lines += [f"- survived: {s}" for s in o.survivors]
+            lines += [
+                f"- not made (Cosmic Ray failed to write it; not scored): {u}" for u in o.unmade
+            ]
             lines += [f"- equivalent: {e}" for e in o.equivalent]
             lines += [f"- listed as equivalent, never made (stale entry): {s}" for s in o.stale]
             lines += [f"- listed as equivalent, yet caught (wrong entry): {s}" for s in o.refuted]
