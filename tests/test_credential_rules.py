@@ -84,6 +84,18 @@ async def test_a_merchant_serial_number_no_set_serves_gets_403_and_nothing_is_se
     assert line["error"] == "unknown_msn"
 
 
+async def test_an_unknown_merchant_serial_number_is_shown_cut_to_twenty_characters(
+    two_units: RunningProxy,
+) -> None:
+    """A client's long header is echoed in the problem only as its first 20 characters
+    (a number is 6 or 7 digits: more is not a number, and the detail stays short)."""
+    sent = "1234567890abcdefghijKLMNOP"
+    status, problem = await call(two_units, sent)
+    assert status == 403
+    assert "'1234567890abcdefghij'" in problem["detail"]
+    assert "K" not in problem["detail"].split("'")[1]
+
+
 async def call_without_msn(proxy: RunningProxy, headers: dict[str, str]) -> aiohttp.ClientResponse:
     async with (
         aiohttp.ClientSession() as client,
