@@ -142,6 +142,20 @@ async def test_a_token_answer_of_exactly_one_mib_is_used(
     assert sent_authorization(answered) == [f"Bearer {TOKEN}"]
 
 
+async def test_a_refused_fetch_logs_the_first_512_characters_of_the_answer(
+    emulator: RunningEmulator, start_proxy: ProxyFactory, token_endpoint: EndpointFactory
+) -> None:
+    """A 500 with a long body: the failure line quotes its first 512 characters only."""
+    endpoint = await token_endpoint(http_answer(b"e" * 511 + b"fg" + b"h" * 100, status=500))
+    proxy = await start_proxy(make_config(endpoint.url, emulator.url))
+
+    status, _, _ = await call(proxy)
+
+    assert status == 503
+    (first, *_) = proxy.logs.events("token_refresh_failed")
+    assert first["error"] == "token endpoint answered 500: " + "e" * 511 + "f"
+
+
 @dataclass
 class EndlessBody:
     """A hostile endpoint's writer: ``head`` of a chunked answer, then 64 KiB chunks

@@ -203,7 +203,14 @@ def test_malformed_token_responses_are_rejected(body: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("lifetime", "refresh_at"),
-    [(3600.0, 3240.0), (86400.0, 77760.0), (4.0, 2.0), (100.0, 50.0), (101.0, 50.5)],
+    [
+        (3600.0, 3240.0),
+        (86400.0, 77760.0),
+        (300.0, 240.0),  # the 60 s floor
+        (4.0, 2.0),
+        (100.0, 50.0),
+        (101.0, 50.5),
+    ],
 )
 def test_refresh_comes_ahead_of_expiry(lifetime: float, refresh_at: float) -> None:
     """Refresh at lifetime - max(60 s, 10 %), never later than half-life for short tokens."""
