@@ -24,6 +24,7 @@ from proxy.redact import Redactor
 from proxy.server import start
 
 from . import spec_answers
+from .loopback import loopback_servers  # noqa: F401 - a fixture for every test module
 
 # No per-example deadline, and no health check on how long making examples takes: on a
 # busy machine an example that takes 200 ms is slow, not wrong. (A test that sets its own

@@ -11,10 +11,12 @@ fixture starts them and stops them after the test (test modules take it by name:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from yarl import URL
+
+from tests.loopback import LoopbackServers
 
 Writer = Callable[[asyncio.StreamWriter, bytes], Awaitable[None]]
 
@@ -91,20 +93,15 @@ async def start_token_endpoint(answer: bytes, write: Writer = all_at_once) -> Ra
 
 
 @pytest.fixture
-async def token_endpoint() -> AsyncIterator[Callable[..., Awaitable[RawTokenEndpoint]]]:
+def token_endpoint(loopback_servers: LoopbackServers) -> Callable[..., Awaitable[RawTokenEndpoint]]:
     """Starts raw token endpoints; stops them after the test."""
-    servers: list[asyncio.Server] = []
 
     async def factory(answer: bytes, write: Writer = all_at_once) -> RawTokenEndpoint:
-        endpoint = await start_token_endpoint(answer, write)
-        assert endpoint.server is not None
-        servers.append(endpoint.server)
+        endpoint = RawTokenEndpoint(answer, write)
+        endpoint.server = await loopback_servers.start(endpoint._serve)
         return endpoint
 
-    yield factory
-    for server in servers:
-        server.close()
-        await server.wait_closed()
+    return factory
 
 
 EndpointFactory = Callable[..., Awaitable[RawTokenEndpoint]]

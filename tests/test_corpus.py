@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from yarl import URL
 
 from proxy.tokens import MIN_AGE_TO_INVALIDATE
 from tests.conftest import ProxyFactory, RunningEmulator, RunningProxy, free_port, make_config
+from tests.loopback import LoopbackServers
 from tests.raw_token_endpoint import RawTokenEndpoint, http_answer, start_token_endpoint
 from tests.test_webhooks_relay import start_app, start_relay
 from tests.webhook_peers import ECOM, eventually, stored
@@ -95,19 +96,15 @@ OK = raw_answer(200, b"ok", "text/plain")
 
 
 @pytest.fixture
-async def raw_upstream() -> AsyncIterator[Callable[[list[bytes]], Awaitable[RawUpstream]]]:
-    servers: list[asyncio.Server] = []
-
+def raw_upstream(
+    loopback_servers: LoopbackServers,
+) -> Callable[[list[bytes]], Awaitable[RawUpstream]]:
     async def factory(answers: list[bytes]) -> RawUpstream:
         upstream = RawUpstream(answers)
-        upstream.server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
-        servers.append(upstream.server)
+        upstream.server = await loopback_servers.start(upstream.serve)
         return upstream
 
-    yield factory
-    for server in servers:
-        server.close()
-        await server.wait_closed()
+    return factory
 
 
 async def call(proxy: RunningProxy, path: str = "/x") -> tuple[int, dict[str, str], bytes]:
