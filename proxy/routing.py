@@ -52,6 +52,13 @@ def normalise_path(raw_path: str) -> str:
     return "/" + "/".join(out) + trailing
 
 
+def refuse_fragment(raw_path: str) -> None:
+    """A BadRequest for a target with ``#``: aiohttp takes one, and whatever follows it
+    (a query the proxy appends to, say) would be cut from what is sent on."""
+    if "#" in raw_path:
+        raise BadRequest("a request target must not carry a fragment", reason="target")
+
+
 def decode_unreserved(path: str) -> str:
     """Percent-encoded unreserved characters decoded (RFC 3986 §6.2.2.2), nothing else."""
     return _ENCODED.sub(_decoder(_UNRESERVED), path) if "%" in path else path
@@ -111,8 +118,7 @@ class Router:
         """The normal form of a request target's path, or a BadRequest."""
         if not raw_path.startswith("/"):
             raise BadRequest("only origin-form request targets are accepted", reason="target")
-        if "#" in raw_path:
-            raise BadRequest("a request target must not carry a fragment", reason="target")
+        refuse_fragment(raw_path)
         return normalise_path(raw_path)
 
     def route(self, raw_path: str, normal: str) -> Route:

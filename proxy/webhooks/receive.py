@@ -46,7 +46,7 @@ from proxy.errors import (
 )
 from proxy.headers import RESPONSE_DROP, filtered
 from proxy.inbound import check_request, continue_body
-from proxy.routing import decode_unreserved, normalise_path
+from proxy.routing import decode_unreserved, normalise_path, refuse_fragment
 from proxy.secret import Secret
 from proxy.webhooks.bounds import Bounds
 from proxy.webhooks.deliver import (
@@ -106,8 +106,7 @@ class Receiver:
         if hook.kind == "ecom-callback":
             self.allowlists[hook.path].check(call.client)
         check_request(request)
-        if "#" in request.raw_path:  # aiohttp takes one; the delivery would lose what follows
-            raise BadRequest("a request target must not carry a fragment", reason="target")
+        refuse_fragment(request.raw_path)
         rest = callback_rest(hook, call.path)
         if rest and normalise_path(rest) != decode_unreserved(rest):
             # deliver_to + rest: a dot segment would reach the app outside deliver_to
